@@ -1,0 +1,262 @@
+"""The shape of a model's computational graph: which nodes exist and which sender feeds which receiver.
+
+Names follow MIB / EAP-IG exactly, so graph files compare across tools:
+
+* senders (nodes that write to the residual stream): ``input``, ``a{l}.h{h}``, ``m{l}``;
+* receivers (places that read it): ``a{l}.h{h}<q>``, ``<k>``, ``<v>``, ``m{l}``, ``logits``;
+* an edge is ``"{sender}->{receiver}"``.
+
+Everything is an index into two fixed orders (senders, receivers) so scores and masks can live in one
+dense ``[n_senders, n_receivers]`` tensor; names are views computed from indices. Because a receiver reads
+every sender written before it, the senders a receiver can see are always a *prefix* of the sender order:
+``n_upstream[r]`` is all the structure there is.
+
+Parallel blocks (GPT-NeoX / Pythia with ``use_parallel_residual``): attention and MLP of one layer both read
+the residual stream as it was *before* that layer, so ``a{l}.h{h}`` does **not** feed ``m{l}``; it feeds
+layer ``l + 1`` onward. In sequential blocks (GPT-2, Llama, Qwen2) it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+import torch
+
+QKV = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of the graph as MIB names it (the q/k/v inputs are receivers, not nodes)."""
+
+    name: str
+    kind: str  # "input" | "head" | "mlp" | "logits"
+    layer: int  # -1 for input, n_layers for logits
+    head: int | None = None
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """A place that reads the residual stream: one of a head's q/k/v inputs, an MLP input, or the logits."""
+
+    name: str
+    kind: str  # "qkv" | "mlp" | "logits"
+    layer: int
+    head: int | None = None
+    qkv: str | None = None
+
+    @property
+    def node(self) -> str:
+        """The node this receiver belongs to (``a3.h2<k>`` -> ``a3.h2``)."""
+        return self.name.split("<")[0]
+
+
+@dataclass(frozen=True)
+class GraphStructure:
+    """The node and edge layout of one model shape, in MIB's convention.
+
+    >>> s = GraphStructure(n_layers=12, n_heads=12)
+    >>> s.n_nodes, s.n_edges
+    (158, 32491)
+    >>> s.edge_name(s.sender_index("a0.h1"), s.receiver_index("m0"))
+    'a0.h1->m0'
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    parallel_attn_mlp: bool = False
+    d_model: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.n_layers < 1 or self.n_heads < 1:
+            raise ValueError(f"a graph needs at least one layer and one head, got {self.n_layers=} {self.n_heads=}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    # ---- sizes -------------------------------------------------------------------------------------------
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+    @property
+    def n_nodes(self) -> int:
+        """MIB's node count: input, every head, every MLP, logits."""
+        return self.n_senders + 1
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.n_upstream.sum())
+
+    # ---- index arithmetic (layer-major, as EAP-IG lays them out) -----------------------------------------
+    def head_sender(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_sender(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def layer_senders(self, layer: int) -> slice:
+        """Sender indices written by ``layer`` (its heads, then its MLP)."""
+        start = 1 + layer * (self.n_heads + 1)
+        return slice(start, start + self.n_heads + 1)
+
+    def qkv_receiver(self, layer: int, head: int, qkv: str) -> int:
+        return layer * (3 * self.n_heads + 1) + QKV.index(qkv) * self.n_heads + head
+
+    def attn_receivers(self, layer: int) -> slice:
+        """Receiver indices of ``layer``'s attention, ordered q (all heads), k (all heads), v (all heads)."""
+        start = layer * (3 * self.n_heads + 1)
+        return slice(start, start + 3 * self.n_heads)
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    @property
+    def logits_receiver(self) -> int:
+        return self.n_receivers - 1
+
+    def attn_upstream(self, layer: int) -> int:
+        """How many senders a head of ``layer`` reads (everything written before the layer)."""
+        return 1 + layer * (self.n_heads + 1)
+
+    def mlp_upstream(self, layer: int) -> int:
+        """How many senders ``m{layer}`` reads: its own layer's heads too, unless blocks are parallel."""
+        return self.attn_upstream(layer) + (0 if self.parallel_attn_mlp else self.n_heads)
+
+    @cached_property
+    def n_upstream(self) -> torch.Tensor:
+        """``[n_receivers]``: receiver ``r`` reads senders ``0 .. n_upstream[r] - 1``."""
+        out = torch.empty(self.n_receivers, dtype=torch.long)
+        for layer in range(self.n_layers):
+            out[self.attn_receivers(layer)] = self.attn_upstream(layer)
+            out[self.mlp_receiver(layer)] = self.mlp_upstream(layer)
+        out[self.logits_receiver] = self.n_senders
+        return out
+
+    @cached_property
+    def edge_mask(self) -> torch.Tensor:
+        """``[n_senders, n_receivers]`` bool: True where an edge exists."""
+        return torch.arange(self.n_senders)[:, None] < self.n_upstream[None, :]
+
+    # ---- names -------------------------------------------------------------------------------------------
+    @cached_property
+    def senders(self) -> tuple[Node, ...]:
+        nodes = [Node("input", "input", -1)]
+        for layer in range(self.n_layers):
+            nodes += [Node(f"a{layer}.h{h}", "head", layer, h) for h in range(self.n_heads)]
+            nodes.append(Node(f"m{layer}", "mlp", layer))
+        return tuple(nodes)
+
+    @cached_property
+    def nodes(self) -> tuple[Node, ...]:
+        """All MIB nodes in file order: input, a0.h0 .. m0, a1.h0 .., logits."""
+        return self.senders + (Node("logits", "logits", self.n_layers),)
+
+    @cached_property
+    def receivers(self) -> tuple[Receiver, ...]:
+        out: list[Receiver] = []
+        for layer in range(self.n_layers):
+            for qkv in QKV:
+                out += [Receiver(f"a{layer}.h{h}<{qkv}>", "qkv", layer, h, qkv) for h in range(self.n_heads)]
+            out.append(Receiver(f"m{layer}", "mlp", layer))
+        out.append(Receiver("logits", "logits", self.n_layers))
+        return tuple(out)
+
+    @cached_property
+    def _sender_lookup(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.senders)}
+
+    @cached_property
+    def _receiver_lookup(self) -> dict[str, int]:
+        return {r.name: i for i, r in enumerate(self.receivers)}
+
+    @cached_property
+    def _node_lookup(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
+    def sender_index(self, name: str) -> int:
+        try:
+            return self._sender_lookup[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a sender of this graph ({self.describe()}); "
+                           "senders are 'input', 'a{l}.h{h}' and 'm{l}'") from None
+
+    def receiver_index(self, name: str) -> int:
+        try:
+            return self._receiver_lookup[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a receiver of this graph ({self.describe()}); receivers are "
+                           "'a{l}.h{h}<q|k|v>', 'm{l}' and 'logits'") from None
+
+    def node_index(self, name: str) -> int:
+        try:
+            return self._node_lookup[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a node of this graph ({self.describe()})") from None
+
+    def edge_name(self, sender: int, receiver: int) -> str:
+        return f"{self.senders[sender].name}->{self.receivers[receiver].name}"
+
+    def edge_index(self, name: str) -> tuple[int, int]:
+        """``"a0.h1->m0"`` -> ``(sender, receiver)``; raises if the pair is not an edge of this graph."""
+        try:
+            s_name, r_name = name.split("->")
+        except ValueError:
+            raise KeyError(f"{name!r} is not an edge name; edges are written 'SENDER->RECEIVER'") from None
+        s, r = self.sender_index(s_name), self.receiver_index(r_name)
+        if s >= int(self.n_upstream[r]):
+            raise KeyError(f"{name!r} is not an edge: {s_name} is not written before {r_name} reads the "
+                           f"residual stream ({self.describe()})")
+        return s, r
+
+    @cached_property
+    def edge_order(self) -> torch.Tensor:
+        """``[n_edges, 2]`` (sender, receiver) in the order MIB/EAP-IG files list edges.
+
+        Per layer: for each sender, the q, k, v of every head; then every sender of the MLP; logits last.
+        """
+        rows: list[torch.Tensor] = []
+        H = self.n_heads
+        for layer in range(self.n_layers):
+            n_up = self.attn_upstream(layer)
+            s = torch.arange(n_up)[:, None, None].expand(n_up, H, 3)
+            r = torch.tensor([[self.qkv_receiver(layer, h, q) for q in QKV] for h in range(H)])
+            rows.append(torch.stack([s, r.expand(n_up, H, 3)], dim=-1).reshape(-1, 2))
+            m = self.mlp_upstream(layer)
+            rows.append(torch.stack([torch.arange(m), torch.full((m,), self.mlp_receiver(layer))], dim=-1))
+        rows.append(torch.stack([torch.arange(self.n_senders),
+                                 torch.full((self.n_senders,), self.logits_receiver)], dim=-1))
+        return torch.cat(rows)
+
+    def edge_names(self) -> Iterator[str]:
+        snames = [n.name for n in self.senders]
+        rnames = [r.name for r in self.receivers]
+        for s, r in self.edge_order.tolist():
+            yield f"{snames[s]}->{rnames[r]}"
+
+    # ---- comparison --------------------------------------------------------------------------------------
+    def cfg(self) -> dict:
+        """MIB's ``cfg`` block."""
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_attn_mlp": self.parallel_attn_mlp}
+        if self.d_model is not None:
+            out["d_model"] = self.d_model
+        if self.n_kv_heads != self.n_heads:
+            out["n_key_value_heads"] = self.n_kv_heads
+        return out
+
+    def same_shape(self, other: "GraphStructure") -> bool:
+        return (self.n_layers, self.n_heads, self.parallel_attn_mlp) == (
+            other.n_layers, other.n_heads, other.parallel_attn_mlp)
+
+    def describe(self) -> str:
+        block = "parallel" if self.parallel_attn_mlp else "sequential"
+        kv = f", {self.n_kv_heads} kv heads" if self.n_kv_heads != self.n_heads else ""
+        return f"{self.n_layers} layers x {self.n_heads} heads{kv}, {block} blocks"
