@@ -1,0 +1,398 @@
+"""``circuits.Graph``: a model's computational graph with edge scores and the circuit chosen from them.
+
+Storage follows EAP-IG: two dense ``[n_senders, n_receivers]`` tensors (``scores``, ``in_graph``) indexed by
+:class:`~circuits.graph.structure.GraphStructure`; edge names, pandas frames and networkx graphs are views.
+Selection (``top_k``, ``top_fraction``, ``threshold``, ``greedy``) and ``prune`` return new graphs, so a
+scored graph can be cut at many sizes (MIB's faithfulness curves) without being modified.
+
+>>> import circuits, torch
+>>> s = circuits.GraphStructure(n_layers=2, n_heads=2)
+>>> g = circuits.Graph.full(s)
+>>> g.n_edges, g.n_nodes
+(46, 8)
+>>> g.set_scores({"input->a0.h0<q>": 1.0, "a0.h0->logits": 2.0, "input->m1": -3.0})
+>>> g.top_k(2).edges
+('input->a0.h0<q>', 'a0.h0->logits')
+>>> g.top_k(3, absolute=True).edges   # |-3| ranks input->m1 first, but m1 reaches no logits: pruned
+('input->a0.h0<q>', 'a0.h0->logits')
+>>> g.score("input->m1")
+-3.0
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from circuits.graph import io, selection
+from circuits.graph.io import GraphFormatError, GraphMismatchError, HasStructure
+from circuits.graph.pruning import edge_mask, edge_order, node_mask, prune as prune_mask
+from circuits.graph.structure import GraphStructure
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx as nx
+    import pandas as pd
+
+__all__ = ["Graph", "GraphFormatError", "GraphMismatchError"]
+
+Level = Literal["edge", "node"]
+
+
+class Graph:
+    """Edge scores and a circuit over one model's computational graph (MIB / EAP-IG naming).
+
+    Parameters
+    ----------
+    structure : GraphStructure
+        The node and edge layout (``model.structure``).
+    scores : Tensor, optional
+        ``[n_senders, n_receivers]`` floating edge scores, positive = the edge helps the task (MIB's sign).
+        Entries that are not edges are stored as 0 and never read; NaN on an edge means "not scored" (it ranks
+        last and never passes a threshold). The dtype is kept (files load as float64, so they round-trip
+        exactly). Default: zeros (float32).
+    in_graph : Tensor, optional
+        ``[n_senders, n_receivers]`` bool, the edges of the circuit. Default: every edge (the full graph).
+    node_scores : Tensor, optional
+        ``[n_nodes]`` floating scores of nodes (MIB node order, ``logits`` last), for node-level methods.
+    node_in_graph : Tensor, optional
+        ``[n_nodes]`` bool. Default: derived from ``in_graph`` (a node is in when it has an incoming and an
+        outgoing circuit edge, ``input`` needs only an outgoing one, ``logits`` is always in, as in MIB).
+        Given explicitly (e.g. loaded from a file), it is stored as is.
+    metadata : dict, optional
+        Free-form, JSON-serializable provenance (method, params, task, ablation, n examples, wall time,
+        package version, model name); saved with the graph.
+
+    All tensors live on one device (the device of ``scores``, else of ``in_graph``, else CPU).
+    """
+
+    structure: GraphStructure
+    scores: torch.Tensor  # [S, R] float
+    in_graph: torch.Tensor  # [S, R] bool, False outside structure.edge_mask
+    node_scores: torch.Tensor | None  # [n_nodes] float
+    metadata: dict[str, Any]
+    _node_in_graph: torch.Tensor | None  # [n_nodes] bool, only when given explicitly
+
+    def __init__(self, structure: GraphStructure, scores: torch.Tensor | None = None,
+                 in_graph: torch.Tensor | None = None, node_scores: torch.Tensor | None = None,
+                 node_in_graph: torch.Tensor | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(structure, GraphStructure):
+            raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
+        self.structure = structure
+        shape = (structure.n_senders, structure.n_receivers)
+        device = (scores.device if isinstance(scores, torch.Tensor) else in_graph.device
+                  if isinstance(in_graph, torch.Tensor) else torch.device("cpu"))
+        mask = edge_mask(structure, device)
+        if scores is None:
+            scores = torch.zeros(shape, dtype=torch.float32, device=device)
+        else:
+            scores = self._check(scores, shape, "scores", floating=True).to(device)
+            scores = scores.masked_fill(~mask, 0.0)  # also copies: the graph never aliases its inputs
+        if in_graph is None:
+            in_graph = mask.clone()
+        else:
+            in_graph = self._check(in_graph, shape, "in_graph", floating=False).to(device) & mask
+        self.scores = scores
+        self.in_graph = in_graph
+        nodes = (structure.n_nodes,)
+        self.node_scores = (None if node_scores is None
+                            else self._check(node_scores, nodes, "node_scores", floating=True).to(device).clone())
+        self._node_in_graph = (
+            None if node_in_graph is None
+            else self._check(node_in_graph, nodes, "node_in_graph", floating=False).to(device).clone())
+        self.metadata = copy.deepcopy(dict(metadata or {}))
+
+    @staticmethod
+    def _check(t: Any, shape: tuple[int, ...], name: str, floating: bool) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (n_senders, n_receivers / n_nodes of this "
+                             f"structure), got {tuple(t.shape)}")
+        if floating and not t.is_floating_point():
+            t = t.float()
+        if not floating and t.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
+        return t
+
+    # ---- constructors ----------------------------------------------------------------------------------------
+    @classmethod
+    def full(cls, structure: GraphStructure, scores: torch.Tensor | None = None,
+             metadata: Mapping[str, Any] | None = None) -> Graph:
+        """Every edge in the circuit (the whole model); scores default to 0."""
+        return cls(structure, scores=scores, metadata=metadata)
+
+    @classmethod
+    def empty(cls, structure: GraphStructure, scores: torch.Tensor | None = None,
+              metadata: Mapping[str, Any] | None = None) -> Graph:
+        """No edge in the circuit (everything ablated)."""
+        device = scores.device if scores is not None else None
+        return cls(structure, scores=scores, metadata=metadata,
+                   in_graph=torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=device))
+
+    @classmethod
+    def from_edges(cls, structure: GraphStructure, edges: Iterable[str], scores: torch.Tensor | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> Graph:
+        """A circuit given by edge names, e.g. a published circuit. Not pruned (call :meth:`prune`)."""
+        in_graph = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool)
+        for name in edges:
+            in_graph[structure.edge_index(name)] = True
+        return cls(structure, scores=scores, in_graph=in_graph.to(scores.device) if scores is not None else in_graph,
+                   metadata=metadata)
+
+    def copy(self) -> Graph:
+        return Graph(self.structure, self.scores, self.in_graph, self.node_scores, self._node_in_graph, self.metadata)
+
+    def to(self, device: torch.device | str) -> Graph:
+        """A copy on ``device``."""
+        return Graph(self.structure, self.scores.to(device), self.in_graph.to(device),
+                     None if self.node_scores is None else self.node_scores.to(device),
+                     None if self._node_in_graph is None else self._node_in_graph.to(device), self.metadata)
+
+    # ---- sizes and views -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.scores.device
+
+    @property
+    def n_edges(self) -> int:
+        """Edges in the circuit (after pruning, for a pruned selection)."""
+        return int(self.in_graph.sum())
+
+    @property
+    def node_in_graph(self) -> torch.Tensor:
+        """``[n_nodes]`` bool: explicit if given, else derived from ``in_graph`` (see the class docstring)."""
+        if self._node_in_graph is not None:
+            return self._node_in_graph
+        return node_mask(self.structure, self.in_graph)
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes in the circuit, ``logits`` included (the full GPT-2-small graph has 158)."""
+        return int(self.node_in_graph.sum())
+
+    @property
+    def edges(self) -> tuple[str, ...]:
+        """Names of the circuit's edges, in MIB order."""
+        return tuple(self.to_frame(circuit_only=True)["name"])
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Names of the circuit's nodes, in MIB order."""
+        flags = self.node_in_graph.cpu().tolist()
+        return tuple(n.name for n, f in zip(self.structure.nodes, flags) if f)
+
+    def __contains__(self, name: object) -> bool:
+        """``"a0.h1->m0" in graph``: is this edge (or node) in the circuit?"""
+        if not isinstance(name, str):
+            return False
+        if "->" in name:
+            return bool(self.in_graph[self.structure.edge_index(name)])
+        return bool(self.node_in_graph[self.structure.node_index(name)])
+
+    def score(self, name: str) -> float:
+        """Score of one edge by name (``"a0.h1->m0"``), or of a node when the graph has node scores."""
+        if "->" in name:
+            return float(self.scores[self.structure.edge_index(name)])
+        if self.node_scores is None:
+            raise KeyError(f"{name!r} is a node name, and this graph has no node scores; edges are 'S->R'")
+        return float(self.node_scores[self.structure.node_index(name)])
+
+    def edge_scores(self, circuit_only: bool = False) -> dict[str, float]:
+        """``{edge name: score}`` in MIB order (every edge, or only the circuit's)."""
+        frame = self.to_frame(circuit_only=circuit_only)
+        return dict(zip(frame["name"], frame["score"].tolist()))
+
+    def to_frame(self, circuit_only: bool = False) -> pd.DataFrame:
+        """A ``pandas.DataFrame``, one row per edge in MIB order: ``sender, receiver, name, score, in_graph``."""
+        from circuits.graph.views import to_frame
+        return to_frame(self, circuit_only)
+
+    def to_networkx(self, circuit_only: bool = True) -> nx.DiGraph:
+        """The graph as a ``networkx.DiGraph``.
+
+        Nodes carry ``kind`` (input, head, qkv, mlp, logits), ``layer`` (-1 for input, n_layers for logits),
+        ``head`` (-1 when not a head, so every networkx writer accepts it), ``in_circuit``, and ``score`` when
+        the graph has node scores. Each head's q/k/v inputs are nodes of their own (``a3.h2<q>``, with ``qkv``)
+        linked to the head by an edge with ``structural=True`` (structure, not counted as an edge). Real
+        edges ``S -> R`` carry ``score``, ``in_circuit`` and ``structural=False``; ``graph.graph`` holds
+        ``cfg`` and ``metadata``.
+
+        ``circuit_only=True`` (default) keeps the circuit's edges and nodes, and only the q/k/v nodes that
+        receive one of them: for a selected circuit that is what one draws or analyses. ``False`` gives all
+        of them (32,491 edges for GPT-2 small; fine for networkx, slow for Llama-8B's 1.6M).
+        """
+        from circuits.graph.views import to_networkx
+        return to_networkx(self, circuit_only)
+
+    # ---- editing ---------------------------------------------------------------------------------------------
+    def set_scores(self, scores: torch.Tensor | Mapping[str, float]) -> None:
+        """Replace the edge scores in place.
+
+        ``scores``: a dense ``[n_senders, n_receivers]`` tensor, a ``[n_edges]`` tensor in MIB edge order, or a
+        ``{edge name: score}`` mapping (edges not named keep their score). Non-edges are stored as 0.
+        """
+        st = self.structure
+        if isinstance(scores, Mapping):
+            new = self.scores.clone()
+            for name, value in scores.items():
+                new[st.edge_index(name)] = float(value)
+            self.scores = new
+            return
+        if not isinstance(scores, torch.Tensor):
+            raise TypeError(f"scores must be a tensor or a mapping of edge names, got {type(scores).__name__}")
+        if scores.ndim == 1:
+            if scores.shape[0] != st.n_edges:
+                raise ValueError(f"a flat score vector must have one entry per edge ({st.n_edges:,}) in MIB "
+                                 f"order, got {scores.shape[0]:,}")
+            order = edge_order(st, scores.device)
+            dense = torch.zeros(st.n_senders, st.n_receivers, dtype=scores.dtype, device=scores.device)
+            dense[order[:, 0], order[:, 1]] = scores
+            scores = dense
+        scores = self._check(scores, (st.n_senders, st.n_receivers), "scores", floating=True)
+        self.scores = scores.to(self.device).masked_fill(~edge_mask(st, self.device), 0.0)
+
+    # ---- selection -------------------------------------------------------------------------------------------
+    def top_k(self, k: int, absolute: bool = False, *, prune: bool = True, level: Level = "edge") -> Graph:
+        """The ``k`` highest-scoring edges (or nodes, ``level="node"``), pruned to input -> logits paths.
+
+        ``k`` counts what is selected *before* pruning (MIB's convention); the result's :attr:`n_edges` is the
+        size after pruning, so it can be smaller than ``k``. ``absolute=False`` ranks by the raw score (keep the
+        edges that help: MIB's CPR), ``True`` by ``|score|`` (MIB's CMD). Ties go to the edge first in MIB
+        order. Selection always ranks every edge of the structure, whatever ``in_graph`` currently holds (as
+        MIB's ``apply_topn``), so ``g.top_k(100)`` means the same on a scored graph and on a cut of it.
+
+        ``level="node"`` ranks ``node_scores`` instead (unscored nodes and ``logits`` are always kept) and keeps
+        every edge between kept nodes.
+        """
+        return self._top_k(int(k), absolute, prune, level, {})
+
+    def _top_k(self, k: int, absolute: bool, prune: bool, level: Level, extra: dict[str, Any]) -> Graph:
+        if level == "node":
+            nodes = selection.top_k_nodes(self.structure, self._need_node_scores(), k, absolute)
+            mask = selection.edges_between(self.structure, nodes)
+        elif level == "edge":
+            mask = selection.top_k_edges(self.structure, self.scores, k, absolute)
+        else:
+            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+        return self._selected(mask, prune, {"rule": "top_k", "k": k, **extra, "absolute": absolute,
+                                            "level": level}, stacklevel=4)
+
+    def top_fraction(self, fraction: float, absolute: bool = False, *, prune: bool = True,
+                     level: Level = "edge") -> Graph:
+        """:meth:`top_k` with ``k = int(fraction * n)``, n the number of edges (or scored nodes): MIB's rule."""
+        if level == "node":
+            scored = ~torch.isnan(self._need_node_scores()[:-1])
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+            k = int(fraction * int(scored.sum()))
+        else:
+            k = selection.fraction_to_k(self.structure, fraction)
+        return self._top_k(k, absolute, prune, level, {"fraction": fraction})
+
+    def threshold(self, threshold: float, absolute: bool = False, *, prune: bool = True,
+                  level: Level = "edge") -> Graph:
+        """Every edge (or node) whose score (``|score|`` if ``absolute``) is ``>= threshold``, then pruned."""
+        if math.isnan(threshold):
+            raise ValueError("threshold is NaN")
+        if level == "node":
+            nodes = selection.threshold_nodes(self.structure, self._need_node_scores(), threshold, absolute)
+            mask = selection.edges_between(self.structure, nodes)
+        elif level == "edge":
+            mask = selection.threshold_edges(self.structure, self.scores, threshold, absolute)
+        else:
+            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+        return self._selected(mask, prune, {"rule": "threshold", "threshold": float(threshold),
+                                            "absolute": absolute, "level": level}, stacklevel=3)
+
+    def greedy(self, k: int, absolute: bool = False, *, prune: bool = True) -> Graph:
+        """EAP-IG's greedy circuit: grow from ``logits``, always adding the best edge into the circuit so far.
+
+        Every edge chosen leads to ``logits`` (with ``prune=False`` the result is connected to the logits by
+        construction); pruning then drops edges whose sender the input does not reach. ``k`` counts edges
+        chosen before pruning.
+        """
+        mask = selection.greedy_edges(self.structure, self.scores, int(k), absolute)
+        return self._selected(mask, prune, {"rule": "greedy", "k": int(k), "absolute": absolute, "level": "edge"},
+                              stacklevel=3)
+
+    def prune(self) -> Graph:
+        """A copy without the edges that lie on no path input -> ... -> logits (see :mod:`~circuits.graph.pruning`).
+
+        Node membership is re-derived from the surviving edges.
+        """
+        edges, _ = prune_mask(self.structure, self.in_graph)
+        return Graph(self.structure, self.scores, edges, self.node_scores, None, self.metadata)
+
+    def _need_node_scores(self) -> torch.Tensor:
+        if self.node_scores is None:
+            raise ValueError("level='node' needs node scores; this graph has only edge scores "
+                             "(use level='edge', or a node-level discovery method)")
+        return self.node_scores
+
+    def _selected(self, mask: torch.Tensor, prune: bool, record: dict[str, Any], stacklevel: int) -> Graph:
+        n_selected = int(mask.sum())
+        if prune:
+            mask, _ = prune_mask(self.structure, mask)
+        metadata = copy.deepcopy(self.metadata)
+        metadata["selection"] = {**record, "pruned": prune, "n_selected": n_selected}
+        out = Graph(self.structure, self.scores, mask, self.node_scores, None, metadata)
+        if prune and n_selected and not out.n_edges:
+            warnings.warn(f"{record['rule']} selected {n_selected} edges but none lies on a path from input to "
+                          "logits, so the pruned circuit is empty; select more edges, or check the scores' sign "
+                          "(absolute=True ranks by |score|)", stacklevel=stacklevel)
+        return out
+
+    # ---- files -----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``.json`` (MIB's circuit format), ``.graphml`` (networkx) or ``.pt`` (dense tensors)."""
+        return io.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: HasStructure | None = None) -> Graph:
+        """Read a graph file (MIB / EAP-IG JSON included).
+
+        With ``model`` (anything with ``.structure`` and ``.name``), the file's cfg must match the model's
+        shape, else :class:`GraphMismatchError`; the graph then uses ``model.structure``.
+        """
+        return io.load(path, model=model)
+
+    # ---- comparison and display ------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        """Same shape, circuit, node membership, scores (NaN == NaN, any float dtype) and metadata."""
+        if not isinstance(other, Graph):
+            return NotImplemented
+        a, b = self.structure, other.structure
+        if not a.same_shape(b) or a.n_kv_heads != b.n_kv_heads:
+            return False
+
+        def same(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+            if x is None or y is None:
+                return x is None and y is None
+            x, y = x.detach().cpu(), y.detach().cpu()
+            if x.dtype == torch.bool or y.dtype == torch.bool:
+                return torch.equal(x, y)
+            x, y = x.double(), y.double()
+            return bool(((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+
+        return (same(self.in_graph, other.in_graph) and same(self.node_in_graph, other.node_in_graph)
+                and same(self.scores, other.scores) and same(self.node_scores, other.node_scores)
+                and self.metadata == other.metadata)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable container
+
+    def __repr__(self) -> str:
+        st = self.structure
+        on_edges = self.scores[edge_mask(st, self.device)]
+        on_edges = on_edges[~torch.isnan(on_edges)]
+        rng = (f"scores in [{float(on_edges.min()):.3g}, {float(on_edges.max()):.3g}]" if on_edges.numel()
+               else "no scores")
+        keys = [f"{k}={self.metadata[k]!r}" for k in ("method", "task", "model") if k in self.metadata]
+        return (f"Graph({st.describe()}: {self.n_edges:,} of {st.n_edges:,} edges, {self.n_nodes} of "
+                f"{st.n_nodes} nodes in the circuit; {rng}" + "".join(", " + k for k in keys) + ")")

@@ -1,0 +1,379 @@
+"""Graph files: MIB's JSON circuit format (exactly), GraphML (via networkx) and a compact ``.pt``.
+
+``.json`` is MIB / EAP-IG's format, so circuits move between tools unchanged::
+
+    {"cfg": {"n_layers": 12, "n_heads": 12, "parallel_attn_mlp": false, "d_model": 768},
+     "nodes": {"input": {"in_graph": true}, ...},
+     "edges": {"input->a0.h0<q>": {"score": -0.000295..., "in_graph": false}, ...},
+     "metadata": {...}}
+
+Edges are written in MIB order; ``metadata`` (written only when non-empty) and a node ``score`` (only when
+the graph has node scores) are extra keys that MIB's loader ignores. GQA models also get
+``cfg["n_key_value_heads"]``. Scores are written as the exact float64 value of the stored score (what
+EAP-IG writes for its float32 scores) and read back as float64, so any file round-trips bit-exactly.
+
+``.graphml`` holds every edge (not only the circuit) with its score, plus ``cfg`` / ``metadata`` as JSON
+strings in the graph attributes. ``.pt`` stores the dense tensors; use it for Llama-sized graphs, whose
+JSON is ~100 MB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from circuits.graph.pruning import edge_order
+from circuits.graph.structure import GraphStructure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.graph.graph import Graph
+
+SUFFIXES = (".json", ".graphml", ".pt")
+PT_FORMAT = "circuits.Graph"
+PT_VERSION = 1
+
+
+class GraphFormatError(ValueError):
+    """A graph file that cannot be read: malformed, or missing a key this format requires."""
+
+
+class GraphMismatchError(ValueError):
+    """A graph file made for a model of another shape than the one it is being loaded with."""
+
+
+class HasStructure(Protocol):
+    """What :func:`load` needs from a model: its graph layout and a name for messages."""
+
+    structure: GraphStructure
+    name: str
+
+
+# ---- shared ---------------------------------------------------------------------------------------------------
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: unknown graph file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    return suffix
+
+
+def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
+    """MIB's ``cfg`` block -> :class:`GraphStructure`; errors name the file and the key."""
+    if not isinstance(cfg, dict):
+        raise GraphFormatError(f"{source}: 'cfg' must be an object with n_layers, n_heads, parallel_attn_mlp; "
+                               f"got {type(cfg).__name__}")
+    for key, kind in (("n_layers", int), ("n_heads", int), ("parallel_attn_mlp", bool)):
+        if key not in cfg:
+            raise GraphFormatError(f"{source}: cfg has no {key!r} (a MIB graph cfg needs n_layers, n_heads and "
+                                   f"parallel_attn_mlp; found {sorted(cfg)})")
+        if not isinstance(cfg[key], kind) or (kind is int and isinstance(cfg[key], bool)):
+            raise GraphFormatError(f"{source}: cfg[{key!r}] must be {kind.__name__}, got {cfg[key]!r}")
+    for key in ("d_model", "n_key_value_heads"):
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise GraphFormatError(f"{source}: cfg[{key!r}] must be an integer, got {value!r}")
+    try:
+        return GraphStructure(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+                              n_kv_heads=cfg.get("n_key_value_heads"),
+                              parallel_attn_mlp=cfg["parallel_attn_mlp"], d_model=cfg.get("d_model"))
+    except ValueError as e:
+        raise GraphFormatError(f"{source}: invalid cfg {cfg}: {e}") from None
+
+
+def _shape(st: GraphStructure) -> str:
+    return st.describe() + (f", d_model {st.d_model}" if st.d_model is not None else "")
+
+
+def check_model(file_structure: GraphStructure, cfg: dict, model: HasStructure,
+                source: str | os.PathLike) -> GraphStructure:
+    """The structure to load into: ``model.structure``, after checking the file was made for that shape.
+
+    Compared: n_layers, n_heads, parallel_attn_mlp; d_model when both sides know it; the number of key/value
+    heads when the file records it (MIB's own files do not).
+    """
+    ms: GraphStructure = model.structure
+    fs = file_structure
+    diffs = [f"{k} {a} vs {b}" for k, a, b in (
+        ("n_layers", fs.n_layers, ms.n_layers), ("n_heads", fs.n_heads, ms.n_heads),
+        ("parallel_attn_mlp", fs.parallel_attn_mlp, ms.parallel_attn_mlp)) if a != b]
+    if fs.d_model is not None and ms.d_model is not None and fs.d_model != ms.d_model:
+        diffs.append(f"d_model {fs.d_model} vs {ms.d_model}")
+    if "n_key_value_heads" in cfg and fs.n_kv_heads != ms.n_kv_heads:
+        diffs.append(f"n_key_value_heads {fs.n_kv_heads} vs {ms.n_kv_heads}")
+    if diffs:
+        name = getattr(model, "name", None) or type(model).__name__
+        raise GraphMismatchError(
+            f"{source}: this graph was made for a model with {_shape(fs)}, but {name!r} has {_shape(ms)} "
+            f"(file vs model: {'; '.join(diffs)}); load it with the model it was discovered on")
+    return ms
+
+
+def _resolve_structure(cfg: Any, model: HasStructure | None, source: str | os.PathLike) -> GraphStructure:
+    st = structure_from_cfg(cfg, source)
+    return check_model(st, cfg, model, source) if model is not None else st
+
+
+def _empty_tensors(st: GraphStructure) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores [S, R] float64, NaN on every edge, 0 elsewhere; in_graph [S, R] all False)``."""
+    scores = torch.zeros(st.n_senders, st.n_receivers, dtype=torch.float64)
+    scores[st.edge_mask] = math.nan
+    return scores, torch.zeros(st.n_senders, st.n_receivers, dtype=torch.bool)
+
+
+def save(graph: Graph, path: str | os.PathLike) -> Path:
+    """Write ``graph`` to ``path``; the format follows the suffix (.json, .graphml, .pt)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    try:
+        json.dumps(graph.metadata, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"cannot save {path}: graph.metadata must be JSON-serializable ({e})") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    {".json": _write_json, ".graphml": _write_graphml, ".pt": _write_pt}[suffix](graph, path)
+    return path
+
+
+def load(path: str | os.PathLike, model: HasStructure | None = None) -> Graph:
+    """Read a graph file; with ``model``, check it was made for the model's shape (see :func:`check_model`)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no graph file at {path}")
+    return {".json": _read_json, ".graphml": _read_graphml, ".pt": _read_pt}[suffix](path, model)
+
+
+# ---- JSON (MIB) -----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _edge_names(st: GraphStructure) -> tuple[str, ...]:
+    return tuple(st.edge_names())
+
+
+def to_mib_dict(graph: Graph) -> dict:
+    """The MIB JSON document for ``graph`` (what ``.json`` files hold)."""
+    st = graph.structure
+    order = edge_order(st, graph.scores.device)
+    scores = graph.scores.detach()[order[:, 0], order[:, 1]].cpu().tolist()  # exact float64 of each score
+    flags = graph.in_graph[order[:, 0], order[:, 1]].cpu().tolist()
+    node_in = graph.node_in_graph.cpu().tolist()
+    nodes: dict[str, dict] = {n.name: {"in_graph": bool(f)} for n, f in zip(st.nodes, node_in)}
+    if graph.node_scores is not None:
+        for n, score in zip(st.nodes, graph.node_scores.detach().cpu().tolist()):
+            nodes[n.name]["score"] = score
+    edges = {name: {"score": s, "in_graph": f} for name, s, f in zip(_edge_names(st), scores, flags)}
+    out: dict[str, Any] = {"cfg": st.cfg(), "nodes": nodes, "edges": edges}
+    if graph.metadata:
+        out["metadata"] = graph.metadata
+    return out
+
+
+def _write_json(graph: Graph, path: Path) -> None:
+    text = json.dumps(to_mib_dict(graph))  # one-shot dumps uses the C encoder; json.dump would not
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _read_json(path: Path, model: HasStructure | None) -> Graph:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise GraphFormatError(f"{path}: not valid JSON ({e})") from None
+    return from_mib_dict(doc, model=model, source=path)
+
+
+def from_mib_dict(doc: Any, model: HasStructure | None = None, source: str | os.PathLike = "<dict>") -> Graph:
+    """Build a :class:`Graph` from a parsed MIB JSON document (the inverse of :func:`to_mib_dict`)."""
+    from circuits.graph.graph import Graph
+
+    if not isinstance(doc, dict):
+        raise GraphFormatError(f"{source}: a graph file is a JSON object with 'cfg', 'nodes' and 'edges', "
+                               f"got {type(doc).__name__}")
+    for key in ("cfg", "edges"):
+        if key not in doc:
+            raise GraphFormatError(f"{source}: no {key!r} key (MIB graph files have 'cfg', 'nodes', 'edges'; "
+                                   f"found {sorted(doc)})")
+    st = _resolve_structure(doc["cfg"], model, source)
+    edges = doc["edges"]
+    if not isinstance(edges, dict):
+        raise GraphFormatError(f"{source}: 'edges' must map 'SENDER->RECEIVER' to {{'score', 'in_graph'}}")
+
+    names = list(edges)
+    values = list(edges.values())
+    score_list: list[float] = []
+    flag_list: list[bool] = []
+    for name, v in zip(names, values):  # one pass; the checks cost little next to json.load
+        if not isinstance(v, dict) or "in_graph" not in v:
+            raise GraphFormatError(f"{source}: edges[{name!r}] must be an object with 'score' and 'in_graph', "
+                                   f"got {v!r}")
+        s, f = v.get("score"), v["in_graph"]
+        if s is None:
+            s = math.nan  # EAP-IG writes null for unscored edges
+        elif not isinstance(s, (int, float)) or isinstance(s, bool):
+            raise GraphFormatError(f"{source}: edges[{name!r}]['score'] must be a number, got {s!r}")
+        if not isinstance(f, bool):
+            raise GraphFormatError(f"{source}: edges[{name!r}]['in_graph'] must be true or false, got {f!r}")
+        score_list.append(float(s))
+        flag_list.append(f)
+
+    if tuple(names) == _edge_names(st):  # the usual case: every edge, in MIB order
+        index = edge_order(st)
+    else:
+        rows = []
+        for name in names:
+            try:
+                rows.append(st.edge_index(name))
+            except KeyError as e:
+                raise GraphFormatError(f"{source}: edges[{name!r}]: {e.args[0]}") from None
+        index = torch.tensor(rows, dtype=torch.long).view(-1, 2)
+        if len(names) < st.n_edges:
+            warnings.warn(f"{source}: {st.n_edges - len(names):,} of {st.n_edges:,} edges are missing; they are "
+                          "loaded as unscored (NaN) and outside the circuit", stacklevel=3)
+    scores, in_graph = _empty_tensors(st)
+    scores[index[:, 0], index[:, 1]] = torch.tensor(score_list, dtype=torch.float64)
+    in_graph[index[:, 0], index[:, 1]] = torch.tensor(flag_list, dtype=torch.bool)
+
+    node_in_graph, node_scores = _read_nodes(doc.get("nodes"), st, in_graph, source)
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise GraphFormatError(f"{source}: 'metadata' must be an object, got {type(metadata).__name__}")
+    return Graph(st, scores=scores, in_graph=in_graph, node_scores=node_scores, node_in_graph=node_in_graph,
+                 metadata=metadata)
+
+
+def _read_nodes(nodes: Any, st: GraphStructure, in_graph: torch.Tensor,
+                source: str | os.PathLike) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``nodes`` block -> (explicit node mask or None, node scores or None); accepts EAP-IG's old ``{name: bool}``."""
+    from circuits.graph.pruning import node_mask
+
+    if nodes is None:
+        return None, None
+    if not isinstance(nodes, dict):
+        raise GraphFormatError(f"{source}: 'nodes' must map node names to {{'in_graph': bool}}")
+    mask = node_mask(st, in_graph)  # nodes the file does not list keep the value their edges imply
+    scores: torch.Tensor | None = None
+    for name, v in nodes.items():
+        try:
+            i = st.node_index(name)
+        except KeyError as e:
+            raise GraphFormatError(f"{source}: nodes[{name!r}]: {e.args[0]}") from None
+        if isinstance(v, bool):
+            v = {"in_graph": v}
+        if not isinstance(v, dict) or not isinstance(v.get("in_graph"), bool):
+            raise GraphFormatError(f"{source}: nodes[{name!r}] must be {{'in_graph': true|false}}, got {v!r}")
+        mask[i] = v["in_graph"]
+        if "score" in v:
+            s = v["score"]
+            if s is not None and (not isinstance(s, (int, float)) or isinstance(s, bool)):
+                raise GraphFormatError(f"{source}: nodes[{name!r}]['score'] must be a number, got {s!r}")
+            if scores is None:
+                scores = torch.full((st.n_nodes,), math.nan, dtype=torch.float64)
+            scores[i] = math.nan if s is None else float(s)
+    return mask, scores
+
+
+# ---- GraphML ----------------------------------------------------------------------------------------------------
+def _write_graphml(graph: Graph, path: Path) -> None:
+    import networkx as nx
+
+    g = graph.to_networkx(circuit_only=False)
+    g.graph = {"format": PT_FORMAT, "cfg": json.dumps(g.graph["cfg"]), "metadata": json.dumps(g.graph["metadata"])}
+    nx.write_graphml(g, path)
+
+
+def _read_graphml(path: Path, model: HasStructure | None) -> Graph:
+    import networkx as nx
+    from xml.etree.ElementTree import ParseError
+
+    from circuits.graph.graph import Graph
+
+    try:
+        g = nx.read_graphml(path)
+    except (ParseError, nx.NetworkXError) as e:
+        raise GraphFormatError(f"{path}: not a readable GraphML file ({e})") from None
+    if "cfg" not in g.graph:
+        raise GraphFormatError(f"{path}: the GraphML graph has no 'cfg' attribute (write it with Graph.save)")
+    try:
+        cfg = json.loads(g.graph["cfg"])
+        metadata = json.loads(g.graph.get("metadata", "{}"))
+    except (TypeError, json.JSONDecodeError) as e:
+        raise GraphFormatError(f"{path}: graph attribute 'cfg' or 'metadata' is not JSON ({e})") from None
+    st = _resolve_structure(cfg, model, path)
+    scores, in_graph = _empty_tensors(st)
+    rows: list[tuple[int, int]] = []
+    vals: list[float] = []
+    flags: list[bool] = []
+    for u, v, d in g.edges(data=True):
+        if d.get("structural", False):
+            continue
+        name = f"{u}->{v}"
+        try:
+            rows.append(st.edge_index(name))
+            vals.append(float(d["score"]))
+            flags.append(bool(d["in_circuit"]))
+        except KeyError as e:
+            raise GraphFormatError(f"{path}: edge {name!r}: missing or unknown {e.args[0]}") from None
+    if rows:
+        index = torch.tensor(rows, dtype=torch.long)
+        scores[index[:, 0], index[:, 1]] = torch.tensor(vals, dtype=torch.float64)
+        in_graph[index[:, 0], index[:, 1]] = torch.tensor(flags, dtype=torch.bool)
+
+    node_in_graph = None
+    node_scores = None
+    for name, d in g.nodes(data=True):
+        if d.get("kind") == "qkv":
+            continue
+        try:
+            i = st.node_index(name)
+        except KeyError as e:
+            raise GraphFormatError(f"{path}: node {name!r}: {e.args[0]}") from None
+        if "in_circuit" in d:
+            if node_in_graph is None:
+                from circuits.graph.pruning import node_mask
+                node_in_graph = node_mask(st, in_graph)
+            node_in_graph[i] = bool(d["in_circuit"])
+        if "score" in d:
+            if node_scores is None:
+                node_scores = torch.full((st.n_nodes,), math.nan, dtype=torch.float64)
+            node_scores[i] = float(d["score"])
+    return Graph(st, scores=scores, in_graph=in_graph, node_scores=node_scores, node_in_graph=node_in_graph,
+                 metadata=metadata)
+
+
+# ---- .pt --------------------------------------------------------------------------------------------------------
+def _write_pt(graph: Graph, path: Path) -> None:
+    explicit = graph._node_in_graph
+    torch.save({
+        "format": PT_FORMAT, "version": PT_VERSION, "cfg": graph.structure.cfg(),
+        "scores": graph.scores.detach().cpu(),  # [S, R]
+        "in_graph": graph.in_graph.cpu(),  # [S, R]
+        "node_scores": None if graph.node_scores is None else graph.node_scores.detach().cpu(),  # [n_nodes]
+        "node_in_graph": None if explicit is None else explicit.cpu(),  # [n_nodes]
+        "metadata": json.dumps(graph.metadata),
+    }, path)
+
+
+def _read_pt(path: Path, model: HasStructure | None) -> Graph:
+    from circuits.graph.graph import Graph
+
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise GraphFormatError(f"{path}: not a readable circuits graph .pt file ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != PT_FORMAT:
+        raise GraphFormatError(f"{path}: not a circuits graph file (no format={PT_FORMAT!r} entry)")
+    for key in ("cfg", "scores", "in_graph"):
+        if key not in d:
+            raise GraphFormatError(f"{path}: no {key!r} entry")
+    st = _resolve_structure(d["cfg"], model, path)
+    shape = (st.n_senders, st.n_receivers)
+    if tuple(d["scores"].shape) != shape or tuple(d["in_graph"].shape) != shape:
+        raise GraphFormatError(f"{path}: tensors have shape {tuple(d['scores'].shape)}, expected {shape} for "
+                               f"{st.describe()}")
+    return Graph(st, scores=d["scores"], in_graph=d["in_graph"], node_scores=d.get("node_scores"),
+                 node_in_graph=d.get("node_in_graph"), metadata=json.loads(d.get("metadata") or "{}"))

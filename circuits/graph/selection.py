@@ -1,0 +1,151 @@
+"""Turning scores into a circuit: which edges (or nodes) to keep, as dense ``[n_senders, n_receivers]`` masks.
+
+Every rule ranks by a *key*: the raw score (``absolute=False``, MIB's CPR runs: keep the edges that help most)
+or ``|score|`` (``absolute=True``, MIB's CMD runs: keep the edges that matter either way). A NaN score means
+"not scored": it ranks below every scored edge and never passes a threshold.
+
+Ties are broken deterministically by MIB's edge order (``GraphStructure.edge_order``): of two edges with the
+same key, the one listed first in a MIB file wins. MIB's own ``apply_topn`` uses an unstable argsort here, so
+on exact ties (e.g. many zero scores) the two can differ; on distinct scores they agree.
+
+These functions only select; pruning to input -> logits paths is :mod:`circuits.graph.pruning`.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+
+from circuits.graph.pruning import edge_mask, edge_order, receiver_node
+from circuits.graph.structure import GraphStructure
+
+
+def rank_key(scores: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """The value selection ranks by: ``score`` or ``|score|``, with NaN (unscored) mapped to ``-inf``."""
+    key = scores.abs() if absolute else scores
+    return torch.nan_to_num(key.float() if key.dtype in (torch.float16, torch.bfloat16) else key,
+                            nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+
+
+def top_k_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
+    """``[S, R]`` bool: the ``k`` edges with the highest key (ties: first in MIB order)."""
+    n = structure.n_edges
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
+    order = edge_order(structure, scores.device)  # [E, 2]
+    key = rank_key(scores[order[:, 0], order[:, 1]], absolute)  # [E] in MIB order
+    keep = torch.sort(key, descending=True, stable=True).indices[:k]  # stable: ties stay in MIB order
+    out = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=scores.device)
+    out[order[keep, 0], order[keep, 1]] = True
+    return out
+
+
+def threshold_edges(structure: GraphStructure, scores: torch.Tensor, threshold: float,
+                    absolute: bool = False) -> torch.Tensor:
+    """``[S, R]`` bool: every edge whose key is ``>= threshold`` (inclusive, as EAP-IG's ``apply_threshold``)."""
+    key = rank_key(scores, absolute)
+    return (key >= float(threshold)) & ~torch.isnan(scores) & edge_mask(structure, scores.device)
+
+
+def fraction_to_k(structure: GraphStructure, fraction: float) -> int:
+    """MIB's count for an edge fraction: ``int(fraction * n_edges)`` (floor, float product as MIB computes it)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    return int(fraction * structure.n_edges)
+
+
+# ---- node level ----------------------------------------------------------------------------------------------
+def edges_between(structure: GraphStructure, nodes: torch.Tensor) -> torch.Tensor:
+    """``[S, R]`` bool: every edge whose sender and receiver's node are both in ``nodes`` ([n_nodes] bool)."""
+    dev = nodes.device
+    senders = nodes[: structure.n_senders]
+    receivers = nodes[receiver_node(structure, dev)]  # logits node is nodes[-1]
+    return edge_mask(structure, dev) & senders[:, None] & receivers[None, :]
+
+
+def top_k_nodes(structure: GraphStructure, node_scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
+    """``[n_nodes]`` bool: the ``k`` scored nodes with the highest key, plus every unscored node and ``logits``.
+
+    As in MIB, a node without a score (NaN) is always kept, so node-level methods may score a subset.
+    """
+    scored = ~torch.isnan(node_scores)
+    scored[-1] = False  # logits is never ranked
+    n = int(scored.sum())
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} nodes requested, but only {n} nodes have a score")
+    key = rank_key(node_scores, absolute).masked_fill(~scored, -torch.inf)
+    out = ~scored
+    out[-1] = True
+    out[torch.sort(key, descending=True, stable=True).indices[:k]] = True
+    return out
+
+
+def threshold_nodes(structure: GraphStructure, node_scores: torch.Tensor, threshold: float,
+                    absolute: bool = False) -> torch.Tensor:
+    """``[n_nodes]`` bool: scored nodes with key ``>= threshold``, plus unscored nodes and ``logits``."""
+    unscored = torch.isnan(node_scores)
+    out = unscored | (rank_key(node_scores, absolute) >= float(threshold))
+    out[-1] = True
+    return out
+
+
+# ---- greedy from the logits ----------------------------------------------------------------------------------
+def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
+    """``[S, R]`` bool: EAP-IG's greedy construction, grown backwards from ``logits``.
+
+    Start with ``logits`` in the circuit; repeatedly add the highest-key edge whose receiver's node is already
+    in the circuit, and add that edge's sender to the circuit. Every chosen edge therefore leads to ``logits``
+    (its sender may still lack a path from ``input``; :func:`~circuits.graph.pruning.prune` removes those).
+
+    Candidates are merged lazily, one sorted column per receiver, so the heap holds at most ``n_receivers``
+    entries: O(k log R) after one dense sort.
+    """
+    n = structure.n_edges
+    if not 0 <= k <= n:
+        raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
+    S, R = structure.n_senders, structure.n_receivers
+    mask = edge_mask(structure)
+    key = rank_key(scores.detach().cpu(), absolute).masked_fill(~mask, -torch.inf)  # [S, R]
+    # Per receiver, its senders by key (descending); stable, so ties go to the lower sender index, which is
+    # also the earlier MIB position within one receiver. Non-edges sort last and are cut by n_upstream.
+    col_key, col_sender = torch.sort(key, dim=0, descending=True, stable=True)  # [S, R] each
+    position = torch.zeros(S, R, dtype=torch.long)  # MIB position of each edge, for tie-breaks across receivers
+    order = edge_order(structure)
+    position[order[:, 0], order[:, 1]] = torch.arange(n)
+    n_up = structure.n_upstream.tolist()
+
+    node_receivers: list[list[int]] = [[] for _ in range(S + 1)]
+    for r, node in enumerate(receiver_node(structure).tolist()):
+        node_receivers[node].append(r)
+
+    columns: dict[int, tuple[list[float], list[int], list[int]]] = {}
+    heap: list[tuple[float, int, int, int]] = []  # (-key, MIB position, receiver, rank within receiver)
+
+    def open_receiver(r: int) -> None:
+        senders = col_sender[: n_up[r], r]
+        columns[r] = (col_key[: n_up[r], r].tolist(), senders.tolist(), position[senders, r].tolist())
+        keys, _, pos = columns[r]
+        heapq.heappush(heap, (-keys[0], pos[0], r, 0))
+
+    chosen_s: list[int] = []
+    chosen_r: list[int] = []
+    in_circuit = [False] * (S + 1)
+    in_circuit[S] = True
+    for r in node_receivers[S]:
+        open_receiver(r)
+    while len(chosen_s) < k:
+        _, _, r, i = heapq.heappop(heap)
+        keys, senders, pos = columns[r]
+        s = senders[i]
+        chosen_s.append(s)
+        chosen_r.append(r)
+        if i + 1 < len(senders):
+            heapq.heappush(heap, (-keys[i + 1], pos[i + 1], r, i + 1))
+        if not in_circuit[s]:
+            in_circuit[s] = True
+            for r2 in node_receivers[s]:
+                open_receiver(r2)
+    out = torch.zeros(S, R, dtype=torch.bool)
+    out[torch.tensor(chosen_s, dtype=torch.long), torch.tensor(chosen_r, dtype=torch.long)] = True
+    return out.to(scores.device)
