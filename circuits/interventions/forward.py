@@ -1,0 +1,169 @@
+"""The decomposed forward pass: one model run in which every sender writes separately and every receiver reads.
+
+One code path serves the plain run (equal to the Hugging Face logits), the recorded run (every sender's
+output, the cache ablations are built from) and the edge-patched run (a batch of circuits, masks
+differentiable). Which of those it is depends only on the residual strategy
+(:mod:`circuits.interventions.residual`).
+
+Shapes: ``B`` examples, ``P`` positions, ``d`` model width, ``H`` query heads, ``G`` key/value groups,
+``e`` head width, ``S`` senders, ``R`` receivers, ``C`` circuits, ``N = C * B`` rows actually computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.interventions.residual import MaskedResidual, PlainResidual
+from circuits.models.architectures import Attention, TransformerSpec
+
+
+@dataclass
+class ForwardResult:
+    logits: Tensor  # [B, P, V], or [C, B, P, V] when masks were [C, S, R]
+    sender_outputs: Tensor | None = None  # [S, B, P, d] when recorded
+
+
+def position_ids_for(attention_mask: Tensor | None, shape: tuple[int, int], device: torch.device) -> Tensor:
+    """Positions count real tokens only, so left padding does not shift a prompt's positions."""
+    if attention_mask is None:
+        return torch.arange(shape[1], device=device).expand(shape)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                       masks: Tensor | None = None, ablated: Tensor | None = None,
+                       record: bool = False) -> ForwardResult:
+    """Run ``spec`` on ``input_ids [B, P]``.
+
+    ``masks [C, S, R]`` or ``[S, R]`` with ``ablated [S, B|1, P|1, d]`` patches every edge
+    (1 = the sender's output in this run, 0 = its ablated output); without masks it is the plain model.
+    ``record`` returns every sender's output (plain runs only).
+    """
+    B, P = input_ids.shape
+    structure = spec.structure
+    if spec.max_positions is not None and P > spec.max_positions:
+        raise ValueError(f"sequence length {P} exceeds the model's context of {spec.max_positions} positions")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {(B, P)}")
+    positions = position_ids_for(attention_mask, (B, P), input_ids.device)  # [B, P]
+
+    first = spec.token_embed[input_ids]  # [B, P, d]: the `input` sender
+    if spec.pos_embed is not None:
+        first = first + spec.pos_embed[positions]
+
+    C = 1
+    if masks is not None:
+        if record:
+            raise ValueError("record=True is for plain runs; patched runs do not produce an ablation cache")
+        if ablated is None:
+            raise ValueError("patching needs the ablated sender outputs (ablated=...): see circuits.interventions.ablation")
+        _check_patch_inputs(structure, masks, ablated, B, P, first.shape[-1])
+        C = masks.shape[0] if masks.dim() == 3 else 1
+        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure.n_upstream)
+        positions = positions.repeat(C, 1)  # [N, P]
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat(C, 1)
+    else:
+        resid = PlainResidual(first, structure.n_senders, record=record)
+    per_head = masks is not None or record  # else heads can be summed inside the output projection
+
+    allowed = _allowed_keys(attention_mask, positions.shape, first.device, spec.sliding_window)  # [N, P, P]
+    H = structure.n_heads
+    for layer_idx, layer in enumerate(spec.layers):
+        x = layer.attn_norm(resid.read(structure.attn_receivers(layer_idx)))  # [3H | 1, N, P, d]
+        q_in, k_in, v_in = (x[:H], x[H:2 * H], x[2 * H:]) if x.shape[0] > 1 else (x, x, x)
+        z = _attention_pattern_values(layer.attn, q_in, k_in, v_in, positions, allowed)  # [H, N, P, e]
+        if spec.parallel_attn_mlp:
+            mlp_in = resid.read(structure.mlp_receiver(layer_idx))
+        if per_head:
+            resid.write(torch.matmul(z.flatten(1, 2), layer.attn.W_O).view(H, *z.shape[1:3], -1))
+        else:
+            resid.write(torch.einsum("hnpe,hed->npd", z, layer.attn.W_O)[None])
+        if layer.attn.b_O is not None:
+            resid.add_constant(layer.attn.b_O)
+        if not spec.parallel_attn_mlp:
+            mlp_in = resid.read(structure.mlp_receiver(layer_idx))
+        resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
+
+    final = spec.final_norm(resid.read(structure.logits_receiver)[0])  # [N, P, d]
+    logits = final @ spec.W_U
+    if spec.b_U is not None:
+        logits = logits + spec.b_U
+    if masks is not None and masks.dim() == 3:
+        logits = logits.view(C, B, P, -1)
+    outputs = resid.recorded() if record else None
+    return ForwardResult(logits, outputs)
+
+
+def _check_patch_inputs(structure, masks: Tensor, ablated: Tensor, B: int, P: int, d: int) -> None:
+    S, R = structure.n_senders, structure.n_receivers
+    if masks.shape[-2:] != (S, R) or masks.dim() not in (2, 3):
+        raise ValueError(f"masks must be [S, R] or [C, S, R] with S={S} senders and R={R} receivers "
+                         f"({structure.describe()}), got {tuple(masks.shape)}")
+    if ablated.dim() != 4 or ablated.shape[0] != S or ablated.shape[-1] != d:
+        raise ValueError(f"ablated sender outputs must be [S={S}, B, P, d={d}] (or broadcastable), "
+                         f"got {tuple(ablated.shape)}")
+    if ablated.shape[1] not in (1, B) or ablated.shape[2] not in (1, P):
+        raise ValueError(f"ablated outputs {tuple(ablated.shape)} do not broadcast to batch {B} x {P} positions: "
+                         "build them from the same batch (corrupted ablation) or as means ([S, 1, P, d]).")
+
+
+def _allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch.device,
+                  sliding_window: int | None) -> Tensor:
+    """``[N, P, P]`` bool: query position q may attend to key position k (causal, real keys, window)."""
+    N, P = shape
+    q = torch.arange(P, device=device)
+    allowed = q[None, :] <= q[:, None]  # [P(q), P(k)]
+    if sliding_window is not None:
+        allowed = allowed & (q[:, None] - q[None, :] < sliding_window)
+    allowed = allowed[None].expand(N, P, P)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, :]
+    return allowed
+
+
+def _attention_pattern_values(attn: Attention, q_in: Tensor, k_in: Tensor, v_in: Tensor, positions: Tensor,
+                              allowed: Tensor) -> Tensor:
+    """Per-head attention on per-head inputs ``[H | 1, N, P, d]``; returns ``z [H, N, P, e]``."""
+    H, G = attn.n_heads, attn.n_kv_heads
+    q = _project(q_in, attn.W_Q, attn.b_Q, H)  # [H, N, P, e]
+    k = _project(k_in, attn.W_K, attn.b_K, H)
+    v = _project(v_in, attn.W_V, attn.b_V, H)
+    if attn.rotary is not None:
+        cos, sin = attn.rotary(q, positions)  # [N, P, r]
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P, P]
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    # softmax in at least fp32 (as HF does for bf16/fp16 models), never below the model's own precision
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    return torch.matmul(pattern, v)
+
+
+def _project(x: Tensor, W: Tensor, b: Tensor | None, n_heads: int) -> Tensor:
+    """Each query head's projection of its own input. ``x [H | 1, N, P, d]``, ``W [K, d, e]`` with ``K`` = H
+    (queries) or G (grouped keys/values: head h uses group ``h // (H / G)``'s weight, never a copied one)."""
+    K = W.shape[0]
+    if x.shape[0] == 1:  # one shared input: project once per weight, then give each query head its group's
+        out = torch.einsum("npd,kde->knpe", x[0], W)
+        if b is not None:
+            out = out + b[:, None, None]
+        return out if K == n_heads else out.repeat_interleave(n_heads // K, dim=0)
+    group = n_heads // K
+    xg = x.view(K, group, *x.shape[1:])  # [K, H/K, N, P, d]
+    out = torch.matmul(xg.flatten(1, 3), W).view(K, group, *x.shape[1:3], W.shape[-1])  # [K, H/K, N, P, e]
+    if b is not None:
+        out = out + b[:, None, None, None]
+    return out.flatten(0, 1)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on the first ``r`` dims of each head (all of them, or Pythia's partial fraction)."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    out = rot * cos + rotated * sin
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out

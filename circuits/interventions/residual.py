@@ -1,0 +1,172 @@
+"""What each receiver reads from the residual stream: the plain sum, or the edge-masked mix.
+
+The decomposed forward (:mod:`circuits.interventions.forward`) writes every sender's output here and asks,
+for each group of receivers, what they read. Two strategies answer the same question:
+
+* :class:`PlainResidual` - the ordinary model: every receiver reads the running sum.
+* :class:`MaskedResidual` - DESIGN.md's edge intervention. Receiver R reads
+  ``sum_S m[S, R] * out_S + (1 - m[S, R]) * abl_S = sum_S abl_S + sum_S m[S, R] * (out_S - abl_S)``
+  where ``out_S`` is sender S's output in *this* run and ``abl_S`` its ablated output (corrupted run,
+  a mean, or zero). Masks are continuous, differentiable, and batched over circuits: ``m [C, S, R]`` runs
+  C circuits on the same B examples as one batch of ``N = C * B`` rows.
+
+Attention output biases belong to no head, so they are a constant of the stream (equal in clean and ablated
+runs) and are added for every receiver after their layer, whatever the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class PlainResidual:
+    """The unmodified residual stream; optionally records each sender's output (an ablation cache)."""
+
+    def __init__(self, first: Tensor, n_senders: int, record: bool = False):
+        self.stream = first  # [N, P, d]
+        self.n_written = 1
+        self.record: list[Tensor] | None = [first] if record else None
+
+    def write(self, outputs: Tensor) -> None:  # [k, N, P, d]: the next k senders in order
+        self.stream = self.stream + outputs.sum(0)
+        self.n_written += outputs.shape[0]
+        if self.record is not None:
+            self.record.append(outputs)
+
+    def add_constant(self, bias: Tensor) -> None:
+        self.stream = self.stream + bias
+
+    def read(self, receivers: slice | int) -> Tensor:
+        """``[1, N, P, d]``: every receiver reads the same stream (broadcast over receivers)."""
+        return self.stream[None]
+
+    def recorded(self) -> Tensor:
+        """``[S, N, P, d]``: every sender's output, in sender order."""
+        assert self.record is not None
+        return torch.cat([self.record[0][None], *self.record[1:]])
+
+
+class MaskedResidual:
+    """Edge-masked residual stream for ``C`` circuits at once.
+
+    ``masks``: ``[C, S, R]`` (or ``[S, R]`` for one circuit) in ``[0, 1]``; ``ablated``: ``[S, B, P, d]``
+    or anything that broadcasts to it (``[S, 1, P, d]`` per-position means, ``[S, 1, 1, d]`` zero).
+    Only entries where the edge exists are read (a receiver sees the senders before it).
+
+    The cost is memory traffic, not arithmetic, so: sender differences ``out - ablated`` live in one
+    contiguous buffer ``[C, 1 + S, B*P*d]`` whose row 0 is the base (ablated outputs and biases, mask 1), so
+    each read is a single matrix product per circuit with no separate add; and when a layer's heads read the
+    buffer, the same pass mixes the senders for that layer's MLP, which then only adds the heads written
+    since. :class:`_MixSenders` keeps autograd exact through the buffer.
+    """
+
+    def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, n_upstream: Tensor):
+        if masks.dim() == 2:
+            masks = masks[None]
+        self.masks = masks.to(first.dtype)  # [C, S, R]
+        self.C, S, self.R = masks.shape
+        self.ablated = ablated  # [S, B|1, P|1, d]
+        self.B, self.P, self.d = first.shape
+        self.n_upstream = n_upstream.tolist()
+        self.buffer = first.new_empty(self.C, 1 + S, self.B * self.P * self.d)  # sender s in row 1 + s
+        self.chunks: list[tuple[int, Tensor]] = []  # (first sender, autograd-tracked diff [k, C, B, P, d])
+        self.n_written = 0
+        self.base = torch.zeros((), dtype=first.dtype, device=first.device)  # sum of ablated outputs + biases
+        self.partial: dict[int, tuple[int, Tensor, Tensor]] = {}  # receiver -> (senders mixed, sum, base then)
+        self._ones = torch.ones(self.C, 1, self.R, dtype=first.dtype, device=first.device)
+        self._write(first[None, None].expand(1, self.C, *first.shape))
+
+    @property
+    def N(self) -> int:
+        return self.C * self.B
+
+    def _write(self, outputs: Tensor) -> None:  # [k, C, B, P, d]
+        k, n = outputs.shape[0], self.n_written
+        abl = self.ablated[n:n + k][:, None]  # [k, 1, B|1, P|1, d]
+        rows = self.buffer[:, 1 + n:1 + n + k].transpose(0, 1).view(outputs.shape)  # [k, C, B, P, d]
+        if torch.is_grad_enabled() and (outputs.requires_grad or abl.requires_grad):
+            diff = outputs - abl
+            rows.copy_(diff.detach())
+        else:  # no autograd: write the difference straight into the buffer, one pass
+            diff = torch.sub(outputs, abl, out=rows)
+        self.chunks.append((n, diff))
+        self.base = self.base + abl[:, 0].sum(0)
+        self.n_written += k
+
+    def write(self, outputs: Tensor) -> None:  # [k, N, P, d]
+        self._write(outputs.view(outputs.shape[0], self.C, self.B, self.P, self.d))
+
+    def add_constant(self, bias: Tensor) -> None:
+        self.base = self.base + bias
+
+    def _flat_base(self) -> Tensor:  # [X]
+        return self.base.expand(self.B, self.P, self.d).reshape(-1)
+
+    def _mix(self, receivers: slice, start: int) -> Tensor:
+        """``[C, R, X]``: mask-weighted sum of senders ``start .. n_written`` (plus the base when start is 0)."""
+        chunks = [c for s, c in self.chunks if s >= start]
+        m = self.masks[:, start:self.n_written, receivers]  # [C, n, R]
+        if start == 0:
+            self.buffer[:, 0] = self._flat_base()
+            m = torch.cat([self._ones[:, :, receivers], m], dim=1)  # [C, 1 + n, R]
+            return _MixSenders.apply(m, self.buffer, 0, 1 + self.n_written, *chunks)
+        return _MixSenders.apply(m, self.buffer, 1 + start, 1 + self.n_written, *chunks)
+
+    def read(self, receivers: slice | int) -> Tensor:
+        """``[R, N, P, d]``: each receiver's own masked mix of the senders written so far."""
+        if isinstance(receivers, int):
+            receivers = slice(receivers, receivers + 1)
+        r0, r1 = receivers.start, receivers.stop
+        assert all(self.n_upstream[r] == self.n_written for r in range(r0, r1)), \
+            "receivers must read exactly the senders written before them"
+        if r0 in self.partial:  # finish a sum begun when the previous receivers read the buffer
+            done, mixed, base_then = self.partial.pop(r0)
+            if self.base is not base_then:
+                mixed = mixed + (self.base - base_then).expand(self.B, self.P, self.d).reshape(-1)
+            if done < self.n_written:
+                mixed = mixed + self._mix(receivers, done)
+        else:
+            ahead = r1 < self.R and r1 - r0 > 1 and self.n_upstream[r1] >= self.n_written
+            mixed = self._mix(slice(r0, r1 + ahead), 0)  # [C, R (+1), X]
+            if ahead:
+                self.partial[r1] = (self.n_written, mixed[:, -1:], self.base)
+                mixed = mixed[:, :-1]
+        R = r1 - r0
+        mixed = mixed.view(self.C, R, self.B, self.P, self.d).transpose(0, 1)  # [R, C, B, P, d]
+        return mixed.reshape(R, self.N, self.P, self.d)
+
+
+class _MixSenders(torch.autograd.Function):
+    """``out[c] = m[c]^T @ buffer[c, start:stop]``, differentiated into the masks and into each sender-diff
+    chunk (so gradients reach upstream senders, as EAP needs). Sender rows never change once written, so
+    the backward pass reads them in place; the base row (row 0, mask fixed at 1) takes no gradient."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, buffer: Tensor, start: int, stop: int, *chunks: Tensor) -> Tensor:
+        rows = buffer[:, start:stop]  # [C, n, X]
+        ctx.with_base = start == 0
+        ctx.rows = rows[:, 1:] if ctx.with_base else rows
+        ctx.chunk_shapes = [c.shape for c in chunks]
+        ctx.save_for_backward(m)
+        return torch.bmm(m.transpose(1, 2), rows)  # [C, R, X]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # [C, R, X]
+        (m,) = ctx.saved_tensors
+        if ctx.with_base:
+            m = m[:, 1:]
+        needs = ctx.needs_input_grad
+        grad_m = None
+        if needs[0]:
+            grad_m = torch.bmm(ctx.rows, grad_out.transpose(1, 2))  # [C, n, R]
+            if ctx.with_base:
+                grad_m = torch.cat([torch.zeros_like(grad_m[:, :1]), grad_m], dim=1)
+        grads: list[Tensor | None] = [None] * len(ctx.chunk_shapes)
+        if any(needs[4:]):
+            grad_rows = torch.bmm(m, grad_out)  # [C, n, X]
+            at = 0
+            for i, shape in enumerate(ctx.chunk_shapes):  # [k, C, B, P, d]
+                grads[i] = grad_rows[:, at:at + shape[0]].transpose(0, 1).reshape(shape)
+                at += shape[0]
+        return (grad_m, None, None, None, *grads)

@@ -1,0 +1,263 @@
+"""Read a Hugging Face causal LM into one architecture-neutral description of its weights.
+
+Each supported family (GPT-2, GPT-NeoX/Pythia, Llama/Qwen2/Mistral) differs only in how its weights are
+laid out and in a few switches (norm kind, rotary, parallel blocks, gated MLP). Reading them into
+:class:`TransformerSpec` once lets a single decomposed forward (``circuits.interventions``) serve all of
+them. Every weight is a *view* of the Hugging Face parameter, never a copy: an 8B model stays 8B.
+
+Weight layouts (H query heads, G key/value groups, d model width, e head width):
+``W_Q [H, d, e]``, ``W_K / W_V [G, d, e]``, ``W_O [H, e, d]``. Grouped-query attention keeps ``G < H``
+weights; the forward computes each query head's k/v from that head's own input with its group's weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from circuits.graph.structure import GraphStructure
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's architecture has no decomposed forward here."""
+
+
+@dataclass
+class Norm:
+    """LayerNorm or RMSNorm over the last dimension, applied to any number of stacked receiver inputs."""
+
+    kind: str  # "layernorm" | "rmsnorm"
+    weight: Tensor  # [d]
+    bias: Tensor | None
+    eps: float
+
+    def __call__(self, x: Tensor) -> Tensor:  # [..., d] -> [..., d]
+        if self.kind == "layernorm":
+            return nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        # As Llama's RMSNorm: normalize in (at least) fp32, cast back, then scale.
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+@dataclass
+class Attention:
+    """One attention layer, split per head."""
+
+    W_Q: Tensor  # [H, d, e]
+    W_K: Tensor  # [G, d, e]
+    W_V: Tensor  # [G, d, e]
+    W_O: Tensor  # [H, e, d]
+    b_Q: Tensor | None  # [H, e]
+    b_K: Tensor | None  # [G, e]
+    b_V: Tensor | None  # [G, e]
+    b_O: Tensor | None  # [d]: not any one head's output, so it is a constant of the residual stream
+    scale: float
+    rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None  # (x, position_ids) -> cos, sin [N, P, r]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.W_K.shape[0]
+
+
+@dataclass
+class Mlp:
+    """A dense MLP: ``W_out act(W_in x + b_in) (* (W_gate x) when gated) + b_out``."""
+
+    W_in: Tensor  # [d, m]
+    b_in: Tensor | None
+    W_out: Tensor  # [m, d]
+    b_out: Tensor | None
+    act: Callable[[Tensor], Tensor]
+    W_gate: Tensor | None = None  # [d, m]: SwiGLU's gate, the one passed through act (Llama's gate_proj)
+    b_gate: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:  # [..., d] -> [..., d]
+        if self.W_gate is None:
+            h = self.act(_linear(x, self.W_in, self.b_in))
+        else:
+            h = self.act(_linear(x, self.W_gate, self.b_gate)) * _linear(x, self.W_in, self.b_in)
+        return _linear(h, self.W_out, self.b_out)
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x @ w + b`` with ``w`` stored [in, out] (possibly a transposed view of an nn.Linear weight)."""
+    out = x @ w
+    return out + b if b is not None else out
+
+
+@dataclass
+class Layer:
+    attn_norm: Norm
+    attn: Attention
+    mlp_norm: Norm
+    mlp: Mlp
+
+
+@dataclass
+class TransformerSpec:
+    """Everything the decomposed forward needs, read from one Hugging Face model."""
+
+    family: str
+    token_embed: Tensor  # [V, d]
+    pos_embed: Tensor | None  # [n_ctx, d] (learned absolute positions, GPT-2 only)
+    layers: list[Layer]
+    final_norm: Norm
+    W_U: Tensor  # [d, V]
+    b_U: Tensor | None
+    parallel_attn_mlp: bool
+    max_positions: int | None
+    sliding_window: int | None = None
+
+    @property
+    def d_model(self) -> int:
+        return self.token_embed.shape[1]
+
+    @property
+    def structure(self) -> GraphStructure:
+        attn = self.layers[0].attn
+        return GraphStructure(n_layers=len(self.layers), n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads,
+                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model)
+
+
+def _act(config, name_attr: str) -> Callable[[Tensor], Tensor]:
+    from transformers.activations import ACT2FN
+
+    return ACT2FN[getattr(config, name_attr)]
+
+
+# ---- GPT-2 -------------------------------------------------------------------------------------------------
+def _read_gpt2(hf: nn.Module) -> TransformerSpec:
+    cfg = hf.config
+    if getattr(cfg, "add_cross_attention", False):
+        raise UnsupportedArchitectureError("GPT-2 with cross-attention is an encoder-decoder; use a causal LM")
+    body = hf.transformer
+    H, d = cfg.n_head, cfg.n_embd
+    e = d // H
+    layers = []
+    for i, block in enumerate(body.h):
+        w = block.attn.c_attn.weight  # Conv1D: [d, 3d], columns q | k | v, each head-major
+        b = block.attn.c_attn.bias
+        Wq, Wk, Wv = (w[:, j * d:(j + 1) * d].view(d, H, e).permute(1, 0, 2) for j in range(3))
+        bq, bk, bv = (b[j * d:(j + 1) * d].view(H, e) for j in range(3))
+        scale = e ** -0.5 if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= float(i + 1)
+        attn = Attention(Wq, Wk, Wv, block.attn.c_proj.weight.view(H, e, d), bq, bk, bv,
+                         block.attn.c_proj.bias, scale, rotary=None)
+        mlp = Mlp(block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight, block.mlp.c_proj.bias,
+                  _act(cfg, "activation_function"))
+        layers.append(Layer(_layernorm(block.ln_1), attn, _layernorm(block.ln_2), mlp))
+    return TransformerSpec("gpt2", body.wte.weight, body.wpe.weight, layers, _layernorm(body.ln_f),
+                           *_unembed(hf), parallel_attn_mlp=False,
+                           max_positions=cfg.n_positions)
+
+
+def _unembed(hf: nn.Module) -> tuple[Tensor, Tensor | None]:
+    head = hf.get_output_embeddings()  # lm_head / embed_out, whatever this transformers version calls it
+    return head.weight.T, getattr(head, "bias", None)
+
+
+def _layernorm(ln: nn.LayerNorm) -> Norm:
+    return Norm("layernorm", ln.weight, ln.bias, ln.eps)
+
+
+def _rmsnorm(norm: nn.Module) -> Norm:
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps")
+    return Norm("rmsnorm", norm.weight, None, eps)
+
+
+# ---- GPT-NeoX (Pythia) ---------------------------------------------------------------------------------------
+def _read_gpt_neox(hf: nn.Module) -> TransformerSpec:
+    cfg = hf.config
+    body = hf.gpt_neox
+    H, d = cfg.num_attention_heads, cfg.hidden_size
+    e = d // H
+    rotary = _bind_rotary(body.rotary_emb)
+    layers = []
+    for block in body.layers:
+        a = block.attention
+        # query_key_value: nn.Linear [3d, d]; output rows grouped per head as (q, k, v) of width e each.
+        w = a.query_key_value.weight.view(H, 3, e, d)
+        b = a.query_key_value.bias.view(H, 3, e) if a.query_key_value.bias is not None else None
+        Wq, Wk, Wv = (w[:, j].transpose(1, 2) for j in range(3))  # [H, d, e]
+        bq, bk, bv = (b[:, j] for j in range(3)) if b is not None else (None, None, None)
+        W_O = a.dense.weight.T.reshape(H, e, d)
+        attn = Attention(Wq, Wk, Wv, W_O, bq, bk, bv, a.dense.bias, a.scaling, rotary)
+        m = block.mlp
+        mlp = Mlp(m.dense_h_to_4h.weight.T, m.dense_h_to_4h.bias, m.dense_4h_to_h.weight.T, m.dense_4h_to_h.bias,
+                  _act(cfg, "hidden_act"))
+        layers.append(Layer(_layernorm(block.input_layernorm), attn, _layernorm(block.post_attention_layernorm),
+                            mlp))
+    return TransformerSpec("gpt_neox", body.embed_in.weight, None, layers, _layernorm(body.final_layer_norm),
+                           *_unembed(hf), parallel_attn_mlp=bool(cfg.use_parallel_residual),
+                           max_positions=cfg.max_position_embeddings)
+
+
+# ---- Llama family (Llama, Qwen2, Mistral) ---------------------------------------------------------------------
+def _read_llama(hf: nn.Module) -> TransformerSpec:
+    cfg = hf.config
+    body = hf.model
+    H, G, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
+    e = getattr(cfg, "head_dim", None) or d // H
+    rotary = _bind_rotary(body.rotary_emb)
+    layers = []
+    for block in body.layers:
+        a = block.self_attn
+        if hasattr(a, "q_norm") or hasattr(a, "k_norm"):
+            raise UnsupportedArchitectureError(
+                f"{cfg.model_type}: per-head q/k norms are not supported yet (Qwen3, OLMo2); use Llama/Qwen2")
+        Wq = a.q_proj.weight.view(H, e, d).transpose(1, 2)
+        Wk = a.k_proj.weight.view(G, e, d).transpose(1, 2)
+        Wv = a.v_proj.weight.view(G, e, d).transpose(1, 2)
+        bias = lambda lin, n: lin.bias.view(n, e) if lin.bias is not None else None  # noqa: E731
+        W_O = a.o_proj.weight.T.reshape(H, e, d)
+        attn = Attention(Wq, Wk, Wv, W_O, bias(a.q_proj, H), bias(a.k_proj, G), bias(a.v_proj, G), a.o_proj.bias,
+                         a.scaling, rotary)
+        m = block.mlp
+        mlp = Mlp(m.up_proj.weight.T, m.up_proj.bias, m.down_proj.weight.T, m.down_proj.bias, m.act_fn,
+                  W_gate=m.gate_proj.weight.T, b_gate=m.gate_proj.bias)
+        layers.append(Layer(_rmsnorm(block.input_layernorm), attn, _rmsnorm(block.post_attention_layernorm), mlp))
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    return TransformerSpec(cfg.model_type, body.embed_tokens.weight, None, layers, _rmsnorm(body.norm),
+                           *_unembed(hf), parallel_attn_mlp=False,
+                           max_positions=cfg.max_position_embeddings, sliding_window=window)
+
+
+def _bind_rotary(rotary_emb: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Use the model's own rotary module, so every RoPE variant (Llama-3 scaling, YaRN, partial) matches HF."""
+
+    def cos_sin(x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return rotary_emb(x, position_ids)
+
+    return cos_sin
+
+
+READERS: dict[str, Callable[[nn.Module], TransformerSpec]] = {
+    "gpt2": _read_gpt2,
+    "gpt_neox": _read_gpt_neox,
+    "llama": _read_llama,
+    "qwen2": _read_llama,
+    "mistral": _read_llama,
+}
+
+
+def read_transformer(hf: nn.Module) -> TransformerSpec:
+    """Describe a Hugging Face causal LM as a :class:`TransformerSpec` (views of its weights)."""
+    model_type = getattr(getattr(hf, "config", None), "model_type", None)
+    if model_type not in READERS:
+        raise UnsupportedArchitectureError(
+            f"model type {model_type!r} is not supported; supported: {', '.join(sorted(READERS))}. "
+            "Use a GPT-2, GPT-NeoX (Pythia) or Llama-family (Llama, Qwen2, Mistral) causal LM, or open an issue "
+            "asking for this architecture.")
+    if hf.get_output_embeddings() is None:
+        raise UnsupportedArchitectureError(
+            f"{type(hf).__name__} has no language-model head; load it with AutoModelForCausalLM")
+    return READERS[model_type](hf)

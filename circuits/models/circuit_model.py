@@ -1,0 +1,110 @@
+"""`CircuitModel`: a Hugging Face causal LM seen as a graph of senders and receivers.
+
+The Hugging Face model stays the owner of the weights (``model.hf``); this wrapper reads them as views
+(:mod:`circuits.models.architectures`) and runs the decomposed forward on them, so a model moved with
+``.to(...)`` or trained in place is always the one being analysed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from circuits.graph.structure import GraphStructure
+from circuits.interventions.forward import ForwardResult, decomposed_forward
+from circuits.models.architectures import TransformerSpec, read_transformer
+
+
+class CircuitModel:
+    """A causal LM whose every edge can be patched.
+
+    >>> from circuits.models.random import random_model
+    >>> model = random_model("gpt2", n_layers=2, n_heads=2, d_model=16)
+    >>> model.structure.n_edges
+    97
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> torch.allclose(model.logits(ids), model.hf(ids).logits, atol=1e-5)
+    True
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer=None, name: str | None = None):
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(hf_model.config, "name_or_path", None) or hf_model.config.model_type
+        self._spec_key: tuple | None = None
+        self._spec: TransformerSpec | None = None
+        self.spec  # read once now: an unsupported architecture fails here, not at the first forward
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, tokenizer=None, name: str | None = None) -> "CircuitModel":
+        """Wrap an already-loaded ``transformers`` causal LM (and its tokenizer, if tasks will be built)."""
+        return cls(hf_model, tokenizer, name)
+
+    # ---- what the model is ---------------------------------------------------------------------------------
+    @property
+    def spec(self) -> TransformerSpec:
+        """Weight views, re-read whenever the parameters move (``.to``) so they never go stale."""
+        p = self.hf.get_input_embeddings().weight
+        key = (p.device, p.dtype, p.data_ptr())
+        if key != self._spec_key:
+            self._spec, self._spec_key = read_transformer(self.hf), key
+        return self._spec
+
+    @property
+    def structure(self) -> GraphStructure:
+        return self.spec.structure
+
+    @property
+    def graph(self):
+        """The full computational graph (every edge in the circuit, no scores yet)."""
+        from circuits.graph.graph import Graph
+
+        return Graph.full(self.structure, metadata={"model": self.name})
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.get_input_embeddings().weight.dtype
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    def to(self, *args, **kwargs) -> "CircuitModel":
+        self.hf.to(*args, **kwargs)
+        return self
+
+    # ---- running it ----------------------------------------------------------------------------------------
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[B, P, V]``: the decomposed forward, equal to ``model.hf(input_ids).logits``."""
+        return self.run(input_ids, attention_mask).logits
+
+    def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, masks: Tensor | None = None,
+            ablated: Tensor | None = None, record: bool = False) -> ForwardResult:
+        """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward`."""
+        input_ids = input_ids.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        if masks is not None:
+            masks = masks.to(self.device)
+        if ablated is not None:
+            ablated = ablated.to(self.device)
+        return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record)
+
+    def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[S, B, P, d]``: what every sender writes on these inputs (the cache ablations are built from)."""
+        return self.run(input_ids, attention_mask, record=True).sender_outputs
+
+    def patched_logits(self, input_ids: Tensor, masks: Tensor, ablated: Tensor,
+                       attention_mask: Tensor | None = None) -> Tensor:
+        """Logits with every edge mixed by ``masks`` (``[S, R]`` or ``[C, S, R]``) between this run and
+        ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]``."""
+        return self.run(input_ids, attention_mask, masks=masks, ablated=ablated).logits
+
+    def __repr__(self) -> str:
+        s = self.structure
+        return (f"CircuitModel({self.name!r}, {self.spec.family}, {s.describe()}, d_model={s.d_model}, "
+                f"{s.n_nodes} nodes, {s.n_edges:,} edges, {self.dtype}, {self.device})")

@@ -1,0 +1,227 @@
+"""Edge interventions on every supported architecture: parity, patching identities, a naive reference,
+gradients and padding (issue 2, point 4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from circuits.interventions.ablation import AblationError, ablated_outputs
+from circuits.models.architectures import TransformerSpec
+from tests.conftest import tiny_model
+
+B, P, V = 3, 7, 64
+
+
+def _ids(seed: int, shape=(B, P)) -> torch.Tensor:
+    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_decomposed_forward_equals_hugging_face(arch):
+    model = tiny_model(arch)
+    ids = _ids(0)
+    ref = model.hf(ids).logits
+    assert torch.allclose(model.logits(ids), ref, atol=1e-4), (model.logits(ids) - ref).abs().max()
+
+
+def test_all_ones_is_clean_and_all_zeros_is_ablated(arch):
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(1), _ids(2)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    ones = model.patched_logits(clean, torch.ones(s.n_senders, s.n_receivers), ablated)
+    zeros = model.patched_logits(clean, torch.zeros(s.n_senders, s.n_receivers), ablated)
+    assert torch.allclose(ones, model.logits(clean), atol=1e-5)
+    assert torch.allclose(zeros, model.logits(corrupted), atol=1e-5)
+
+
+def test_batch_of_circuits_equals_one_at_a_time(arch):
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(3), _ids(4)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    masks = torch.rand(3, s.n_senders, s.n_receivers, generator=torch.Generator().manual_seed(0))
+    batched = model.patched_logits(clean, masks, ablated)  # [3, B, P, V]
+    for c in range(3):
+        assert torch.allclose(batched[c], model.patched_logits(clean, masks[c], ablated), atol=1e-5)
+
+
+# ---- an independent reference: recompute one receiver's input with one sender swapped -------------------------
+def _naive_swap_forward(spec: TransformerSpec, ids: torch.Tensor, ablated: torch.Tensor, sender: int,
+                        receiver: int) -> torch.Tensor:
+    """Plain forward, head by head with SDPA; only ``receiver`` reads ``ablated[sender]`` instead of the
+    sender's own output. Shares no code with the masked residual."""
+    s = spec.structure
+    n_batch, n_pos = ids.shape
+    pos = torch.arange(n_pos).expand(n_batch, n_pos)
+    x0 = spec.token_embed[ids] + (spec.pos_embed[pos] if spec.pos_embed is not None else 0)
+    outs = [x0]  # every sender's output so far, in sender order
+
+    def reads(r: int) -> torch.Tensor:
+        resid = torch.stack(outs).sum(0) + bias_so_far[0]
+        if r == receiver:
+            resid = resid - outs[sender] + ablated[sender]
+        return resid
+
+    bias_so_far = [torch.zeros(())]
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool).tril()
+    for layer_idx, layer in enumerate(spec.layers):
+        a = layer.attn
+        H, G = a.n_heads, a.n_kv_heads
+        heads = []
+        for h in range(H):
+            g = h // (H // G)
+            q_in, k_in, v_in = (layer.attn_norm(reads(s.qkv_receiver(layer_idx, h, w))) for w in "qkv")
+            q = q_in @ a.W_Q[h] + (a.b_Q[h] if a.b_Q is not None else 0)
+            k = k_in @ a.W_K[g] + (a.b_K[g] if a.b_K is not None else 0)
+            v = v_in @ a.W_V[g] + (a.b_V[g] if a.b_V is not None else 0)
+            if a.rotary is not None:
+                cos, sin = a.rotary(q, pos)
+                r = cos.shape[-1]
+
+                def rot(t):
+                    t1, t2 = t[..., :r // 2], t[..., r // 2:r]
+                    return torch.cat([t[..., :r] * cos + torch.cat([-t2, t1], -1) * sin, t[..., r:]], -1)
+                q, k = rot(q), rot(k)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=a.scale)
+            heads.append(z @ a.W_O[h])
+        mlp_reads_before_heads = spec.parallel_attn_mlp
+        if mlp_reads_before_heads:
+            mlp_in = reads(s.mlp_receiver(layer_idx))
+        outs.extend(heads)
+        if a.b_O is not None:
+            bias_so_far[0] = bias_so_far[0] + a.b_O
+        if not mlp_reads_before_heads:
+            mlp_in = reads(s.mlp_receiver(layer_idx))
+        outs.append(layer.mlp(layer.mlp_norm(mlp_in)))
+    final = spec.final_norm(reads(s.logits_receiver))
+    return final @ spec.W_U + (spec.b_U if spec.b_U is not None else 0)
+
+
+def _edges_to_check(s):
+    """A spread of edges: into q, k, v, an MLP and the logits, from input, heads and MLPs."""
+    last = s.n_layers - 1
+    return [
+        ("input", f"a0.h1<q>"), ("input", f"a{last}.h2<k>"), ("a0.h3", f"a{last}.h0<v>"),
+        ("m0", f"a{last}.h1<q>"), ("a0.h0", "m0") if not s.parallel_attn_mlp else ("a0.h0", "m1"),
+        ("input", "m0"), (f"a{last}.h3", "logits"), (f"m{last}", "logits"), ("m0", f"m{last}"),
+    ]
+
+
+def test_cutting_one_edge_equals_naive_swap(arch):
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(5), _ids(6)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    with torch.no_grad():
+        for s_name, r_name in _edges_to_check(s):
+            snd, rcv = s.edge_index(f"{s_name}->{r_name}")
+            mask = torch.ones(s.n_senders, s.n_receivers)
+            mask[snd, rcv] = 0
+            patched = model.patched_logits(clean, mask, ablated)
+            naive = _naive_swap_forward(model.spec, clean, ablated, snd, rcv)
+            assert torch.allclose(patched, naive, atol=1e-5), (s_name, r_name, (patched - naive).abs().max())
+            assert not torch.allclose(patched, model.logits(clean), atol=1e-4), "the edge should matter"
+
+
+def test_mask_gradients_match_finite_differences(arch):
+    model = tiny_model(arch, dtype=torch.float64)
+    s = model.structure
+    clean, corrupted = _ids(7), _ids(8)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    base = torch.rand(s.n_senders, s.n_receivers, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def metric(m):  # a scalar that depends on every logit
+        logits = model.patched_logits(clean, m, ablated)
+        return (logits[:, -1, 3] - logits[:, -1, 5]).mean() + logits.pow(2).mean()
+
+    masks = base.clone().requires_grad_(True)
+    metric(masks).backward()
+    grad = masks.grad
+    eps = 1e-6
+    for s_name, r_name in _edges_to_check(s):
+        i, j = s.edge_index(f"{s_name}->{r_name}")
+        plus, minus = base.clone(), base.clone()
+        plus[i, j] += eps
+        minus[i, j] -= eps
+        with torch.no_grad():
+            fd = (metric(plus) - metric(minus)) / (2 * eps)
+        assert torch.allclose(grad[i, j], fd, rtol=1e-5, atol=1e-8), (s_name, r_name, grad[i, j], fd)
+    # gradients exist on every real edge, and none leak to pairs that are not edges
+    assert (grad[~s.edge_mask] == 0).all()
+    assert (grad[s.edge_mask] != 0).float().mean() > 0.9
+
+
+def _pad(rows: list[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), n, dtype=torch.long)
+    mask = torch.zeros(len(rows), n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(n - len(r), n)
+        ids[i, sl], mask[i, sl] = r, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_does_not_change_real_positions(arch, side):
+    model = tiny_model(arch)
+    s = model.structure
+    lengths = [7, 4, 5]
+    clean = [_ids(10 + i, (n,)) for i, n in enumerate(lengths)]
+    corrupted = [_ids(20 + i, (n,)) for i, n in enumerate(lengths)]
+    ids, mask = _pad(clean, side)
+    cids, _ = _pad(corrupted, side)
+    plain = model.logits(ids, mask)
+    masks = torch.rand(s.n_senders, s.n_receivers, generator=torch.Generator().manual_seed(2))
+    ablated = ablated_outputs(model, "corrupted", ids, mask, corrupted_ids=cids)
+    patched = model.patched_logits(ids, masks, ablated, attention_mask=mask)
+    for i, n in enumerate(lengths):
+        real = mask[i].bool()
+        alone = model.logits(clean[i][None])[0]
+        assert torch.allclose(plain[i, real], alone, atol=1e-5)
+        alone_abl = ablated_outputs(model, "corrupted", clean[i][None], corrupted_ids=corrupted[i][None])
+        alone_patched = model.patched_logits(clean[i][None], masks, alone_abl)[0]
+        assert torch.allclose(patched[i, real], alone_patched, atol=1e-5)
+
+
+def test_hugging_face_agrees_on_left_padding_with_position_ids(arch):
+    """Our positions count real tokens; HF given the same positions and mask gives the same logits."""
+    model = tiny_model(arch)
+    ids, mask = _pad([_ids(30, (6,)), _ids(31, (3,))], "left")
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref = model.hf(ids, attention_mask=mask, position_ids=positions).logits
+    ours = model.logits(ids, mask)
+    assert torch.allclose(ours[mask.bool()], ref[mask.bool()], atol=1e-4)
+
+
+def test_mean_and_zero_ablation(arch):
+    model = tiny_model(arch)
+    s = model.structure
+    clean = _ids(40)
+    reference = _ids(41, (10, P))
+    mean = ablated_outputs(model, "mean", clean, reference_ids=reference)
+    assert mean.shape == (s.n_senders, 1, P, s.d_model)
+    expected = model.sender_outputs(reference).mean(1, keepdim=True)
+    assert torch.allclose(mean, expected, atol=1e-5)
+    # all-zero masks under mean ablation: every receiver reads the sum of mean sender outputs
+    zeros = torch.zeros(s.n_senders, s.n_receivers)
+    out = model.patched_logits(clean, zeros, mean)
+    assert torch.allclose(out[0], out[1], atol=1e-5), "with every edge mean-ablated the input no longer matters"
+    zero = ablated_outputs(model, "zero", clean)
+    assert zero.abs().sum() == 0 and zero.shape == (s.n_senders, 1, 1, s.d_model)
+    out0 = model.patched_logits(clean, zeros, zero)
+    assert torch.allclose(out0[0], out0[1], atol=1e-5)
+
+
+def test_ablation_errors_name_the_problem():
+    model = tiny_model("gpt2")
+    with pytest.raises(AblationError, match="same token length"):
+        ablated_outputs(model, "corrupted", _ids(0), corrupted_ids=_ids(1, (B, P + 1)))
+    with pytest.raises(AblationError, match="corrupted prompts"):
+        ablated_outputs(model, "corrupted", _ids(0))
+    with pytest.raises(AblationError, match="choose one of corrupted, mean, zero"):
+        ablated_outputs(model, "resample", _ids(0))
+    s = model.structure
+    with pytest.raises(ValueError, match=r"masks must be \[S, R\]"):
+        model.patched_logits(_ids(0), torch.ones(3, 3), ablated_outputs(model, "zero", _ids(0)))
