@@ -1,0 +1,119 @@
+"""`load_model`: one door for hub ids, local Hugging Face folders, bundled models and loaded models.
+
+Everything goes through ``transformers`` (``AutoModelForCausalLM`` / ``AutoTokenizer``), bundled models
+included, so a model behaves here exactly as it does in the rest of the Hugging Face ecosystem. The
+architecture is checked from the config *before* any weights are read, so an unsupported model fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from circuits.models.architectures import READERS, UnsupportedArchitectureError
+from circuits.models.circuit_model import CircuitModel
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+
+
+class ModelNotFoundError(OSError):
+    """The model is neither local, bundled, cached, nor reachable."""
+
+
+def zoo_models() -> list[str]:
+    """Names of the bundled models (``zoo:NAME``)."""
+    if not ZOO_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
+               tokenizer=None) -> CircuitModel:
+    """Load a causal LM for circuit discovery.
+
+    ``spec`` is a hub id (``"gpt2"``, ``"EleutherAI/pythia-70m"``), a local Hugging Face folder, a bundled
+    model (``"zoo:NAME"``, see ``circuits zoo list``), or an already-loaded ``transformers`` model.
+    ``device`` defaults to CUDA when available, else CPU; ``dtype`` to the checkpoint's own.
+
+    >>> load_model("zoo:no-such-model")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ModelNotFoundError: no bundled model 'no-such-model'; bundled: ...
+    """
+    if isinstance(spec, CircuitModel):
+        return spec
+    if isinstance(spec, nn.Module):
+        model = CircuitModel.from_hf(spec, tokenizer)
+        return model.to(device) if device is not None else model
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, not {type(spec)}")
+    spec = str(spec)
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+        path = ZOO_DIR / name
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"no bundled model {name!r}; bundled: {', '.join(zoo_models()) or 'none yet'} "
+                                     "(`circuits zoo list` shows them)")
+        return _load_pretrained(str(path), f"zoo:{name}", device, dtype, tokenizer, local=True)
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"{local} has no config.json: point load_model at a Hugging Face model folder "
+                                     "(the one save_pretrained wrote)")
+        return _load_pretrained(str(local), local.name, device, dtype, tokenizer, local=True)
+    return _load_pretrained(spec, spec, device, dtype, tokenizer, local=False)
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be used right now (None if it can): checked in seconds, not retried for minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return f"the hub ({host}) could not be reached: {err}"
+    return None
+
+
+def _load_pretrained(where: str, name: str, device, dtype, tokenizer, local: bool) -> CircuitModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        # The cache first: a cached model loads with no network, and a missing one is known at once.
+        config = AutoConfig.from_pretrained(where, local_files_only=True)
+        cached = True
+    except (OSError, ValueError) as err:
+        if local:
+            raise ModelNotFoundError(f"cannot read the config of {where}: {err}") from err
+        cached, config, reason = False, None, _hub_unreachable()
+        if reason is None:
+            try:
+                config = AutoConfig.from_pretrained(where)
+            except (OSError, ValueError) as hub_err:
+                reason = f"the hub answered: {hub_err}"
+        if config is None:
+            raise ModelNotFoundError(
+                f"model {where!r} is neither a local folder nor in the Hugging Face cache, and {reason}. "
+                f"Download it where there is network (`huggingface-cli download {where}`, then copy the cache "
+                "~/.cache/huggingface), or save it with save_pretrained and pass that folder; bundled models "
+                f"need no download: {', '.join('zoo:' + z for z in zoo_models()) or 'see `circuits zoo list`'}"
+            ) from err
+    if config.model_type not in READERS:
+        raise UnsupportedArchitectureError(
+            f"{where}: model type {config.model_type!r} is not supported; supported: {', '.join(sorted(READERS))}")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or "auto", attn_implementation="eager",
+                                              local_files_only=cached)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=cached)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None  # weights without a tokenizer still have a graph; tasks will ask for one
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return CircuitModel.from_hf(hf.to(device), tokenizer, name=name)
