@@ -37,7 +37,8 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     """Load a causal LM for circuit discovery.
 
     ``spec`` is a hub id (``"gpt2"``, ``"EleutherAI/pythia-70m"``), a local Hugging Face folder, a bundled
-    model (``"zoo:NAME"``, see ``circuits zoo list``), or an already-loaded ``transformers`` model.
+    model (``"zoo:NAME"``, see ``circuits zoo list``), a random-weight model of a real shape
+    (``"random:gpt2-small"``, ``"random:qwen2.5-0.5b"``, ...), or an already-loaded ``transformers`` model.
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` to the checkpoint's own.
 
     >>> load_model("zoo:no-such-model")  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -52,6 +53,11 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, not {type(spec)}")
     spec = str(spec)
+    if spec.startswith("random:"):  # a real architecture's shape with random weights: no download at all
+        from circuits.models.random import random_model
+
+        model = random_model(spec[len("random:"):], dtype=_dtype(dtype) or torch.float32, tokenizer=tokenizer)
+        return model.to(device) if device is not None else model
     if spec.startswith("zoo:"):
         name = spec[4:]
         path = ZOO_DIR / name
@@ -66,6 +72,10 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
                                      "(the one save_pretrained wrote)")
         return _load_pretrained(str(local), local.name, device, dtype, tokenizer, local=True)
     return _load_pretrained(spec, spec, device, dtype, tokenizer, local=False)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -106,9 +116,7 @@ def _load_pretrained(where: str, name: str, device, dtype, tokenizer, local: boo
     if config.model_type not in READERS:
         raise UnsupportedArchitectureError(
             f"{where}: model type {config.model_type!r} is not supported; supported: {', '.join(sorted(READERS))}")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or "auto", attn_implementation="eager",
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(dtype) or "auto", attn_implementation="eager",
                                               local_files_only=cached)
     if tokenizer is None:
         try:
