@@ -81,7 +81,8 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
     try:
         return GraphStructure(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                               n_kv_heads=cfg.get("n_key_value_heads"),
-                              parallel_attn_mlp=cfg["parallel_attn_mlp"], d_model=cfg.get("d_model"))
+                              parallel_attn_mlp=cfg["parallel_attn_mlp"], d_model=cfg.get("d_model"),
+                              has_mlp=not cfg.get("attn_only", False))
     except ValueError as e:
         raise GraphFormatError(f"{source}: invalid cfg {cfg}: {e}") from None
 
@@ -101,7 +102,8 @@ def check_model(file_structure: GraphStructure, cfg: dict, model: HasStructure,
     fs = file_structure
     diffs = [f"{k} {a} vs {b}" for k, a, b in (
         ("n_layers", fs.n_layers, ms.n_layers), ("n_heads", fs.n_heads, ms.n_heads),
-        ("parallel_attn_mlp", fs.parallel_attn_mlp, ms.parallel_attn_mlp)) if a != b]
+        ("parallel_attn_mlp", fs.parallel_attn_mlp, ms.parallel_attn_mlp),
+        ("attn_only", not fs.has_mlp, not ms.has_mlp)) if a != b]
     if fs.d_model is not None and ms.d_model is not None and fs.d_model != ms.d_model:
         diffs.append(f"d_model {fs.d_model} vs {ms.d_model}")
     if "n_key_value_heads" in cfg and fs.n_kv_heads != ms.n_kv_heads:

@@ -35,7 +35,8 @@ def receiver_node(structure: GraphStructure, device: torch.device | None = None)
     for layer in range(structure.n_layers):
         heads = torch.arange(H) + structure.head_sender(layer, 0)
         out[structure.attn_receivers(layer)] = heads.repeat(3)  # q (all heads), k (all heads), v (all heads)
-        out[structure.mlp_receiver(layer)] = structure.mlp_sender(layer)
+        if structure.has_mlp:
+            out[structure.mlp_receiver(layer)] = structure.mlp_sender(layer)
     out[structure.logits_receiver] = structure.n_senders
     return out.to(device) if device is not None else out
 
@@ -96,6 +97,8 @@ def prune(structure: GraphStructure, in_graph: torch.Tensor) -> tuple[torch.Tens
         fed = (E[:n_up, structure.attn_receivers(layer)] & reached[:n_up, None]).any(0)  # [3H]
         first = structure.head_sender(layer, 0)
         reached[first:first + H] = fed.view(3, H).any(0)  # a head runs if any of q/k/v is fed
+        if not structure.has_mlp:
+            continue
         m_up = structure.mlp_upstream(layer)
         reached[structure.mlp_sender(layer)] = (E[:m_up, structure.mlp_receiver(layer)] & reached[:m_up]).any()
 
@@ -104,9 +107,10 @@ def prune(structure: GraphStructure, in_graph: torch.Tensor) -> tuple[torch.Tens
     live_recv[structure.logits_receiver] = True
     live = torch.zeros(S, dtype=torch.bool, device=dev)
     for layer in reversed(range(structure.n_layers)):
-        m = structure.mlp_sender(layer)
-        live[m] = (E[m] & live_recv).any()
-        live_recv[structure.mlp_receiver(layer)] = live[m]
+        if structure.has_mlp:
+            m = structure.mlp_sender(layer)
+            live[m] = (E[m] & live_recv).any()
+            live_recv[structure.mlp_receiver(layer)] = live[m]
         first = structure.head_sender(layer, 0)
         heads = slice(first, first + H)
         live[heads] = (E[heads] & live_recv[None, :]).any(1)  # sees m{layer} too in sequential blocks

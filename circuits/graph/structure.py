@@ -14,6 +14,9 @@ every sender written before it, the senders a receiver can see are always a *pre
 Parallel blocks (GPT-NeoX / Pythia with ``use_parallel_residual``): attention and MLP of one layer both read
 the residual stream as it was *before* that layer, so ``a{l}.h{h}`` does **not** feed ``m{l}``; it feeds
 layer ``l + 1`` onward. In sequential blocks (GPT-2, Llama, Qwen2) it does.
+
+Attention-only models (``has_mlp=False``: the induction and docstring models of the literature) have no
+``m{l}`` nodes at all.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class GraphStructure:
     n_kv_heads: int | None = None
     parallel_attn_mlp: bool = False
     d_model: int | None = None
+    has_mlp: bool = True
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -80,12 +84,16 @@ class GraphStructure:
 
     # ---- sizes -------------------------------------------------------------------------------------------
     @property
+    def _m(self) -> int:  # MLPs per layer: 1, or 0 in attention-only models
+        return 1 if self.has_mlp else 0
+
+    @property
     def n_senders(self) -> int:
-        return 1 + self.n_layers * (self.n_heads + 1)
+        return 1 + self.n_layers * (self.n_heads + self._m)
 
     @property
     def n_receivers(self) -> int:
-        return self.n_layers * (3 * self.n_heads + 1) + 1
+        return self.n_layers * (3 * self.n_heads + self._m) + 1
 
     @property
     def n_nodes(self) -> int:
@@ -98,25 +106,31 @@ class GraphStructure:
 
     # ---- index arithmetic (layer-major, as EAP-IG lays them out) -----------------------------------------
     def head_sender(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
+        return 1 + layer * (self.n_heads + self._m) + head
+
+    def _require_mlp(self) -> None:
+        if not self.has_mlp:
+            raise KeyError(f"this graph has no MLP nodes ({self.describe()})")
 
     def mlp_sender(self, layer: int) -> int:
+        self._require_mlp()
         return 1 + layer * (self.n_heads + 1) + self.n_heads
 
     def layer_senders(self, layer: int) -> slice:
         """Sender indices written by ``layer`` (its heads, then its MLP)."""
-        start = 1 + layer * (self.n_heads + 1)
-        return slice(start, start + self.n_heads + 1)
+        start = 1 + layer * (self.n_heads + self._m)
+        return slice(start, start + self.n_heads + self._m)
 
     def qkv_receiver(self, layer: int, head: int, qkv: str) -> int:
-        return layer * (3 * self.n_heads + 1) + QKV.index(qkv) * self.n_heads + head
+        return layer * (3 * self.n_heads + self._m) + QKV.index(qkv) * self.n_heads + head
 
     def attn_receivers(self, layer: int) -> slice:
         """Receiver indices of ``layer``'s attention, ordered q (all heads), k (all heads), v (all heads)."""
-        start = layer * (3 * self.n_heads + 1)
+        start = layer * (3 * self.n_heads + self._m)
         return slice(start, start + 3 * self.n_heads)
 
     def mlp_receiver(self, layer: int) -> int:
+        self._require_mlp()
         return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
 
     @property
@@ -125,7 +139,7 @@ class GraphStructure:
 
     def attn_upstream(self, layer: int) -> int:
         """How many senders a head of ``layer`` reads (everything written before the layer)."""
-        return 1 + layer * (self.n_heads + 1)
+        return 1 + layer * (self.n_heads + self._m)
 
     def mlp_upstream(self, layer: int) -> int:
         """How many senders ``m{layer}`` reads: its own layer's heads too, unless blocks are parallel."""
@@ -137,7 +151,8 @@ class GraphStructure:
         out = torch.empty(self.n_receivers, dtype=torch.long)
         for layer in range(self.n_layers):
             out[self.attn_receivers(layer)] = self.attn_upstream(layer)
-            out[self.mlp_receiver(layer)] = self.mlp_upstream(layer)
+            if self.has_mlp:
+                out[self.mlp_receiver(layer)] = self.mlp_upstream(layer)
         out[self.logits_receiver] = self.n_senders
         return out
 
@@ -152,7 +167,8 @@ class GraphStructure:
         nodes = [Node("input", "input", -1)]
         for layer in range(self.n_layers):
             nodes += [Node(f"a{layer}.h{h}", "head", layer, h) for h in range(self.n_heads)]
-            nodes.append(Node(f"m{layer}", "mlp", layer))
+            if self.has_mlp:
+                nodes.append(Node(f"m{layer}", "mlp", layer))
         return tuple(nodes)
 
     @cached_property
@@ -166,7 +182,8 @@ class GraphStructure:
         for layer in range(self.n_layers):
             for qkv in QKV:
                 out += [Receiver(f"a{layer}.h{h}<{qkv}>", "qkv", layer, h, qkv) for h in range(self.n_heads)]
-            out.append(Receiver(f"m{layer}", "mlp", layer))
+            if self.has_mlp:
+                out.append(Receiver(f"m{layer}", "mlp", layer))
         out.append(Receiver("logits", "logits", self.n_layers))
         return tuple(out)
 
@@ -230,6 +247,8 @@ class GraphStructure:
             s = torch.arange(n_up)[:, None, None].expand(n_up, H, 3)
             r = torch.tensor([[self.qkv_receiver(layer, h, q) for q in QKV] for h in range(H)])
             rows.append(torch.stack([s, r.expand(n_up, H, 3)], dim=-1).reshape(-1, 2))
+            if not self.has_mlp:
+                continue
             m = self.mlp_upstream(layer)
             rows.append(torch.stack([torch.arange(m), torch.full((m,), self.mlp_receiver(layer))], dim=-1))
         rows.append(torch.stack([torch.arange(self.n_senders),
@@ -250,13 +269,15 @@ class GraphStructure:
             out["d_model"] = self.d_model
         if self.n_kv_heads != self.n_heads:
             out["n_key_value_heads"] = self.n_kv_heads
+        if not self.has_mlp:
+            out["attn_only"] = True
         return out
 
     def same_shape(self, other: "GraphStructure") -> bool:
-        return (self.n_layers, self.n_heads, self.parallel_attn_mlp) == (
-            other.n_layers, other.n_heads, other.parallel_attn_mlp)
+        return (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.has_mlp) == (
+            other.n_layers, other.n_heads, other.parallel_attn_mlp, other.has_mlp)
 
     def describe(self) -> str:
-        block = "parallel" if self.parallel_attn_mlp else "sequential"
+        block = "attention-only" if not self.has_mlp else "parallel" if self.parallel_attn_mlp else "sequential"
         kv = f", {self.n_kv_heads} kv heads" if self.n_kv_heads != self.n_heads else ""
         return f"{self.n_layers} layers x {self.n_heads} heads{kv}, {block} blocks"

@@ -62,7 +62,7 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             raise ValueError("patching needs the ablated sender outputs (ablated=...): see circuits.interventions.ablation")
         _check_patch_inputs(structure, masks, ablated, B, P, first.shape[-1])
         C = masks.shape[0] if masks.dim() == 3 else 1
-        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure.n_upstream)
+        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure)
         positions = positions.repeat(C, 1)  # [N, P]
         if attention_mask is not None:
             attention_mask = attention_mask.repeat(C, 1)
@@ -76,7 +76,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         x = layer.attn_norm(resid.read(structure.attn_receivers(layer_idx)))  # [3H | 1, N, P, d]
         q_in, k_in, v_in = (x[:H], x[H:2 * H], x[2 * H:]) if x.shape[0] > 1 else (x, x, x)
         z = _attention_pattern_values(layer.attn, q_in, k_in, v_in, positions, allowed)  # [H, N, P, e]
-        if spec.parallel_attn_mlp:
+        has_mlp = layer.mlp is not None
+        if has_mlp and spec.parallel_attn_mlp:
             mlp_in = resid.read(structure.mlp_receiver(layer_idx))
         if per_head:
             resid.write(torch.matmul(z.flatten(1, 2), layer.attn.W_O).view(H, *z.shape[1:3], -1))
@@ -84,9 +85,10 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             resid.write(torch.einsum("hnpe,hed->npd", z, layer.attn.W_O)[None])
         if layer.attn.b_O is not None:
             resid.add_constant(layer.attn.b_O)
-        if not spec.parallel_attn_mlp:
+        if has_mlp and not spec.parallel_attn_mlp:
             mlp_in = resid.read(structure.mlp_receiver(layer_idx))
-        resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
+        if has_mlp:
+            resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
 
     final = spec.final_norm(resid.read(structure.logits_receiver)[0])  # [N, P, d]
     logits = final @ spec.W_U

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuits.graph.structure import GraphStructure
+
 
 class PlainResidual:
     """The unmodified residual stream; optionally records each sender's output (an ablation cache)."""
@@ -61,14 +63,17 @@ class MaskedResidual:
     since. :class:`_MixSenders` keeps autograd exact through the buffer.
     """
 
-    def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, n_upstream: Tensor):
+    def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, structure: GraphStructure):
         if masks.dim() == 2:
             masks = masks[None]
         self.masks = masks.to(first.dtype)  # [C, S, R]
         self.C, S, self.R = masks.shape
         self.ablated = ablated  # [S, B|1, P|1, d]
         self.B, self.P, self.d = first.shape
-        self.n_upstream = n_upstream.tolist()
+        self.n_upstream = structure.n_upstream.tolist()
+        # MLP receivers are read right after their layer's heads: their sums can start in the heads' pass
+        self.mlp_receivers = {structure.mlp_receiver(l) for l in range(structure.n_layers)} if structure.has_mlp \
+            else set()
         self.buffer = first.new_empty(self.C, 1 + S, self.B * self.P * self.d)  # sender s in row 1 + s
         self.chunks: list[tuple[int, Tensor]] = []  # (first sender, autograd-tracked diff [k, C, B, P, d])
         self.n_written = 0
@@ -127,7 +132,7 @@ class MaskedResidual:
             if done < self.n_written:
                 mixed = mixed + self._mix(receivers, done)
         else:
-            ahead = r1 < self.R and r1 - r0 > 1 and self.n_upstream[r1] >= self.n_written
+            ahead = r1 in self.mlp_receivers and r1 - r0 > 1 and self.n_upstream[r1] >= self.n_written
             mixed = self._mix(slice(r0, r1 + ahead), 0)  # [C, R (+1), X]
             if ahead:
                 self.partial[r1] = (self.n_written, mixed[:, -1:], self.base)

@@ -13,6 +13,7 @@ weights; the forward computes each query head's k/v from that head's own input w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -97,8 +98,8 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 class Layer:
     attn_norm: Norm
     attn: Attention
-    mlp_norm: Norm
-    mlp: Mlp
+    mlp_norm: Norm | None  # None in attention-only models
+    mlp: Mlp | None
 
 
 @dataclass
@@ -120,11 +121,12 @@ class TransformerSpec:
     def d_model(self) -> int:
         return self.token_embed.shape[1]
 
-    @property
+    @cached_property
     def structure(self) -> GraphStructure:
         attn = self.layers[0].attn
         return GraphStructure(n_layers=len(self.layers), n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads,
-                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model)
+                              parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model,
+                              has_mlp=self.layers[0].mlp is not None)
 
 
 def _act(config, name_attr: str) -> Callable[[Tensor], Tensor]:
