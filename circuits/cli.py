@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 import time
 from pathlib import Path
+
+COMMAND_MODULES = ("circuits.discovery.commands", "circuits.evaluation.commands", "circuits.zoo.commands",
+                   "circuits.sweeps.commands", "circuits.plotting.commands")
 
 EPILOG_INFO = """examples:
   circuits info random:gpt2-small                  # GPT-2-small shape, random weights, no download
@@ -69,20 +73,6 @@ def _tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zoo(args: argparse.Namespace) -> int:
-    from circuits.models.loading import ZOO_DIR, zoo_models
-
-    names = zoo_models()
-    if not names:
-        print(f"no bundled models yet in {ZOO_DIR}")
-        return 0
-    for name in names:
-        card = ZOO_DIR / name / "README.md"
-        summary = card.read_text().splitlines()[0].lstrip("# ") if card.is_file() else ""
-        print(f"zoo:{name:24s} {summary}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuits", description="Find the circuits inside transformer language "
                                      "models: tasks -> discovery -> graphs -> results.")
@@ -102,10 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the available tasks (built in and tasks/*.toml)")
     tasks.set_defaults(func=_tasks)
 
-    zoo = sub.add_parser("zoo", help="the bundled models")
-    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
-    zoo_list = zoo_sub.add_parser("list", help="list bundled models (load them as zoo:NAME)")
-    zoo_list.set_defaults(func=_zoo)
+    # Each area owns its commands (module.add_parser(sub)); a missing optional area is simply not listed.
+    for module in COMMAND_MODULES:
+        try:
+            add = import_module(module).add_parser
+        except ImportError:
+            continue
+        add(sub)
     return parser
 
 
