@@ -23,6 +23,9 @@ _EXPORTS = {
     "GraphStructure": "circuits.graph.structure",
     "load_task": "circuits.tasks",
     "Task": "circuits.tasks",
+    "discover": "circuits.discovery",
+    "evaluate": "circuits.evaluation",
+    "faithfulness_curve": "circuits.evaluation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

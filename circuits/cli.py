@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         try:
             add = import_module(module).add_parser
-        except ImportError:
+        except ModuleNotFoundError as err:
+            if err.name is None or not module.startswith(err.name):
+                raise  # a real import error inside an existing module must show
             continue
         add(sub)
     return parser
