@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuits.interventions.residual import MaskedResidual, PlainResidual
+from circuits.interventions.residual import GradientProbe, MaskedResidual, PlainResidual
 from circuits.models.architectures import Attention, TransformerSpec
 
 
@@ -35,12 +35,14 @@ def position_ids_for(attention_mask: Tensor | None, shape: tuple[int, int], devi
 
 def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                        masks: Tensor | None = None, ablated: Tensor | None = None,
-                       record: bool = False) -> ForwardResult:
+                       record: bool = False, probe: dict | None = None) -> ForwardResult:
     """Run ``spec`` on ``input_ids [B, P]``.
 
     ``masks [C, S, R]`` or ``[S, R]`` with ``ablated [S, B|1, P|1, d]`` patches every edge
     (1 = the sender's output in this run, 0 = its ablated output); without masks it is the plain model.
-    ``record`` returns every sender's output (plain runs only).
+    ``record`` returns every sender's output (plain runs only). ``probe`` (keyword arguments of
+    :class:`~circuits.interventions.residual.GradientProbe`) makes the run an attribution run: the backward
+    pass of anything computed from its logits accumulates edge scores.
     """
     B, P = input_ids.shape
     structure = spec.structure
@@ -66,9 +68,13 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         positions = positions.repeat(C, 1)  # [N, P]
         if attention_mask is not None:
             attention_mask = attention_mask.repeat(C, 1)
+    elif probe is not None:
+        if not first.requires_grad and 0 not in probe.get("overrides", {}):
+            first = first.detach().requires_grad_(torch.is_grad_enabled())
+        resid = GradientProbe(first, **probe)
     else:
         resid = PlainResidual(first, structure.n_senders, record=record)
-    per_head = masks is not None or record  # else heads can be summed inside the output projection
+    per_head = masks is not None or record or probe is not None  # else heads are summed inside W_O
 
     allowed = _allowed_keys(attention_mask, positions.shape, first.device, spec.sliding_window)  # [N, P, P]
     H = structure.n_heads

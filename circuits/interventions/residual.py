@@ -49,6 +49,66 @@ class PlainResidual:
         return torch.cat([self.record[0][None], *self.record[1:]])
 
 
+class GradientProbe:
+    """The plain residual stream, plus attribution: every receiver gets its own gradient.
+
+    Each read hands the receivers a view of the stream expanded to one copy per receiver, so the backward pass
+    yields ``dM/d input_R`` separately for every receiver (q, k and v of each head, each MLP, the logits). A
+    hook turns it at once into edge scores, ``scores[S, R] += diff_S . dM/d input_R`` summed over batch and
+    positions (one matrix product per receiver group), so no gradient tensor outlives its layer's backward.
+
+    ``diffs [S, B, P, d]`` are the sender differences the scores weigh (clean - ablated for EAP-IG); when not
+    given they are this run's own outputs minus ``ablated`` (EAP). ``overrides`` maps a sender index to the
+    output it must write instead of its own (``[k, B, P, d]``: integrated gradients over activations).
+    """
+
+    def __init__(self, first: Tensor, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
+                 overrides: dict[int, Tensor] | None = None):
+        self.overrides = overrides or {}
+        if 0 in self.overrides:
+            first = self.overrides[0][0]
+        self.ablated = ablated  # [S, B|1, P|1, d]
+        self.scores = scores  # [S, R] accumulator
+        S = scores.shape[0]
+        self.shape = first.shape  # [B, P, d]
+        self.own_diffs = diffs is None
+        self.buffer = first.new_empty(S, first.numel()) if diffs is None else diffs.reshape(S, -1)
+        self.stream = first
+        self.n_written = 0
+        self._record(first[None])
+        self.n_written = 1
+
+    def _record(self, outputs: Tensor) -> None:  # [k, B, P, d]
+        if self.own_diffs:
+            n, k = self.n_written, outputs.shape[0]
+            self.buffer[n:n + k] = (outputs.detach() - self.ablated[n:n + k]).reshape(k, -1)
+
+    def write(self, outputs: Tensor) -> None:  # [k, B, P, d]
+        if self.n_written in self.overrides:
+            outputs = self.overrides[self.n_written]
+        self._record(outputs)
+        self.stream = self.stream + outputs.sum(0)
+        self.n_written += outputs.shape[0]
+
+    def add_constant(self, bias: Tensor) -> None:
+        self.stream = self.stream + bias
+
+    def read(self, receivers: slice | int) -> Tensor:
+        """``[R, B, P, d]``: the stream, once per receiver, each copy with its own gradient."""
+        if isinstance(receivers, int):
+            receivers = slice(receivers, receivers + 1)
+        R = receivers.stop - receivers.start
+        x = self.stream[None].expand(R, *self.shape)
+        if x.requires_grad:
+            n = self.n_written
+            x.register_hook(lambda grad, n=n, rs=receivers: self._score(grad, n, rs))
+        return x
+
+    def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, B, P, d]
+        contribution = self.buffer[:n] @ grad.reshape(grad.shape[0], -1).T  # [n, R]
+        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
+
 class MaskedResidual:
     """Edge-masked residual stream for ``C`` circuits at once.
 

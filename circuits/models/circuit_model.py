@@ -83,7 +83,7 @@ class CircuitModel:
         return self.run(input_ids, attention_mask).logits
 
     def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, masks: Tensor | None = None,
-            ablated: Tensor | None = None, record: bool = False) -> ForwardResult:
+            ablated: Tensor | None = None, record: bool = False, probe: dict | None = None) -> ForwardResult:
         """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward`."""
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
@@ -92,7 +92,8 @@ class CircuitModel:
             masks = masks.to(self.device)
         if ablated is not None:
             ablated = ablated.to(self.device)
-        return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record)
+        return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record,
+                                  probe=probe)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[S, B, P, d]``: what every sender writes on these inputs (the cache ablations are built from)."""

@@ -1,0 +1,127 @@
+"""Gradient attribution: EAP, EAP-IG (inputs and activations) and node-level attribution patching.
+
+All of them score edge ``S -> R`` as ``(out_S(clean) - out_S(ablated)) . g_R`` summed over positions and
+averaged over pairs, where ``g_R`` is a gradient of the objective with respect to receiver R's input; they
+differ only in *where* that gradient is taken:
+
+* ``eap`` (Syed et al. 2023): on the clean run. This is exactly ``dM/dm[S, R]`` at ``m = 1``.
+* ``eap-ig`` (Hanna et al. 2024, EAP-IG "inputs"): averaged over runs whose input embedding is interpolated
+  between the ablated and the clean input, at ``alpha = k / steps`` for ``k = 0 .. steps - 1`` (the points of
+  the EAP-IG reference code and MIB, a left Riemann sum of the integral from ablated to clean). With
+  ``steps=1`` it is the gradient at the ablated input. As ``steps`` grows, the sum of all scores approaches
+  the total effect ``M(clean) - M(ablated)`` (completeness of integrated gradients).
+* ``eap-ig-activations`` (EAP-IG "activations", MIB): for each sender group in turn (the input; each layer's
+  heads; each MLP) its output is set to ``ablated + alpha (clean - ablated)``, ``alpha = k / steps`` for
+  ``k = 1 .. steps``, the rest of the model running on the clean input; gradients are averaged over all
+  (group, alpha) runs, as the reference code does.
+* ``node-ap``: attribution patching of nodes. A node's output enters every downstream receiver with weight 1,
+  so its score is the sum of its outgoing EAP edge scores; it comes out of the same single pass.
+
+One forward and one backward per batch (per step) with model weights frozen: gradients flow to activations
+only, and every receiver's gradient is turned into scores inside its own backward hook.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from circuits.discovery.context import DiscoveryContext, PreparedBatch
+from circuits.discovery.progress import progress
+
+
+@contextmanager
+def frozen_weights(model):
+    """Weights take no gradient during attribution (only activations do): half the backward cost."""
+    params = [p for p in model.hf.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _scores_buffer(ctx: DiscoveryContext) -> Tensor:
+    s = ctx.model.structure
+    return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=ctx.model.device)
+
+
+def _backward_objective(ctx: DiscoveryContext, prepared: PreparedBatch, probe: dict) -> None:
+    with torch.enable_grad():
+        logits = ctx.model.run(prepared.clean, prepared.attention_mask, probe=probe).logits
+        ctx.objective(logits, prepared).sum().backward()
+
+
+def _finish(ctx: DiscoveryContext, scores: Tensor, n_steps: int = 1) -> Tensor:
+    scores /= ctx.n_examples * n_steps
+    return scores.masked_fill_(~ctx.model.structure.edge_mask.to(scores.device), 0.0)
+
+
+def eap(ctx: DiscoveryContext) -> Tensor:
+    """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``."""
+    scores = _scores_buffer(ctx)
+    with frozen_weights(ctx.model):
+        for prepared in progress(ctx.batches(), "eap", total=ctx.n_batches):
+            _backward_objective(ctx, prepared, dict(ablated=prepared.ablated, scores=scores))
+    return _finish(ctx, scores)
+
+
+def node_ap(ctx: DiscoveryContext) -> Tensor:
+    """``[n_nodes]`` node attribution: each sender's summed outgoing EAP scores (``logits`` gets NaN)."""
+    edge_scores = eap(ctx)
+    nodes = torch.full((ctx.model.structure.n_nodes,), float("nan"), device=edge_scores.device)
+    nodes[:-1] = edge_scores.sum(1)
+    return nodes
+
+
+def _clean_diffs(ctx: DiscoveryContext, prepared: PreparedBatch) -> tuple[Tensor, Tensor]:
+    """Clean sender outputs ``[S, B, P, d]`` and their differences from the ablated ones."""
+    with torch.no_grad():
+        clean = ctx.model.sender_outputs(prepared.clean, prepared.attention_mask)
+    return clean, clean - prepared.ablated
+
+
+def eap_ig(ctx: DiscoveryContext, steps: int = 5) -> Tensor:
+    """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    scores = _scores_buffer(ctx)
+    with frozen_weights(ctx.model):
+        for prepared in progress(ctx.batches(), f"eap-ig ({steps} steps)", total=ctx.n_batches):
+            clean, diffs = _clean_diffs(ctx, prepared)
+            start = prepared.ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+            for k in range(steps):
+                embedding = (start + (k / steps) * diffs[0]).detach().requires_grad_(True)
+                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]})
+                _backward_objective(ctx, prepared, probe)
+    return _finish(ctx, scores, steps)
+
+
+def eap_ig_activations(ctx: DiscoveryContext, steps: int = 5) -> Tensor:
+    """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    s = ctx.model.structure
+    groups = [slice(0, 1)]
+    for layer in range(s.n_layers):
+        heads = s.layer_senders(layer)
+        groups.append(slice(heads.start, heads.start + s.n_heads))
+        if s.has_mlp:
+            groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
+    scores = _scores_buffer(ctx)
+    with frozen_weights(ctx.model):
+        for prepared in progress(ctx.batches(), f"eap-ig-activations ({steps} steps)", total=ctx.n_batches):
+            clean, diffs = _clean_diffs(ctx, prepared)
+            for group in groups:
+                abl = prepared.ablated[group].expand_as(clean[group])
+                for k in range(1, steps + 1):
+                    value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
+                    if group.start == 0:
+                        value = value.detach().requires_grad_(True)
+                    probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={group.start: value})
+                    _backward_objective(ctx, prepared, probe)
+    return _finish(ctx, scores, steps * len(groups))
