@@ -7,6 +7,9 @@ import torch
 
 from circuits.models.random import random_model
 
+# The test models are tiny: one thread avoids the thread start-up and contention that dominate at this size.
+torch.set_num_threads(1)
+
 # Tiny configs of every supported family. Llama and Qwen2 use grouped-query attention (4 heads, 2 kv groups);
 # GPT-NeoX is tested with both parallel (Pythia) and sequential blocks.
 TINY = {

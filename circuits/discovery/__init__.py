@@ -20,6 +20,7 @@ import torch
 
 from circuits.discovery.checkpoint import Checkpoint, fingerprint
 from circuits.discovery.context import DiscoveryContext, DiscoveryError
+from circuits.interventions.ablation import ABLATIONS
 
 __all__ = ["discover", "METHODS", "Method", "DiscoveryError", "register"]
 
@@ -96,6 +97,8 @@ def discover(model, task, method: str = "eap-ig", *, ablation: str = "corrupted"
     if unknown:
         known = ", ".join(f"{k}={v!r}" for k, v in m.params.items()) or "none"
         raise DiscoveryError(f"method {method!r} has no parameter(s) {', '.join(unknown)}; its parameters: {known}")
+    if ablation not in ABLATIONS:
+        raise DiscoveryError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     if ablation not in m.ablations:
         raise DiscoveryError(f"method {method!r} cannot use ablation={ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")
