@@ -1,0 +1,120 @@
+"""``circuits discover``: score a model's edges for a task and write the scored graph."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+EPILOG = """examples:
+  circuits discover                                             # IOI on the bundled zoo:gpt2-tasks, EAP-IG
+  circuits discover --task greater-than --method eap --n 100
+  circuits discover --model gpt2 --task ioi --method eap-ig --param steps=10 --out graphs/gpt2-ioi.json
+  circuits discover --method exact --checkpoint runs/exact.ckpt  # interrupt and run again to resume
+  circuits discover --config discovery/ioi.toml --method acdc --param threshold=0.02
+
+A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
+batch_size, out, top, device, dtype, checkpoint, and a [params] table); the command line overrides it.
+"""
+
+OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
+           "dtype", "checkpoint", "params")
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r} (e.g. --param steps=10)")
+        key, raw = item.split("=", 1)
+        try:
+            params[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            params[key.strip()] = raw
+    return params
+
+
+def load_config(path: str) -> dict:
+    """A run configuration TOML; unknown keys are named with the allowed ones."""
+    try:
+        config = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    unknown = sorted(set(config) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    import circuits
+
+    config = load_config(args.config) if args.config else {}
+    opts = {k: config.get(k) for k in OPTIONS}
+    for key in OPTIONS:  # the command line wins over the file
+        value = getattr(args, key, None)
+        if value is not None and key != "params":
+            opts[key] = value
+    params = {**config.get("params", {}), **_parse_params(args.param or [])}
+    defaults = dict(model="zoo:gpt2-tasks", task="ioi", method="eap-ig", n=200, seed=0, ablation="corrupted",
+                    split="train", batch_size=16)
+    opts = {k: (defaults.get(k) if v is None else v) for k, v in opts.items()}
+
+    start = time.perf_counter()
+    model = circuits.load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
+    task = circuits.load_task(opts["task"], model, n=opts["n"], seed=opts["seed"])
+    print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
+    print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
+          f"{task.base_metric.name}")
+    graph = circuits.discover(model, task, opts["method"], ablation=opts["ablation"], split=opts["split"],
+                              batch_size=opts["batch_size"], checkpoint=opts["checkpoint"], **params)
+    meta = graph.metadata
+    print(f"method {meta['method']} {meta['params']}, ablation {meta['ablation']}: {meta['wall_time_s']:.1f} s")
+    frame = graph.to_frame()
+    if meta["level"] == "node":
+        import pandas as pd
+
+        names = [n.name for n in model.structure.nodes]
+        frame = pd.DataFrame({"node": names, "score": graph.node_scores.tolist()})
+    frame = frame.dropna(subset=["score"]).sort_values("score", ascending=False, kind="stable")
+    top = int(opts["top"] or 10)
+    print(f"\ntop {top} by score (positive = helps the task):")
+    print(frame.head(top)[[c for c in ("name", "node", "score") if c in frame]].to_string(index=False))
+    out = opts["out"] or f"graphs/{Path(str(opts['model'])).name.replace(':', '-')}_{task.name}_{meta['method']}.json"
+    path = graph.save(out)
+    print(f"\nwrote  {path} (every edge scored, MIB JSON; load with circuits.Graph.load) "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("discover", help="score every edge of a model's graph for a task (EAP, EAP-IG, ACDC, ...)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a TOML file with these options (see discovery/)")
+    p.add_argument("--model", help="hub id, local folder, zoo:NAME or random:PRESET (default: zoo:gpt2-tasks)")
+    p.add_argument("--task", help="task name, tasks/*.toml, or a pairs file (default: ioi)")
+    p.add_argument("--method", help="eap, eap-ig, eap-ig-activations, acdc, edge-pruning, exact, node-ap, "
+                                    "node-patching, random (default: eap-ig)")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. steps=10")
+    p.add_argument("--n", type=int, help="pairs to build (default: 200; half for discovery)")
+    p.add_argument("--seed", type=int, help="task seed (default: 0)")
+    p.add_argument("--ablation", choices=("corrupted", "mean", "zero"), help="default: corrupted")
+    p.add_argument("--split", choices=("train", "validation", "all"), help="data split to discover on")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="pairs per batch (default: 16)")
+    p.add_argument("--checkpoint", help="save progress here and resume from it (exact, acdc, edge-pruning)")
+    p.add_argument("--out", help="where to write the scored graph (.json, .graphml, .pt)")
+    p.add_argument("--top", type=int, help="how many top edges to print (default: 10)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
+    p.set_defaults(func=run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from circuits.cli import main
+
+    sys.exit(main(["discover", *sys.argv[1:]]))
