@@ -27,7 +27,8 @@ __all__ = ["discover", "METHODS", "Method", "DiscoveryError", "register"]
 
 @dataclass(frozen=True)
 class Method:
-    """A discovery method: ``fn(ctx, **params)`` returns ``[S, R]`` edge scores or ``[n_nodes]`` node scores."""
+    """A discovery method: ``fn(ctx, **params)`` returns ``[S, R]`` edge scores or ``[n_nodes]`` node scores,
+    or ``(scores [S, R], in_graph [S, R] bool)`` when the method chooses its circuit itself (ACDC, edge pruning)."""
 
     name: str
     fn: Callable
@@ -119,6 +120,9 @@ def discover(model, task, method: str = "eap-ig", *, ablation: str = "corrupted"
         kwargs["checkpoint"] = Checkpoint(checkpoint, key)
     start = time.perf_counter()
     scores = m.fn(ctx, **kwargs)
+    in_graph = None
+    if isinstance(scores, tuple):  # (scores, in_graph): methods that choose their own circuit (ACDC, pruning)
+        scores, in_graph = scores
     wall = time.perf_counter() - start
     if m.checkpoints:
         kwargs["checkpoint"].done()
@@ -128,9 +132,13 @@ def discover(model, task, method: str = "eap-ig", *, ablation: str = "corrupted"
         "wall_time_s": round(wall, 3), "version": __version__, "model": model.name,
         "score_sign": "positive = the edge helps (MIB)",
     }
+    if isinstance(ctx.extras.get(method), dict):  # a method's own summary (ACDC: edges kept, circuits run)
+        metadata["result"] = ctx.extras[method]
     structure = model.structure
     if m.level == "node":
         # Node methods score nodes; edges stay unscored (NaN) and circuits are cut with level="node".
         return Graph(structure, scores=torch.full((structure.n_senders, structure.n_receivers), float("nan")),
                      in_graph=structure.edge_mask.clone(), node_scores=scores.float().cpu(), metadata=metadata)
+    if in_graph is not None:
+        return Graph(structure, scores=scores.float().cpu(), in_graph=in_graph.bool().cpu(), metadata=metadata)
     return Graph.full(structure, scores=scores.float().cpu(), metadata=metadata)

@@ -1,0 +1,164 @@
+"""ACDC: batched search == the plain one-edge-at-a-time search; threshold semantics; checkpoint resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuits
+from circuits.discovery import acdc as acdc_mod
+from circuits.discovery.checkpoint import Checkpoint
+from circuits.discovery.context import DiscoveryContext
+from circuits.graph.graph import Graph
+from circuits.graph.pruning import prune
+from circuits.models.random import random_model
+from circuits.tasks import word_level_tokenizer, task_vocabulary
+from circuits.tasks.metrics import Metric
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = word_level_tokenizer(task_vocabulary())
+    # initializer_range 0.3: a random model whose edges matter (KL full vs ablated ~0.24), so thresholds bite
+    m = random_model("gpt2", n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
+                     initializer_range=0.3)
+    task = circuits.load_task("ioi", m, n=16, seed=0)
+    return m, task
+
+
+def _ctx(setup, ablation="corrupted"):
+    m, task = setup
+    return DiscoveryContext(m, task.train, ablation=ablation, batch_size=8)
+
+
+@pytest.mark.parametrize("metric,threshold", [("kl", 0.003), ("task", 0.01)])
+def test_batched_equals_one_at_a_time(setup, metric, threshold):
+    ctx = _ctx(setup)
+    s = ctx.model.structure
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=threshold, metric=metric, circuits_per_pass=8)
+    batched = dict(ctx.extras["acdc"])
+    ref_scores, ref_graph = acdc_mod.acdc(ctx, threshold=threshold, metric=metric, one_at_a_time=True)
+    ref = dict(ctx.extras["acdc"])
+    assert 0 < batched["n_kept"] < s.n_edges  # some but not all edges removed
+    assert torch.equal(in_graph, ref_graph)
+    assert batched["n_kept"] == ref["n_kept"] and batched["n_tested"] == ref["n_tested"]
+    # the plain form runs full forwards, the batched one starts at the receiver's layer: rounding differs only
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=2e-6)
+    # the same engine one circuit per pass gives bit-identical scores (decision logic is exactly the same)
+    one_scores, one_graph = acdc_mod.acdc(ctx, threshold=threshold, metric=metric, circuits_per_pass=1)
+    assert torch.equal(one_scores, scores) and torch.equal(one_graph, in_graph)
+
+
+@torch.no_grad()
+def test_threshold_semantics_and_scores(setup):
+    ctx = _ctx(setup)
+    s = ctx.model.structure
+    tau = 0.003
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=tau)
+    info = ctx.extras["acdc"]
+    # the returned circuit reproduces from its scores: threshold(tau) and top_k(edges kept before pruning)
+    g = Graph(s, scores=scores, in_graph=in_graph)
+    assert torch.equal(g.threshold(tau).in_graph, in_graph)
+    assert torch.equal(g.top_k(info["n_kept"]).in_graph, in_graph)
+    # kept edges scored >= tau, every other edge below
+    assert bool((scores[in_graph] >= tau).all())
+    # evaluate the circuit: KL to the full model equals ACDC's tracked objective; each removal added < tau
+    kept = torch.zeros_like(in_graph)
+    kept[scores >= tau] = True
+    kept &= s.edge_mask
+    kl = Metric("kl")
+    total_kept, total_pruned = 0.0, 0.0
+    for p in ctx.cached_batches:
+        full = ctx.model.logits(p.clean, p.attention_mask)
+        masks = torch.stack([kept, in_graph]).float()
+        logits = ctx.model.patched_logits(p.clean, masks, p.ablated, attention_mask=p.attention_mask)
+        total_kept += float(kl(logits[0], p.batch, full).sum())
+        total_pruned += float(kl(logits[1], p.batch, full).sum())
+    kl_kept, kl_pruned = total_kept / ctx.n_examples, total_pruned / ctx.n_examples
+    assert abs(-info["final_objective"] - kl_kept) < 1e-5
+    assert abs(kl_pruned - kl_kept) < 1e-5  # corrupted ablation: pruned-away edges carried their ablated value
+    removed_tested = int(((scores < tau) & s.edge_mask & (scores > scores[s.edge_mask].min())).sum())
+    assert kl_kept < tau * max(1, removed_tested) + 1e-6
+
+
+def test_threshold_zero_keeps_every_edge_that_matters(setup):
+    ctx = _ctx(setup)
+    s = ctx.model.structure
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=0.0)
+    kept = (scores >= 0) & s.edge_mask
+    # an edge is only dropped at tau = 0 if removing it did not raise KL: the circuit's KL stays ~ 0
+    assert -ctx.extras["acdc"]["final_objective"] < 1e-5
+    # exact single-edge effects on the full model: every edge with a clear effect on its own is kept
+    from circuits.discovery.exact import exact
+
+    single = exact(ctx, circuits_per_pass=64)
+    assert bool(kept[(single.abs() > 1e-3) & s.edge_mask].all())
+
+
+@pytest.mark.parametrize("ablation", ["mean", "zero"])
+def test_other_ablations_run_and_agree(setup, ablation):
+    ctx = _ctx(setup, ablation)
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=0.01, circuits_per_pass=8)
+    ref_scores, ref_graph = acdc_mod.acdc(ctx, threshold=0.01, one_at_a_time=True)
+    assert torch.equal(in_graph, ref_graph)
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=2e-6)
+
+
+def test_fast_forward_matches_patched_logits_across_architectures():
+    tok = word_level_tokenizer(task_vocabulary())
+    for family, extra in [("gpt_neox", {}), ("llama", {"n_kv_heads": 2}), ("gpt2", {})]:
+        m = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, **extra)
+        task = circuits.load_task("ioi", m, n=4, seed=0)
+        ctx = DiscoveryContext(m, task, ablation="corrupted", batch_size=4)
+        s = m.structure
+        fast = acdc_mod._Evaluator(ctx, ctx.metric, fast=True)
+        plain = acdc_mod._Evaluator(ctx, ctx.metric, fast=False)
+        gen = torch.Generator().manual_seed(0)
+        for r in [s.logits_receiver, s.mlp_receiver(1), s.qkv_receiver(1, 3, "k"), s.mlp_receiver(0), 0]:
+            masks = s.edge_mask.float()[None].repeat(3, 1, 1)
+            cut = torch.rand(3, s.n_senders, s.n_receivers, generator=gen) < 0.4
+            cut[:, :, :r] = False  # ACDC's state: edges into earlier receivers are all still in
+            masks[cut] = 0.0
+            torch.testing.assert_close(fast.objective(masks, r), plain.objective(masks, r), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_resume_gives_the_same_result(setup, tmp_path, monkeypatch):
+    ctx = _ctx(setup)
+    full_scores, full_graph = acdc_mod.acdc(ctx, threshold=0.003)
+
+    class Stop(Exception):
+        pass
+
+    def hook(done):
+        if done == 12:
+            raise Stop
+
+    ckpt = Checkpoint(tmp_path / "acdc.pt", key="k")
+    monkeypatch.setattr(acdc_mod, "_receiver_hook", hook)
+    with pytest.raises(Stop):
+        acdc_mod.acdc(ctx, threshold=0.003, checkpoint=ckpt)
+    assert ckpt.load()["done"] == 12
+    monkeypatch.setattr(acdc_mod, "_receiver_hook", None)
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=0.003, checkpoint=Checkpoint(tmp_path / "acdc.pt", key="k"))
+    assert torch.equal(scores, full_scores) and torch.equal(in_graph, full_graph)
+
+
+def test_discover_returns_acdc_circuit(setup):
+    m, task = setup
+    g = circuits.discover(m, task, "acdc", threshold=0.003, batch_size=8)
+    assert g.metadata["method"] == "acdc" and g.metadata["result"]["n_kept"] > 0
+    assert torch.equal(g.threshold(0.003).in_graph, g.in_graph)
+    assert 0 < g.n_edges < m.structure.n_edges
+    with pytest.raises(circuits.discovery.DiscoveryError):
+        circuits.discover(m, task, "acdc", metric="logit_diff", batch_size=8)
+
+
+def test_max_receivers_and_untested_scores(setup):
+    ctx = _ctx(setup)
+    s = ctx.model.structure
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=0.003, max_receivers=3)
+    # receivers not visited keep every edge, scored above every tested edge
+    unvisited = s.edge_mask.clone()
+    unvisited[:, s.n_receivers - 3:] = False
+    assert bool((scores[unvisited] > scores[s.edge_mask & ~unvisited].max()).all())
+    prune(s, in_graph)  # a valid circuit
