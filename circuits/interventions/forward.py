@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from circuits.interventions.residual import GradientProbe, MaskedResidual, PlainResidual
-from circuits.models.architectures import Attention, TransformerSpec
+from circuits.models.architectures import Attention, Norm, TransformerSpec
 
 
 @dataclass
@@ -79,9 +79,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     allowed = _allowed_keys(attention_mask, positions.shape, first.device, spec.sliding_window)  # [N, P, P]
     H = structure.n_heads
     for layer_idx, layer in enumerate(spec.layers):
-        x = layer.attn_norm(resid.read(structure.attn_receivers(layer_idx)))  # [3H | 1, N, P, d]
-        q_in, k_in, v_in = (x[:H], x[H:2 * H], x[2 * H:]) if x.shape[0] > 1 else (x, x, x)
-        z = _attention_pattern_values(layer.attn, q_in, k_in, v_in, positions, allowed)  # [H, N, P, e]
+        x = resid.read(structure.attn_receivers(layer_idx))  # [3H | 1, N, P, d]: each receiver's own input
+        z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed)  # [H, N, P, e]
         has_mlp = layer.mlp is not None
         if has_mlp and spec.parallel_attn_mlp:
             mlp_in = resid.read(structure.mlp_receiver(layer_idx))
@@ -133,13 +132,21 @@ def _allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torc
     return allowed
 
 
-def _attention_pattern_values(attn: Attention, q_in: Tensor, k_in: Tensor, v_in: Tensor, positions: Tensor,
-                              allowed: Tensor) -> Tensor:
-    """Per-head attention on per-head inputs ``[H | 1, N, P, d]``; returns ``z [H, N, P, e]``."""
-    H, G = attn.n_heads, attn.n_kv_heads
-    q = _project(q_in, attn.W_Q, attn.b_Q, H)  # [H, N, P, e]
-    k = _project(k_in, attn.W_K, attn.b_K, H)
-    v = _project(v_in, attn.W_V, attn.b_V, H)
+def _attention_pattern_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, allowed: Tensor) -> Tensor:
+    """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each) or ``[1, N, P, d]``
+    (one stream for all); returns ``z [H, N, P, e]``."""
+    H = attn.n_heads
+    if x.shape[0] == 1:
+        xn = norm(x)
+        q, k, v = (_project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
+    elif x.dtype in (torch.float32, torch.float64):
+        # 3H separate inputs: fold the norm into the projections instead of materialising 3H normalised copies
+        q, k, v = (_project_folded(x[i * H:(i + 1) * H], norm, W, b, H)
+                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
+    else:  # half precision: normalise exactly as the model does, the order of roundings matters there
+        xn = norm(x)
+        q, k, v = (_project(xn[i * H:(i + 1) * H], W, b, H)
+                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
     if attn.rotary is not None:
         cos, sin = attn.rotary(q, positions)  # [N, P, r]
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -148,6 +155,30 @@ def _attention_pattern_values(attn: Attention, q_in: Tensor, k_in: Tensor, v_in:
     # softmax in at least fp32 (as HF does for bf16/fp16 models), never below the model's own precision
     pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return torch.matmul(pattern, v)
+
+
+def _project_folded(x: Tensor, norm: Norm, W: Tensor, b: Tensor | None, n_heads: int) -> Tensor:
+    """``project(norm(x))`` for per-head inputs ``x [H, N, P, d]`` without writing ``norm(x)``.
+
+    LayerNorm: ``((x - mu) / sigma * w + beta) @ W + b = (x @ (w W) - mu (1 @ w W)) / sigma + (beta @ W + b)``;
+    RMSNorm: ``(x / rms * w) @ W = (x @ (w W)) / rms``. Only per-token statistics are computed from ``x``.
+    """
+    K = W.shape[0]
+    folded = norm.weight[None, :, None] * W  # [K, d, e]
+    out = _project(x, folded, None, n_heads)  # [H, N, P, e]
+    per_head = (lambda t: t) if K == n_heads else (lambda t: t.repeat_interleave(n_heads // K, dim=0))
+    d = x.shape[-1]
+    mean_square = torch.linalg.vector_norm(x, dim=-1).square() / d  # [H, N, P]; one fast pass (var_mean is slow)
+    if norm.kind == "layernorm":
+        mean = x.mean(-1)
+        var = (mean_square - mean.square()).clamp(min=0)
+        out = (out - mean[..., None] * per_head(folded.sum(1))[:, None, None]) * torch.rsqrt(var + norm.eps)[..., None]
+        bias = torch.einsum("d,kde->ke", norm.bias, W) if norm.bias is not None else None
+        bias = bias if b is None else b if bias is None else bias + b
+    else:
+        out = out * torch.rsqrt(mean_square + norm.eps)[..., None]
+        bias = b
+    return out if bias is None else out + per_head(bias)[:, None, None]
 
 
 def _project(x: Tensor, W: Tensor, b: Tensor | None, n_heads: int) -> Tensor:
