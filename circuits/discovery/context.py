@@ -114,17 +114,29 @@ class DiscoveryContext:
         return list(self.batches())
 
     def check_signal(self, tol: float = 1e-6) -> tuple[float, float]:
-        """Mean objective of the full model and of the fully ablated one; refuse when they are equal."""
+        """Mean objective of the full model and of the fully ablated one; refuse when they are equal.
+
+        With corrupted ablation the fully ablated model *is* the corrupted run, so two plain forwards suffice.
+        """
         s = self.model.structure
         full_total, empty_total = 0.0, 0.0
         with torch.no_grad():
-            for prepared in self.batches():
-                masks = torch.stack([torch.ones(s.n_senders, s.n_receivers), torch.zeros(s.n_senders, s.n_receivers)])
-                logits = self.model.patched_logits(prepared.clean, masks.to(self.model.device), prepared.ablated,
-                                                   attention_mask=prepared.attention_mask)
-                obj = self.objective(logits, prepared)  # [2, B]
-                full_total += float(obj[0].sum())
-                empty_total += float(obj[1].sum())
+            for batch in self.task.batches(self.batch_size):
+                batch = batch.to(self.model.device)
+                if self.ablation == "corrupted":
+                    prepared = PreparedBatch(batch, batch.clean, batch.attention_mask, None, None)
+                    full_logits = self.model.logits(batch.clean, batch.attention_mask)
+                    empty_logits = self.model.logits(batch.corrupted, batch.attention_mask)
+                    if not self.metric.higher_is_better:
+                        prepared.full_logits = full_logits
+                else:
+                    prepared = self.prepare(batch)
+                    full_logits = self.model.logits(batch.clean, batch.attention_mask)
+                    zeros = torch.zeros(s.n_senders, s.n_receivers, device=self.model.device)
+                    empty_logits = self.model.patched_logits(batch.clean, zeros, prepared.ablated,
+                                                             attention_mask=batch.attention_mask)
+                full_total += float(self.objective(full_logits, prepared).sum())
+                empty_total += float(self.objective(empty_logits, prepared).sum())
         full, empty = full_total / self.n_examples, empty_total / self.n_examples
         if abs(full - empty) <= tol * max(1.0, abs(full)):
             raise DiscoveryError(
