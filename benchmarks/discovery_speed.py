@@ -74,9 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         _, ctx, runs = setup(args.memory_probe, args.seq)
         base = _rss_kb("VmRSS")
