@@ -242,7 +242,25 @@ def _bind_rotary(rotary_emb: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tens
     return cos_sin
 
 
+# ---- circuits' own attention-only model (circuits.models.attn_only) ---------------------------------------
+def _read_attn_only(hf: nn.Module) -> TransformerSpec:
+    cfg = hf.config
+    H, d = cfg.n_head, cfg.d_model
+    e = d // H
+    layers = []
+    for block in hf.blocks:
+        a = block.attn
+        Wq, Wk, Wv = (lin.weight.view(H, e, d).transpose(1, 2) for lin in (a.q_proj, a.k_proj, a.v_proj))
+        bias = lambda lin: lin.bias.view(H, e) if lin.bias is not None else None  # noqa: E731
+        attn = Attention(Wq, Wk, Wv, a.o_proj.weight.T.reshape(H, e, d), bias(a.q_proj), bias(a.k_proj),
+                         bias(a.v_proj), a.o_proj.bias, a.scale, rotary=None)
+        layers.append(Layer(_layernorm(block.ln_1), attn, None, None))
+    return TransformerSpec("circuits_attn_only", hf.wte.weight, hf.wpe.weight, layers, _layernorm(hf.ln_f),
+                           *_unembed(hf), parallel_attn_mlp=False, max_positions=cfg.n_ctx)
+
+
 READERS: dict[str, Callable[[nn.Module], TransformerSpec]] = {
+    "circuits_attn_only": _read_attn_only,
     "gpt2": _read_gpt2,
     "gpt_neox": _read_gpt_neox,
     "llama": _read_llama,

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+import circuits.models.attn_only  # noqa: F401  (registers model_type "circuits_attn_only" with the Auto classes)
 from circuits.models.architectures import READERS, UnsupportedArchitectureError
 from circuits.models.circuit_model import CircuitModel
 

@@ -1,0 +1,252 @@
+"""The bundled models: how each is made (trained or constructed), evaluated, described and written."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from circuits.zoo.common import ZOO_ROOT, n_params, read_meta, save_model_folder
+
+MODELS = {
+    "attn-only-2l": "2-layer attention-only transformer trained on variable-period induction (real induction heads)",
+    "gpt2-tasks": "4-layer GPT-2 trained on IOI + greater-than + induction in the tasks' word-level vocabulary",
+    "planted-induction": "hand-set 2-layer attention-only induction circuit with distractor heads; ground truth shipped",
+    "planted-ioi": "hand-set 3-layer GPT-2 IOI circuit (duplicate-token, S-inhibition, name mover); ground truth shipped",
+}
+DEFAULT_STEPS = {"attn-only-2l": 2500, "gpt2-tasks": 3000}
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def make(name: str, out: Path | None = None, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """Train (or construct) ``name`` and write its folder; returns the metadata written to ``zoo.json``."""
+    if name not in MODELS:
+        raise KeyError(f"unknown zoo model {name!r}; choose one of {', '.join(MODELS)}")
+    out = Path(out) if out is not None else ZOO_ROOT / name
+    if name == "attn-only-2l":
+        return _make_attn_only(out, steps or DEFAULT_STEPS[name], seed, progress)
+    if name == "gpt2-tasks":
+        return _make_gpt2_tasks(out, steps or DEFAULT_STEPS[name], seed, progress)
+    return _make_planted(name, out)
+
+
+def _make_attn_only(out: Path, steps: int, seed: int, progress: bool) -> dict:
+    from circuits import CircuitModel
+    from circuits.zoo import induction as I
+    from circuits.zoo.analysis import induction_report
+
+    hf, tok, info = I.train(steps=steps, seed=seed, progress=progress)
+    model = CircuitModel.from_hf(hf, tok, name="zoo:attn-only-2l")
+    acc = I.evaluate(model)
+    report = induction_report(model)
+    meta = {"name": "attn-only-2l", "architecture": "circuits_attn_only", **I.SHAPE, "vocab_size": len(tok),
+            "training": info, "accuracy": acc, "accuracy_key": "held_out_periods",
+            "heads": report}
+    card = _attn_only_card(meta, report, n_params(hf))
+    save_model_folder(hf, tok, out, meta, card)
+    results = Path("results/zoo")
+    if results.parent.is_dir():
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "attn-only-2l.md").write_text(card)
+    return read_meta(out)
+
+
+def _attn_only_card(meta: dict, report: dict, params: int) -> str:
+    from circuits.zoo import induction as I
+
+    t = meta["training"]
+    acc = meta["accuracy"]
+    return f"""# attn-only-2l: 2-layer attention-only induction model ({params:,} parameters)
+
+**Architecture**: `circuits_attn_only` (circuits.models.attn_only): GPT-2-style pre-LayerNorm attention-only
+transformer, 2 layers x 4 heads, d_model 64 (head dim 16), learned positions (64), no MLPs, untied unembedding.
+Graph: 9 nodes' senders (input + 8 heads), {''}attention-only MIB convention (`has_mlp=False`).
+
+**Tokenizer**: word-level, 128 random two-letter words (`aa` .. `ex`) plus `[PAD]` `[UNK]` `[BOS]`; BOS prepended.
+
+**Training data**: the project's induction generator (`load_task("induction", tok, seq_len=L, min_period=P,
+max_period=P)`): `[BOS] prefix A A` with random distinct words, periods P in {I.TRAIN_PERIODS} and lengths L from
+max(2P, 12) to {I.MAX_LEN} (so the second copy starts anywhere). Loss: cross-entropy of the next token in the
+second copy. Periods {I.HELD_OUT_PERIODS} (and {I.LONGER_PERIODS}, longer than any training period) are never
+trained on.
+
+**Training**: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']}, seed {t['seed']}, CPU, measured
+{t['train_seconds']} s of training on a shared 2-core machine (1 thread). Reproduce: `circuits zoo train
+attn-only-2l --seed {t['seed']} --steps {t['steps']}`.
+
+**Held-out accuracy** (arg-max at every second-copy position is the token after the first occurrence, length 40,
+200 fresh sequences per period): held-out periods {acc['held_out_periods']:.1%}, longer periods
+{acc['longer_periods']:.1%}, training periods {acc['train_periods']:.1%}.
+
+## Heads
+
+Previous-token score: mean attention to the previous position; induction score: mean attention from a token of
+the second copy to the token after its first occurrence (held-out periods 7, 10, 13).
+Ablation: the head's output replaced by its per-position mean over 200 other sequences (all its edges at once).
+
+{_table([{**s, **{k: v for k, v in a.items() if k != 'head'}} for s, a in zip(report['scores'], report['ablations'][1:])],
+        ['head', 'prev_token_score', 'induction_score', 'accuracy', 'accuracy_drop', 'metric_drop', 'destroyed'])}
+
+Clean accuracy on these sequences: {report['ablations'][0]['accuracy']:.1%}. Best previous-token head in layer 0:
+**{report['best_prev_token_head']}**; best induction head in layer 1: **{report['best_induction_head']}**. Heads
+whose ablation alone leaves less than half the clean accuracy: **{', '.join(report['destroying_heads']) or 'none'}**.
+
+Load: `circuits.load_model("zoo:attn-only-2l")`; task: `circuits.load_task("induction", model, n=200,
+seq_len=40, min_period=7, max_period=13)`.
+"""
+
+
+def _make_gpt2_tasks(out: Path, steps: int, seed: int, progress: bool) -> dict:
+    from circuits import CircuitModel
+    from circuits.zoo import tasks_model as T
+
+    hf, tok, info = T.train(steps=steps, seed=seed, progress=progress)
+    model = CircuitModel.from_hf(hf, tok, name="zoo:gpt2-tasks")
+    acc = T.evaluate(model)
+    meta = {"name": "gpt2-tasks", "architecture": "gpt2", **T.SHAPE, "vocab_size": len(tok), "training": info,
+            "accuracy": acc, "accuracy_key": "min_task"}
+    meta["accuracy"]["min_task"] = min(acc[k] for k in T.TASKS)
+    save_model_folder(hf, tok, out, meta, _gpt2_tasks_card(meta, n_params(hf)))
+    return read_meta(out)
+
+
+def _gpt2_tasks_card(meta: dict, params: int) -> str:
+    t, a = meta["training"], meta["accuracy"]
+    return f"""# gpt2-tasks: a 4-layer GPT-2 carrying IOI, greater-than and induction ({params:,} parameters)
+
+**Architecture**: transformers' `GPT2LMHeadModel`: 4 layers x 4 heads, d_model 128, MLP 512, 64 positions,
+untied unembedding, no dropout. Graph (MIB convention): 4 x 4 heads + 4 MLPs.
+
+**Tokenizer**: `circuits.tasks.word_level_tokenizer(circuits.tasks.task_vocabulary())` ({meta['vocab_size']} tokens:
+the words of the IOI and greater-than templates, 99 names, places, objects, nouns, "00".."99"); BOS prepended.
+
+**Training data**: the built-in generators `load_task("ioi" | "greater-than" | "induction", tok, ...)`, a batch of
+each per step. Held-out split (made here; the task package has no hold-out option): one in five (template, IO
+name) combinations of IOI and one in five (noun, YY) combinations of greater-than (a fixed CRC32 hash,
+`circuits.zoo.common.held_out`) never appear in training; induction is evaluated on fresh random sequences.
+Loss: cross-entropy of the answer set at each read position (`-logprob`): IO for IOI, the years above YY for
+greater-than, the next token in the second copy for induction.
+
+**Training**: {t['steps']} steps, batch {t['batch_size_per_task']} per task, AdamW lr {t['lr']}, seed {t['seed']}, CPU,
+measured {t['train_seconds']} s of training on a shared 2-core machine (1 thread). Reproduce: `circuits zoo
+train gpt2-tasks --seed {t['seed']} --steps {t['steps']}`.
+
+**Held-out accuracy** (600 fresh prompts per task, held-out combinations only):
+
+| task | top-1 accuracy | pairwise |
+|---|---|---|
+| IOI (arg-max = IO; pairwise: logit(IO) > logit(S)) | {a['ioi']:.1%} | {a.get('ioi_pairwise', 0):.1%} |
+| greater-than (arg-max is a year > YY; pairwise: p(> YY) > p(<= YY)) | {a['greater-than']:.1%} | {a.get('greater-than_pairwise', 0):.1%} |
+| induction (arg-max = next token, every second-copy position) | {a['induction']:.1%} | |
+
+Load: `circuits.load_model("zoo:gpt2-tasks")`; tasks: `circuits.load_task("ioi", model)` etc.
+"""
+
+
+def _make_planted(name: str, out: Path) -> dict:
+    import circuits
+    from circuits.graph.graph import Graph
+    from circuits.zoo.planted import build_planted, task_path, verify_ground_truth
+
+    start = time.time()
+    hf, tok, task_text, gt = build_planted(name)
+    model = circuits.CircuitModel.from_hf(hf, tok, name=f"zoo:{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    task_path(out).write_text(task_text)
+    task = circuits.load_task(str(task_path(out)), model, n=64, seed=1)
+    graph = Graph.from_edges(model.structure, gt, metadata={"model": f"zoo:{name}", "ground_truth": True,
+                                                           "task": "task.toml (in the model folder)"})
+    df = verify_ground_truth(model, task, graph)
+    if not df.attrs["all_pass"]:
+        raise RuntimeError(f"{name}: the planted ground truth fails the exact-patching check:\n"
+                           f"{df[~df.passes].to_string()}")
+    graph.set_scores(torch.tensor(0.0).new_tensor(_score_matrix(model, df)))
+    graph.save(out / "ground_truth.json")
+    others = df[~df.in_ground_truth]
+    meta = {"name": name, "architecture": hf.config.model_type, "n_layer": len(model.spec.layers),
+            "n_head": model.structure.n_heads, "d_model": model.structure.d_model, "vocab_size": len(tok),
+            "training": {"constructed": True, "seconds": round(time.time() - start, 1)},
+            "accuracy": {"metric_full": round(df.attrs["full"], 4), "metric_ablated": round(df.attrs["ablated"], 4)},
+            "accuracy_key": None, "ground_truth": gt,
+            "check": {"n_edges": len(df), "min_gt_relative": round(float(df[df.in_ground_truth].relative.min()), 4),
+                      "max_other_abs_relative": round(float(others.relative.abs().max()), 6)}}
+    save_model_folder(hf, tok, out, meta, _planted_card(name, meta, df, n_params(hf)))
+    return read_meta(out)
+
+
+def _score_matrix(model, df):
+    s = model.structure
+    scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float64)
+    for edge, effect in zip(df.edge, df.effect):
+        scores[s.edge_index(edge)] = effect
+    return scores
+
+
+def _planted_card(name: str, meta: dict, df, params: int) -> str:
+    from circuits.zoo import planted as PL
+
+    doc = (PL.build_planted_induction if name == "planted-induction" else PL.build_planted_ioi).__doc__
+    gt_rows = df[df.in_ground_truth][["edge", "effect", "relative"]].round(4).to_dict("records")
+    c = meta["check"]
+    extra = ("\nThe induction head's query edge `input->a1.h0<q>` is part of the mechanism but carries the same "
+             "token in the clean and the corrupted prompt at every read position (the corruption changes only the "
+             "first copy), so under this task's corrupted ablation it has no effect and is not in the ground truth."
+             if name == "planted-induction" else "\nQuery edges that carry only constants (`input->a1.h0<q>`, "
+             "`input->a2.h0<q>`) and the BOS key of a1.h0 are identical in clean and corrupted prompts and have no "
+             "effect under this ablation; they are not in the ground truth.")
+    return f"""# {name}: planted circuit with a known ground truth ({params:,} parameters)
+
+**Architecture**: `{meta['architecture']}`, {meta['n_layer']} layers x {meta['n_head']} heads, d_model {meta['d_model']}
+(head dim {meta['d_model'] // meta['n_head']}), vocabulary {meta['vocab_size']}.
+Weights are set by hand (`circuits.zoo.planted`), not trained: every residual dimension belongs to a named block
+(token one-hot, position one-hot, one block per thing a head writes), every written vector has zero mean, and
+LayerNorm's epsilon is 1e6 with weight 1e3, so LayerNorm is linear to about 1e-8.
+
+{' '.join((doc or '').split())}
+{extra}
+
+**Task**: `task.toml` in this folder: `circuits.load_task(circuits.zoo.task_file("{name}"), model, n=64, seed=1)`.
+
+**Ground truth** (`ground_truth.json`, MIB format, `circuits.Graph.load(path, model=model)`), {len(gt_rows)} edges,
+with each edge's exact effect when cut alone (corrupted ablation, 64 prompts, seed 1):
+
+{_table(gt_rows, ['edge', 'effect', 'relative'])}
+
+**Check** (`circuits.zoo.planted.verify_ground_truth`): clean metric {df.attrs['full']:.4f}, everything ablated
+{df.attrs['ablated']:.4f}; every ground-truth edge moves the metric by at least {c['min_gt_relative']:.1%} of that
+gap (required: 5%), every one of the other {c['n_edges'] - len(gt_rows)} edges by at most
+{c['max_other_abs_relative']:.2e} of it (required: 1%).
+
+Rebuild: `circuits zoo train {name}` (construction and the exact check: about a minute on CPU).
+"""
+
+
+def list_rows() -> list[dict]:
+    from circuits.models.loading import ZOO_DIR, zoo_models
+
+    rows = []
+    for name in zoo_models():
+        meta = read_meta(ZOO_DIR / name)
+        acc = meta.get("accuracy", {})
+        key = meta.get("accuracy_key")
+        if key and key in acc:
+            shown = ", ".join(f"{k} {v:.1%}" for k, v in acc.items() if not k.endswith("pairwise"))
+        elif "metric_full" in acc:
+            shown = f"planted; ground truth {len(meta.get('ground_truth', []))} edges"
+        else:
+            shown = ""
+        rows.append({"name": f"zoo:{name}", "architecture": meta.get("architecture", "?"),
+                     "params": meta.get("params"), "mb": meta.get("weights_mb"), "accuracy": shown,
+                     "description": MODELS.get(name, "")})
+    return rows
+
+
+def summary_json(meta: dict) -> str:
+    return json.dumps({k: meta[k] for k in ("name", "params", "weights_mb", "accuracy") if k in meta}, indent=2)
