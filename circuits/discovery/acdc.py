@@ -173,9 +173,8 @@ class _Evaluator:
                     mlp_in = resid.read(s.mlp_receiver(layer_idx))
                 resid.write(layer.mlp(layer.mlp_norm(mlp_in)))
                 continue
-            x = layer.attn_norm(resid.read(s.attn_receivers(layer_idx)))
-            q_in, k_in, v_in = (x[:H], x[H:2 * H], x[2 * H:])
-            z = _attention_pattern_values(layer.attn, q_in, k_in, v_in, positions, allowed)  # [H, N, P, e]
+            x = resid.read(s.attn_receivers(layer_idx))  # [3H, N, P, d]
+            z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed)  # [H, N, P, e]
             if has_mlp and spec.parallel_attn_mlp:
                 mlp_in = resid.read(s.mlp_receiver(layer_idx))
             resid.write(torch.matmul(z.flatten(1, 2), layer.attn.W_O).view(H, *z.shape[1:3], -1))
