@@ -44,7 +44,10 @@ def build(seed: int):
     torch.manual_seed(seed)
     cfg = AttnOnlyConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.bos_token_id, **SHAPE)
-    return AttnOnlyForCausalLM(cfg), tok
+    hf = AttnOnlyForCausalLM(cfg)
+    with torch.no_grad():  # distinct positions from the start: previous-token heads form much sooner
+        hf.wpe.weight.normal_(0.0, 0.1)
+    return hf, tok
 
 
 def period_task(tok, period: int, n: int, seed: int, seq_len: int = SEQ_LEN):
@@ -68,7 +71,7 @@ def training_data(tok, seed: int, per_cell: int = 48):
     return torch.cat(ids), torch.cat(reads)
 
 
-def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int = 64, lr: float = 3e-3, progress: bool = True):
+def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int = 64, lr: float = 5e-3, progress: bool = True):
     from tqdm.auto import tqdm
 
     seed_everything(seed)
