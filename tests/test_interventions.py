@@ -225,3 +225,18 @@ def test_ablation_errors_name_the_problem():
     s = model.structure
     with pytest.raises(ValueError, match=r"masks must be \[S, R\]"):
         model.patched_logits(_ids(0), torch.ones(3, 3), ablated_outputs(model, "zero", _ids(0)))
+
+
+def test_logit_positions_unembed_only_what_is_read(arch):
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(50), _ids(51)
+    at = torch.tensor([[6, 2], [0, 5], [3, 3]])
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    masks = torch.rand(2, s.n_senders, s.n_receivers, generator=torch.Generator().manual_seed(3))
+    full = model.patched_logits(clean, masks, ablated)  # [2, B, P, V]
+    picked = model.patched_logits(clean, masks, ablated, logit_positions=at)  # [2, B, 2, V]
+    expected = full.gather(2, at[None, ..., None].expand(2, *at.shape, full.shape[-1]))
+    assert picked.shape == (2, B, 2, V) and torch.allclose(picked, expected, atol=1e-6)
+    plain = model.logits(clean, logit_positions=at)
+    assert torch.allclose(plain, model.logits(clean).gather(1, at[..., None].expand(*at.shape, V)), atol=1e-6)

@@ -52,8 +52,9 @@ def _scores_buffer(ctx: DiscoveryContext) -> Tensor:
 
 def _backward_objective(ctx: DiscoveryContext, prepared: PreparedBatch, probe: dict) -> None:
     with torch.enable_grad():
-        logits = ctx.model.run(prepared.clean, prepared.attention_mask, probe=probe).logits
-        ctx.objective(logits, prepared).sum().backward()
+        logits = ctx.model.run(prepared.clean, prepared.attention_mask, probe=probe,
+                               logit_positions=prepared.positions).logits
+        ctx.objective(logits, prepared, readout=True).sum().backward()
 
 
 def _finish(ctx: DiscoveryContext, scores: Tensor, n_steps: int = 1) -> Tensor:

@@ -34,8 +34,19 @@ class PreparedBatch:
     batch: object  # circuits.tasks.TaskBatch
     clean: Tensor  # [B, P]
     attention_mask: Tensor  # [B, P]
-    ablated: Tensor  # [S, B|1, P|1, d]
+    ablated: Tensor | None  # [S, B|1, P|1, d]
     full_logits: Tensor | None  # [B, P, V] when the metric needs them (KL)
+    full_readout: Tensor | None = None  # [B, K, V]: the same at the read positions only
+
+    @property
+    def positions(self) -> Tensor:
+        """``[B, K]``: the positions the metric reads; pass as ``logit_positions=`` to unembed only those."""
+        return self.batch.positions
+
+    @cached_property
+    def readout(self):
+        """The batch re-indexed for logits taken at :attr:`positions` only."""
+        return self.batch.readout_view()
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -71,17 +82,21 @@ class DiscoveryContext:
     def n_batches(self) -> int:
         return -(-self.n_examples // self.batch_size)
 
-    def objective(self, logits: Tensor, prepared: PreparedBatch) -> Tensor:
-        """``[B]`` (or ``[C, B]`` for batched circuits): the metric, negated if it is a divergence."""
+    def objective(self, logits: Tensor, prepared: PreparedBatch, *, readout: bool = False) -> Tensor:
+        """``[B]`` (or ``[C, B]`` for batched circuits): the metric, negated if it is a divergence.
+
+        ``readout=True``: ``logits`` were taken at ``prepared.positions`` only (``logit_positions=``).
+        """
+        batch = prepared.readout if readout else prepared.batch
+        full_logits = prepared.full_readout if readout else prepared.full_logits
         if logits.dim() == 4:  # [C, B, P, V]: one row of objectives per circuit
             C = logits.shape[0]
             full = None
-            if prepared.full_logits is not None:
-                full = prepared.full_logits[None].expand(C, *prepared.full_logits.shape).flatten(0, 1)
-            batch = _repeat_batch(prepared.batch, C)
-            value = self.metric(logits.flatten(0, 1), batch, full).view(C, -1)
+            if full_logits is not None:
+                full = full_logits[None].expand(C, *full_logits.shape).flatten(0, 1)
+            value = self.metric(logits.flatten(0, 1), _repeat_batch(batch, C), full).view(C, -1)
         else:
-            value = self.metric(logits, prepared.batch, prepared.full_logits)
+            value = self.metric(logits, batch, full_logits)
         return value if self.metric.higher_is_better else -value
 
     @cached_property
@@ -97,11 +112,12 @@ class DiscoveryContext:
         ref_ids, ref_mask = self._mean_reference if self.ablation == "mean" else (None, None)
         ablated = ablated_outputs(model, self.ablation, clean, mask, corrupted_ids=batch.corrupted,
                                   reference_ids=ref_ids, reference_mask=ref_mask, batch_size=self.batch_size)
-        full = None
+        full = full_readout = None
         if not self.metric.higher_is_better:
             with torch.no_grad():
                 full = model.logits(clean, mask)
-        return PreparedBatch(batch, clean, mask, ablated, full)
+            full_readout = full.gather(1, batch.positions[..., None].expand(*batch.positions.shape, full.shape[-1]))
+        return PreparedBatch(batch, clean, mask, ablated, full, full_readout)
 
     def batches(self) -> Iterator[PreparedBatch]:
         """Prepared batches over the discovery split, in order (recomputed each time: memory stays flat)."""
@@ -123,20 +139,18 @@ class DiscoveryContext:
         with torch.no_grad():
             for batch in self.task.batches(self.batch_size):
                 batch = batch.to(self.model.device)
+                at = batch.positions
+                full_logits = self.model.logits(batch.clean, batch.attention_mask, logit_positions=at)
                 if self.ablation == "corrupted":
-                    prepared = PreparedBatch(batch, batch.clean, batch.attention_mask, None, None)
-                    full_logits = self.model.logits(batch.clean, batch.attention_mask)
-                    empty_logits = self.model.logits(batch.corrupted, batch.attention_mask)
-                    if not self.metric.higher_is_better:
-                        prepared.full_logits = full_logits
+                    prepared = PreparedBatch(batch, batch.clean, batch.attention_mask, None, None, full_logits)
+                    empty_logits = self.model.logits(batch.corrupted, batch.attention_mask, logit_positions=at)
                 else:
                     prepared = self.prepare(batch)
-                    full_logits = self.model.logits(batch.clean, batch.attention_mask)
                     zeros = torch.zeros(s.n_senders, s.n_receivers, device=self.model.device)
                     empty_logits = self.model.patched_logits(batch.clean, zeros, prepared.ablated,
-                                                             attention_mask=batch.attention_mask)
-                full_total += float(self.objective(full_logits, prepared).sum())
-                empty_total += float(self.objective(empty_logits, prepared).sum())
+                                                             attention_mask=batch.attention_mask, logit_positions=at)
+                full_total += float(self.objective(full_logits, prepared, readout=True).sum())
+                empty_total += float(self.objective(empty_logits, prepared, readout=True).sum())
         full, empty = full_total / self.n_examples, empty_total / self.n_examples
         if abs(full - empty) <= tol * max(1.0, abs(full)):
             raise DiscoveryError(

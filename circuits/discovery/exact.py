@@ -30,7 +30,8 @@ def single_cut_effects(ctx: DiscoveryContext, cuts: Tensor, *, circuits_per_pass
     start = state["next"] if state else 0
     batches = ctx.cached_batches
     with torch.no_grad():
-        full = [ctx.objective(model.logits(p.clean, p.attention_mask), p).double() for p in batches]
+        full = [ctx.objective(model.logits(p.clean, p.attention_mask, logit_positions=p.positions), p,
+                              readout=True).double() for p in batches]
         starts = range(start, n, circuits_per_pass)
         for i in progress(starts, description, total=len(starts), unit="pass"):
             chunk = cuts[i:i + circuits_per_pass].to(model.device)
@@ -38,8 +39,8 @@ def single_cut_effects(ctx: DiscoveryContext, cuts: Tensor, *, circuits_per_pass
             total = torch.zeros(chunk.shape[0], dtype=torch.float64)
             for prepared, base in zip(batches, full):
                 logits = model.patched_logits(prepared.clean, masks, prepared.ablated,
-                                              attention_mask=prepared.attention_mask)
-                total += (base[None] - ctx.objective(logits, prepared).double()).sum(1).cpu()
+                                              attention_mask=prepared.attention_mask, logit_positions=prepared.positions)
+                total += (base[None] - ctx.objective(logits, prepared, readout=True).double()).sum(1).cpu()
             effects[i:i + chunk.shape[0]] = total / ctx.n_examples
             if checkpoint is not None:
                 checkpoint.maybe_save({"effects": effects, "next": i + chunk.shape[0]})

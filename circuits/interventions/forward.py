@@ -35,14 +35,17 @@ def position_ids_for(attention_mask: Tensor | None, shape: tuple[int, int], devi
 
 def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                        masks: Tensor | None = None, ablated: Tensor | None = None,
-                       record: bool = False, probe: dict | None = None) -> ForwardResult:
+                       record: bool = False, probe: dict | None = None,
+                       logit_positions: Tensor | None = None) -> ForwardResult:
     """Run ``spec`` on ``input_ids [B, P]``.
 
     ``masks [C, S, R]`` or ``[S, R]`` with ``ablated [S, B|1, P|1, d]`` patches every edge
     (1 = the sender's output in this run, 0 = its ablated output); without masks it is the plain model.
     ``record`` returns every sender's output (plain runs only). ``probe`` (keyword arguments of
     :class:`~circuits.interventions.residual.GradientProbe`) makes the run an attribution run: the backward
-    pass of anything computed from its logits accumulates edge scores.
+    pass of anything computed from its logits accumulates edge scores. ``logit_positions [B, K]`` unembeds
+    only those positions (logits ``[B, K, V]``): a task reads a few positions, and the unembedding of a large
+    vocabulary is otherwise a third of the forward.
     """
     B, P = input_ids.shape
     structure = spec.structure
@@ -95,12 +98,16 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         if has_mlp:
             resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
 
-    final = spec.final_norm(resid.read(structure.logits_receiver)[0])  # [N, P, d]
+    final = resid.read(structure.logits_receiver)[0]  # [N, P, d]
+    if logit_positions is not None:  # [B, K] -> [N, K, d]
+        index = logit_positions.to(final.device).repeat(C, 1)
+        final = final.gather(1, index[..., None].expand(*index.shape, final.shape[-1]))
+    final = spec.final_norm(final)
     logits = final @ spec.W_U
     if spec.b_U is not None:
         logits = logits + spec.b_U
     if masks is not None and masks.dim() == 3:
-        logits = logits.view(C, B, P, -1)
+        logits = logits.view(C, B, logits.shape[1], -1)
     outputs = resid.recorded() if record else None
     return ForwardResult(logits, outputs)
 

@@ -78,12 +78,15 @@ class CircuitModel:
         return self
 
     # ---- running it ----------------------------------------------------------------------------------------
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """``[B, P, V]``: the decomposed forward, equal to ``model.hf(input_ids).logits``."""
-        return self.run(input_ids, attention_mask).logits
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+               logit_positions: Tensor | None = None) -> Tensor:
+        """``[B, P, V]``: the decomposed forward, equal to ``model.hf(input_ids).logits``
+        (``[B, K, V]`` at ``logit_positions [B, K]`` only, when given)."""
+        return self.run(input_ids, attention_mask, logit_positions=logit_positions).logits
 
     def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, masks: Tensor | None = None,
-            ablated: Tensor | None = None, record: bool = False, probe: dict | None = None) -> ForwardResult:
+            ablated: Tensor | None = None, record: bool = False, probe: dict | None = None,
+            logit_positions: Tensor | None = None) -> ForwardResult:
         """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward`."""
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
@@ -93,17 +96,18 @@ class CircuitModel:
         if ablated is not None:
             ablated = ablated.to(self.device)
         return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record,
-                                  probe=probe)
+                                  probe=probe, logit_positions=logit_positions)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[S, B, P, d]``: what every sender writes on these inputs (the cache ablations are built from)."""
         return self.run(input_ids, attention_mask, record=True).sender_outputs
 
     def patched_logits(self, input_ids: Tensor, masks: Tensor, ablated: Tensor,
-                       attention_mask: Tensor | None = None) -> Tensor:
+                       attention_mask: Tensor | None = None, *, logit_positions: Tensor | None = None) -> Tensor:
         """Logits with every edge mixed by ``masks`` (``[S, R]`` or ``[C, S, R]``) between this run and
-        ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]``."""
-        return self.run(input_ids, attention_mask, masks=masks, ablated=ablated).logits
+        ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]`` (``P`` -> ``K`` with ``logit_positions``)."""
+        return self.run(input_ids, attention_mask, masks=masks, ablated=ablated,
+                        logit_positions=logit_positions).logits
 
     def __repr__(self) -> str:
         s = self.structure

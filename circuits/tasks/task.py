@@ -60,6 +60,14 @@ class TaskBatch:
     def device(self) -> torch.device:
         return self.clean.device
 
+    def readout_view(self) -> "TaskBatch":
+        """The same batch for logits taken at ``positions`` only (``[b, R, V]``, e.g. from
+        ``model.logits(ids, logit_positions=batch.positions)``): read position ``r`` becomes index ``r``.
+        Metrics accept it like any batch; token-level fields (``read_mask``) do not apply to it."""
+        R = self.positions.shape[1]
+        local = torch.arange(R, device=self.positions.device).expand(len(self), R).contiguous()
+        return dataclasses.replace(self, positions=local)
+
     @property
     def read_mask(self) -> torch.Tensor:
         """BoolTensor [b, seq]: True at read positions (a dense view of ``positions``)."""
