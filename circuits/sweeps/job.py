@@ -1,0 +1,242 @@
+"""One sweep job: load the model and task, discover, evaluate, and return one tidy row.
+
+:func:`run_job` never raises for a problem of the job itself: the row then has ``status = "error"`` with the
+error and its traceback, and the sweep goes on. What a row holds (one column each; NaN where it does not apply,
+with the reason in ``notes``):
+
+* the job's spec: ``job_id``, ``model``, ``task``, ``method``, ``params`` (JSON), ``ablation``, ``seed``, ``n``,
+  ``batch_size``, ``split``;
+* the graph: ``graph_edges`` (edges of the model's graph), ``circuit_edges`` (edges of the circuit the method
+  chose itself, ACDC and edge pruning), ``graph_file``;
+* faithfulness (on ``[evaluation].split``): ``cpr`` (area under f of the signed-score curve, MIB), ``cmd`` (area
+  under |1 - f| of the absolute-score curve, MIB), ``metric_full``, ``metric_empty``, ``curve_fractions``,
+  ``curve_signed``, ``curve_absolute`` (JSON lists of f); ``minimal_k`` / ``minimal_edges`` /
+  ``minimal_faithfulness``: the smallest top-k circuit reaching ``minimal_target`` (edge methods);
+* against a ground truth (planted zoo models): ``auroc`` (signed scores; node AUROC for node methods),
+  ``precision_at_size`` / ``recall_at_size`` (top as many edges as the truth has);
+* ``discover_s``, ``evaluate_s``, ``wall_s``, ``threads``, ``host``, ``pid``, ``started``, ``finished``,
+  ``version``, ``status``, ``error``, ``traceback``, ``notes`` (warnings raised during the job).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+import time
+import traceback
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from circuits.sweeps.spec import SHIPPED, TINY_PREFIX, JobSpec
+
+# Test hooks (environment variables, read inside the worker):
+#   CIRCUITS_SWEEPS_TRACE=DIR        append one line per execution of a job to DIR/<job_id> (counts recomputation)
+#   CIRCUITS_SWEEPS_CRASH_ONCE=DIR   the first execution of each job kills its own worker process (os._exit)
+#   CIRCUITS_SWEEPS_SLEEP=SECONDS    sleep before working (lets a test interrupt a sweep mid-way)
+HOOK_VARS = ("CIRCUITS_SWEEPS_TRACE", "CIRCUITS_SWEEPS_CRASH_ONCE", "CIRCUITS_SWEEPS_SLEEP")
+
+_MODEL_CACHE: dict[tuple, Any] = {}  # one model per worker process, reused by the jobs that worker runs next
+
+
+def tiny_random_model(family: str = "gpt2", seed: int = 0):
+    """``tiny-random[:FAMILY]``: 2 layers, 4 heads, d_model 32, on the tasks' word-level vocabulary (so the
+    built-in tasks ioi / greater-than / induction tokenize), random weights: for tests and dry runs."""
+    from circuits.models.random import random_model
+    from circuits.tasks import task_vocabulary, word_level_tokenizer
+
+    tok = word_level_tokenizer(task_vocabulary())
+    extra = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
+    model = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
+                         seed=seed, **extra)
+    model.name = f"{TINY_PREFIX}:{family}"
+    return model
+
+
+def resolve_model(spec: str, device: str | None = None, dtype: str | None = None):
+    key = (spec, device, dtype)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        if spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
+            model = tiny_random_model(spec.split(":", 1)[1] if ":" in spec else "gpt2")
+            model = model.to(device) if device else model
+        else:
+            from circuits.models.loading import load_model
+
+            model = load_model(spec, device=device, dtype=dtype)
+        _MODEL_CACHE[key] = model
+    return _MODEL_CACHE[key]
+
+
+def resolve_task(job: JobSpec, model):
+    from circuits.tasks import load_task
+
+    name = job.task
+    if name == SHIPPED:
+        from circuits.zoo import task_file
+
+        name = str(task_file(job.model))
+    return load_task(name, model, n=job.n, seed=job.seed)
+
+
+def ground_truth(job: JobSpec, model):
+    """The planted circuit shipped with a zoo model, or None."""
+    if not job.model.startswith("zoo:"):
+        return None
+    from circuits.models.loading import ZOO_DIR
+
+    if not (ZOO_DIR / job.model[4:] / "ground_truth.json").is_file():
+        return None
+    from circuits.zoo import ground_truth as load_truth
+
+    return load_truth(job.model[4:], model)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _hooks(job_id: str) -> None:
+    trace = os.environ.get("CIRCUITS_SWEEPS_TRACE")
+    if trace:
+        Path(trace).mkdir(parents=True, exist_ok=True)
+        with open(Path(trace) / job_id, "a") as f:
+            f.write(f"{os.getpid()} {_now()}\n")
+    crash = os.environ.get("CIRCUITS_SWEEPS_CRASH_ONCE")
+    if crash:
+        marker = Path(crash) / job_id
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(os.getpid()))
+            os._exit(1)  # the worker process dies mid-job, as an OOM kill or a lost node would
+    sleep = os.environ.get("CIRCUITS_SWEEPS_SLEEP")
+    if sleep:
+        time.sleep(float(sleep))
+
+
+def empty_row(job: JobSpec) -> dict:
+    return {"job_id": job.job_id, "model": job.model, "task": job.task, "method": job.method,
+            "params": json.dumps(job.params_dict, sort_keys=True), "ablation": job.ablation, "seed": job.seed,
+            "n": job.n, "batch_size": job.batch_size, "split": job.split, "status": "running", "error": "",
+            "traceback": "", "notes": "", "graph_edges": math.nan, "circuit_edges": math.nan, "cpr": math.nan,
+            "cmd": math.nan, "metric_full": math.nan, "metric_empty": math.nan, "curve_fractions": "",
+            "curve_signed": "", "curve_absolute": "", "minimal_k": math.nan, "minimal_edges": math.nan,
+            "minimal_faithfulness": math.nan, "auroc": math.nan, "precision_at_size": math.nan,
+            "recall_at_size": math.nan, "discover_s": math.nan, "evaluate_s": math.nan, "wall_s": math.nan,
+            "threads": math.nan, "graph_file": "", "host": socket.gethostname(), "pid": os.getpid(),
+            "started": _now(), "finished": "", "version": ""}
+
+
+def execute(job: JobSpec, cpus: float | None = None) -> tuple[dict, bytes | None]:
+    """Run ``job``; return ``(row, graph file bytes)`` (the bytes travel back to the driver, which writes them,
+    so workers on other machines need no shared file system). Never raises for the job's own errors."""
+    import torch
+
+    import circuits
+    from circuits.discovery import discover
+
+    start = time.perf_counter()
+    row = empty_row(job)
+    row["version"] = circuits.__version__
+    notes: list[str] = []
+    graph_bytes = None
+    _hooks(job.job_id)
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))  # from the job's CPU allocation (fractions: one thread)
+    row["threads"] = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = resolve_model(job.model, job.device, job.dtype)
+            task = resolve_task(job, model)
+            row["graph_edges"] = model.structure.n_edges
+            t0 = time.perf_counter()
+            graph = discover(model, task, job.method, ablation=job.ablation, split=job.split,
+                             batch_size=job.batch_size, **job.params_dict)
+            row["discover_s"] = time.perf_counter() - t0
+            graph.metadata["job_id"] = job.job_id
+            graph.metadata["job"] = job.to_dict()
+            if not bool(graph.in_graph.all()) or job.method in ("acdc", "edge-pruning"):
+                row["circuit_edges"] = int(graph.n_edges)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = graph.save(Path(tmp) / f"{job.job_id}.json")
+                graph_bytes = Path(path).read_bytes()
+            t0 = time.perf_counter()
+            evaluate_into(row, notes, job, model, task, graph)
+            row["evaluate_s"] = time.perf_counter() - t0
+        for w in caught:
+            text = f"{w.category.__name__}: {w.message}"
+            if text not in notes:
+                notes.append(text)
+        row["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - the job's error is its result
+        row["status"] = "error"
+        row["error"] = f"{type(err).__name__}: {err}"
+        row["traceback"] = traceback.format_exc()
+    row["notes"] = "\n".join(notes)
+    row["wall_s"] = time.perf_counter() - start
+    row["finished"] = _now()
+    return row, graph_bytes
+
+
+def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph) -> None:
+    """Faithfulness curves (CPR, CMD), the minimal circuit and ground-truth scores, into ``row``."""
+    try:
+        from circuits.evaluation import mib_scores, minimal_circuit
+    except ImportError as err:  # evaluation not available in this version: leave the columns NaN
+        notes.append(f"evaluation unavailable ({err}); faithfulness columns left NaN")
+        return
+    ev = job.evaluation_dict
+    level = graph.metadata.get("level", "edge")
+    opts = dict(fractions=ev["fractions"], ablation=job.ablation, split=ev["split"], batch_size=ev["batch_size"],
+                level=level)
+    scores = mib_scores(model, task, graph, **opts)
+    row["cpr"], row["cmd"] = float(scores["cpr"]), float(scores["cmd"])
+    signed, absolute = scores["signed"], scores["absolute"]
+    row["metric_full"], row["metric_empty"] = float(signed.metric_full), float(signed.metric_empty)
+    row["curve_fractions"] = json.dumps(list(signed.fractions))
+    row["curve_signed"] = json.dumps([_num(x) for x in signed.faithfulness])
+    row["curve_absolute"] = json.dumps([_num(x) for x in absolute.faithfulness])
+    target = float(ev["minimal_target"])
+    if target > 0 and level == "edge":
+        try:
+            small = minimal_circuit(model, task, graph, target=target, ablation=job.ablation, split=ev["split"],
+                                    batch_size=ev["batch_size"])
+            m = small.metadata["minimal"]
+            row["minimal_k"], row["minimal_edges"] = int(m["k"]), int(m["n_edges"])
+            row["minimal_faithfulness"] = float(m["faithfulness"])
+        except ValueError as err:  # faithfulness undefined on this task: no circuit can reach a target
+            notes.append(f"minimal circuit: {err}")
+    elif level != "edge":
+        notes.append("minimal circuit: node-level method (edge top-k does not apply)")
+    truth = ground_truth(job, model)
+    if truth is not None:
+        from circuits.evaluation import auroc, node_auroc, node_precision_recall_at_size, precision_recall_at_size
+
+        if level == "edge":
+            row["auroc"] = float(auroc(graph, truth))
+            pr = precision_recall_at_size(graph, truth)
+        else:
+            row["auroc"] = float(node_auroc(graph, truth))
+            pr = node_precision_recall_at_size(graph, truth)
+        row["precision_at_size"], row["recall_at_size"] = float(pr["precision"]), float(pr["recall"])
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def run_job(job: JobSpec, graphs_dir: str | Path | None = None, cpus: float | None = None) -> dict:
+    """Run ``job`` in this process; write its graph to ``graphs_dir/<job_id>.json`` when given; return the row."""
+    row, graph = execute(job, cpus)
+    if graphs_dir is not None and graph is not None:
+        from circuits.sweeps.results import atomic_write
+
+        path = Path(graphs_dir) / f"{job.job_id}.json"
+        atomic_write(path, graph)
+        row["graph_file"] = str(path)
+    return row
