@@ -107,9 +107,9 @@ def stamp(fig, prov: Mapping[str, Any] | None, *, fontsize: float = 6.5) -> None
 
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     box = fig.get_tightbbox(canvas.get_renderer())
-    left = min(0.0, box.x0 / fig.get_figwidth())
-    bottom = min(0.0, box.y0 / fig.get_figheight())
-    fig.text(left + 0.005, bottom - 0.01, line, fontsize=fontsize, color="0.45", ha="left", va="top")
+    left = box.x0 / fig.get_figwidth()
+    bottom = box.y0 / fig.get_figheight()
+    fig.text(left, bottom - 0.12 / fig.get_figheight(), line, fontsize=fontsize, color="0.45", ha="left", va="top")
     fig._circuits_provenance = dict(prov or {})  # picked up by save()
 
 
