@@ -70,3 +70,17 @@ def write(name: str, result: dict, markdown: str, command: str) -> tuple[Path, P
               f"{', ' + m['gpu'] if 'gpu' in m else ''}.\n\n")
     md_path.write_text(header + markdown.strip() + "\n")
     return json_path, md_path
+
+
+def markdown_table(frame, floatfmt: str = ".3f") -> str:
+    """A pandas DataFrame as a Markdown table (no extra dependency); NaN/None shown as '-'."""
+    import math
+
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

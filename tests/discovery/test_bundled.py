@@ -1,0 +1,43 @@
+"""Discovery on the bundled models, where the answer is known (issue 11, point 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+import circuits
+from circuits.evaluation.ground_truth import auroc
+from circuits.zoo import task_file
+
+PLANTED = ["planted-induction", "planted-ioi"]
+
+
+@pytest.fixture(scope="module", params=PLANTED)
+def planted(request):
+    name = request.param
+    model = circuits.load_model(f"zoo:{name}", device="cpu")
+    task = circuits.load_task(task_file(name), model, n=32, seed=1)
+    truth = circuits.Graph.load(circuits.models.loading.ZOO_DIR / name / "ground_truth.json", model=model)
+    return name, model, task, truth
+
+
+@pytest.mark.parametrize("method", ["eap-ig", "acdc"])
+def test_eap_ig_and_acdc_recover_the_planted_circuit(planted, method):
+    """AUROC of |score| against the ground truth edges (MIB's InterpBench convention) is at least 0.95."""
+    name, model, task, truth = planted
+    scored = circuits.discover(model, task, method)
+    assert auroc(scored, truth, absolute=True) >= 0.95, name
+
+
+def test_acdc_returns_exactly_the_planted_edges(planted):
+    name, model, task, truth = planted
+    found = circuits.discover(model, task, "acdc")
+    assert set(found.edges) == set(truth.edges), name
+
+
+def test_exact_scores_match_the_ground_truth_sign(planted):
+    """Every ground-truth edge helps (positive exact score, MIB's sign); the top edges are the planted ones."""
+    name, model, task, truth = planted
+    exact = circuits.discover(model, task, "exact", circuits_per_pass=64)
+    top = set(exact.top_k(truth.n_edges, prune=False).edges)
+    assert top == set(truth.edges), name
+    assert all(exact.score(e) > 0 for e in truth.edges)
