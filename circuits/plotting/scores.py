@@ -36,13 +36,16 @@ def _edge_scores(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_score_distribution(graphs: Graph | Mapping[str, Graph], path: str | os.PathLike | None = None, *,
-                            bins: int = 80, title: str | None = None, provenance: Mapping[str, Any] | None = None,
-                            dpi: int = 150) -> Figure:
+                            bins: int = 80, symlog: bool = True, title: str | None = None,
+                            provenance: Mapping[str, Any] | None = None, dpi: int = 150) -> Figure:
     """Histogram of signed edge scores, log count axis, one panel per graph (methods' scales differ).
 
     Every edge's score is counted in grey; when a graph holds a proper circuit (not every edge), its circuit's
     edges are overlaid in colour (blue positive, red negative) so one sees where the selection cut. NaN
     (unscored) edges are counted in the panel's note.
+
+    ``symlog`` (default): a signed-log score axis (linear within the 10th percentile of ``|score|``), because
+    attribution scores are heavy-tailed: most edges sit near 0 and the few that matter lie decades away.
     """
     graphs = _as_dict(graphs)
     if not graphs:
@@ -63,7 +66,22 @@ def plot_score_distribution(graphs: Graph | Mapping[str, Graph], path: str | os.
         else:
             lo, hi = float(vals.min()), float(vals.max())
         span = max(abs(lo), abs(hi))
-        edges = np.linspace(-span, span, bins + 1) if lo < 0 < hi else np.linspace(lo, hi, bins + 1)
+        nonzero = np.abs(vals[vals != 0])
+        lin = max(float(np.percentile(nonzero, 10)), span * 1e-6) if nonzero.size else 0.0
+        if symlog and lin > 0 and span / lin > 100:  # heavy-tailed; near-Gaussian scores stay linear
+            half = max(bins // 2 - 2, 4)
+            pos_edges = np.geomspace(lin, span * 1.0001, half + 1)
+            edges = np.concatenate([-pos_edges[::-1], np.linspace(-lin, lin, 5)[1:-1], pos_edges])
+            ax.set_xscale("symlog", linthresh=lin, linscale=0.4)
+            lo_dec, hi_dec = math.ceil(math.log10(lin)), math.floor(math.log10(span))
+            step = max(1, math.ceil((hi_dec - lo_dec + 1) / 3))
+            decades = [10.0 ** d for d in range(hi_dec, lo_dec - 1, -step)][::-1]
+            ax.set_xticks([-d for d in decades[::-1]] + [0.0] + decades)
+            ax.set_xticklabels([f"-1e{round(math.log10(d))}" for d in decades[::-1]] + ["0"]
+                               + [f"1e{round(math.log10(d))}" for d in decades])
+            ax.xaxis.set_minor_locator(_NullLocator())
+        else:
+            edges = np.linspace(-span, span, bins + 1) if lo < 0 < hi else np.linspace(lo, hi, bins + 1)
         ax.hist(vals, bins=edges, color="0.72", label="all edges", log=True)
         partial = flags.sum() < flags.size and flags.any()
         if partial:
@@ -79,7 +97,8 @@ def plot_score_distribution(graphs: Graph | Mapping[str, Graph], path: str | os.
             note += f"\ncircuit: {int(flags.sum()):,} edges"
         ax.text(0.98, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.25")
         ax.set_title(str(label), fontsize=9, loc="left", color=method_colour(str(label), i))
-        ax.set_xlabel("edge score (> 0: helps the task)", fontsize=8)
+        ax.set_xlabel("edge score (> 0: helps the task)" + (", signed log scale" if ax.get_xscale() == "symlog"
+                                                             else ""), fontsize=8)
         ax.set_ylabel("edges (log)", fontsize=8)
         ax.tick_params(labelsize=7)
         for side in ("top", "right"):
@@ -94,6 +113,12 @@ def plot_score_distribution(graphs: Graph | Mapping[str, Graph], path: str | os.
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
+
+
+def _NullLocator():
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
 
 
 def top_k_sets(graphs: Mapping[str, Graph], k: int, absolute: bool = False) -> dict[str, np.ndarray]:

@@ -77,6 +77,8 @@ def test_score_distribution(mib_graph, tmp_path):
     fig = plot_score_distribution({"eap-ig (MIB)": mib_graph, "random": other}, tmp_path / "scores.png")
     check_png(tmp_path / "scores.png", min_px=(400, 900))
     assert fig.axes[0].get_yscale() == "log"
+    assert fig.axes[0].get_xscale() == "symlog"  # EAP-IG scores span decades
+    assert fig.axes[1].get_xscale() == "linear"  # Gaussian ones do not
     assert any("circuit: 756 edges" in t.get_text() for t in fig.axes[0].texts)
     plot_score_distribution(scored_graph(), tmp_path / "one.svg")  # a single graph works too
     check_svg(tmp_path / "one.svg")
