@@ -34,7 +34,7 @@ from typing import Any
 
 from circuits.sweeps.spec import SHIPPED, TINY_PREFIX, JobSpec
 
-# Test hooks (environment variables, read inside the worker):
+# Test hooks (environment variables of the driver, passed to the job; or of the worker):
 #   CIRCUITS_SWEEPS_TRACE=DIR        append one line per execution of a job to DIR/<job_id> (counts recomputation)
 #   CIRCUITS_SWEEPS_CRASH_ONCE=DIR   the first execution of each job kills its own worker process (os._exit)
 #   CIRCUITS_SWEEPS_SLEEP=SECONDS    sleep before working (lets a test interrupt a sweep mid-way)
@@ -100,20 +100,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _hooks(job_id: str) -> None:
-    trace = os.environ.get("CIRCUITS_SWEEPS_TRACE")
+def _hooks(job_id: str, hooks: dict | None) -> None:
+    env = {**{k: os.environ[k] for k in HOOK_VARS if k in os.environ}, **(hooks or {})}
+    trace = env.get("CIRCUITS_SWEEPS_TRACE")
     if trace:
         Path(trace).mkdir(parents=True, exist_ok=True)
         with open(Path(trace) / job_id, "a") as f:
             f.write(f"{os.getpid()} {_now()}\n")
-    crash = os.environ.get("CIRCUITS_SWEEPS_CRASH_ONCE")
+    crash = env.get("CIRCUITS_SWEEPS_CRASH_ONCE")
     if crash:
         marker = Path(crash) / job_id
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(os.getpid()))
             os._exit(1)  # the worker process dies mid-job, as an OOM kill or a lost node would
-    sleep = os.environ.get("CIRCUITS_SWEEPS_SLEEP")
+    sleep = env.get("CIRCUITS_SWEEPS_SLEEP")
     if sleep:
         time.sleep(float(sleep))
 
@@ -131,9 +132,10 @@ def empty_row(job: JobSpec) -> dict:
             "started": _now(), "finished": "", "version": ""}
 
 
-def execute(job: JobSpec, cpus: float | None = None) -> tuple[dict, bytes | None]:
+def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None) -> tuple[dict, bytes | None]:
     """Run ``job``; return ``(row, graph file bytes)`` (the bytes travel back to the driver, which writes them,
-    so workers on other machines need no shared file system). Never raises for the job's own errors."""
+    so workers on other machines need no shared file system). Never raises for the job's own errors.
+    ``hooks``: the test hooks above, passed from the driver (they override the worker's environment)."""
     import torch
 
     import circuits
@@ -144,7 +146,7 @@ def execute(job: JobSpec, cpus: float | None = None) -> tuple[dict, bytes | None
     row["version"] = circuits.__version__
     notes: list[str] = []
     graph_bytes = None
-    _hooks(job.job_id)
+    _hooks(job.job_id, hooks)
     if cpus:
         torch.set_num_threads(max(1, int(cpus)))  # from the job's CPU allocation (fractions: one thread)
     row["threads"] = torch.get_num_threads()

@@ -120,13 +120,13 @@ def summarize(frame):
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int | None = None,
               retry_failed: bool = True, num_cpus: int | None = None, progress: bool = True,
-              env: dict[str, str] | None = None, stop_after: int | None = None,
+              hooks: dict[str, str] | None = None, stop_after: int | None = None,
               out: Callable[[str], None] | None = print) -> SweepResult:
     """Run every unfinished job of ``spec`` on Ray; return the results (see the module docstring).
 
     ``max_parallel``: jobs in flight at once (default: as many as the cluster's resources fit; Ray queues the
-    rest). ``env``: environment variables for the jobs' workers (the test hooks in :mod:`circuits.sweeps.job`
-    are forwarded from this process's environment too). ``stop_after``: stop as if interrupted after this many
+    rest). ``hooks``: the test hooks of :mod:`circuits.sweeps.job` (also read from this process's environment
+    and passed to every job). ``stop_after``: stop as if interrupted after this many
     jobs finished (tests).
     """
     say = out or (lambda s: None)
@@ -147,8 +147,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
     ran = failed = 0
     interrupted = False
     if todo:
-        worker_env = {k: os.environ[k] for k in HOOK_VARS if k in os.environ}
-        worker_env.update(env or {})
+        job_hooks = {k: os.environ[k] for k in HOOK_VARS if k in os.environ}
+        job_hooks.update(hooks or {})
         with ray_session(address, num_cpus=num_cpus) as ray:
             from ray.exceptions import RayError
 
@@ -160,8 +160,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
             limit = max_parallel or len(todo)
             options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=int(spec.resources["max_retries"]),
                            retry_exceptions=False)
-            if worker_env:
-                options["runtime_env"] = {"env_vars": worker_env}
             remote = _remote_execute(ray).options(**options)
             say(f"sweep {spec.name}: {len(todo)} job(s) on Ray ({cluster.get('CPU', 0):g} CPUs, "
                 f"{cluster.get('GPU', 0):g} GPUs; {cpus:g} CPU / {gpus:g} GPU per job, {min(slots, limit)} at once)")
@@ -173,7 +171,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                 while queue or pending:
                     while queue and len(pending) < limit:
                         job = queue.pop(0)
-                        pending[remote.remote(job, cpus)] = job
+                        pending[remote.remote(job, cpus, job_hooks or None)] = job
                     bar.set_postfix_str(f"running {min(len(pending), slots)}, queued "
                                         f"{len(queue) + max(0, len(pending) - slots)}, failed {failed}")
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -1,0 +1,168 @@
+"""Sweeps on a real local Ray cluster (2 CPUs): results, errors, a worker killed mid-job, interrupt and resume.
+
+Every test checks that each job's row is present exactly once; the trace hook (CIRCUITS_SWEEPS_TRACE) counts how
+often each job actually executed, so a finished job that was recomputed would show.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("ray")
+
+from circuits.sweeps import ResultStore, load_sweep, ray_session, run_sweep  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with ray_session(num_cpus=2) as ray:
+        yield ray
+
+
+def sweep(tmp_path: Path, name: str, **changes):
+    config = {"name": name, "models": ["tiny-random"], "tasks": ["ioi"], "methods": ["eap", "random"], "n": 8,
+              "batch_size": 8, "evaluation": {"fractions": [0.01, 0.1, 0.5, 1.0], "minimal_target": 0.8},
+              "resources": {"cpus": 1, "gpus": 0, "max_retries": 2},
+              "output": {"graphs": str(tmp_path / "graphs"), "results": str(tmp_path / "results")}}
+    config.update(changes)
+    return load_sweep(config)
+
+
+def executions(trace: Path) -> dict[str, int]:
+    return {p.name: len(p.read_text().splitlines()) for p in trace.iterdir()} if trace.is_dir() else {}
+
+
+def check_complete(spec, frame: pd.DataFrame) -> None:
+    ids = [j.job_id for j in spec.expand()]
+    assert sorted(frame["job_id"]) == sorted(ids)  # every job exactly once
+    on_disk = pd.read_parquet(spec.results_dir / "results.parquet")
+    assert sorted(on_disk["job_id"]) == sorted(ids)
+    assert sorted(pd.read_csv(spec.results_dir / "results.csv")["job_id"]) == sorted(ids)
+    assert sorted(p.stem for p in (spec.results_dir / "rows").glob("*.json")) == sorted(ids)
+    assert not list((spec.results_dir / "rows").glob(".*.tmp"))  # no temp files left behind
+
+
+def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path, monkeypatch):
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
+    spec = sweep(tmp_path, "basic", methods=["eap", "random", "acdc"], params={"acdc": {"threshold": [math.nan]}})
+    result = run_sweep(spec, progress=False, out=None)
+    frame = result.frame
+    check_complete(spec, frame)
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["method"]) == {"eap", "random"}
+    assert ok["cpr"].notna().all() and ok["cmd"].notna().all() and ok["minimal_k"].notna().all()
+    assert ok["threads"].eq(1).all()  # torch threads follow the job's one CPU
+    for path in ok["graph_file"]:
+        graph = json.loads(Path(path).read_text())
+        assert graph  # the scored graph (MIB JSON) written under graphs/<sweep>/
+    bad = frame[frame["status"] == "error"].iloc[0]  # the job that raised: recorded, the sweep went on
+    assert "threshold is NaN" in bad["error"] and "Traceback" in bad["traceback"]
+    assert result.failed == 1 and result.ran == 3
+    assert len(result.summary) == 3
+
+    # the same sweep again: the finished jobs are skipped, the failed one runs again and replaces its row
+    again = run_sweep(spec, progress=False, out=None)
+    assert again.skipped == 2 and again.ran == 1
+    check_complete(spec, again.frame)
+    counts = executions(trace)
+    assert sorted(counts.values()) == [1, 1, 2]
+    assert counts[bad["job_id"]] == 2
+    # and with --keep-failed nothing runs
+    assert run_sweep(spec, progress=False, out=None, retry_failed=False).ran == 0
+
+
+def test_worker_killed_mid_job_is_retried(ray_cluster, tmp_path, monkeypatch):
+    trace, crash = tmp_path / "trace", tmp_path / "crash"
+    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
+    monkeypatch.setenv("CIRCUITS_SWEEPS_CRASH_ONCE", str(crash))  # each job's first attempt: os._exit(1)
+    spec = sweep(tmp_path, "crash")
+    result = run_sweep(spec, progress=False, out=None)
+    check_complete(spec, result.frame)
+    assert (result.frame["status"] == "ok").all(), result.frame[["status", "error"]]
+    counts = executions(trace)
+    assert sorted(counts) == sorted(j.job_id for j in spec.expand())
+    assert all(c == 2 for c in counts.values())  # died once, succeeded on Ray's retry
+    assert len(list(crash.iterdir())) == 2
+
+
+def test_worker_that_always_dies_is_recorded(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_SWEEPS_CRASH_ONCE", str(tmp_path / "crash"))
+    spec = sweep(tmp_path, "dies", methods=["eap"], resources={"cpus": 1, "gpus": 0, "max_retries": 0})
+    result = run_sweep(spec, progress=False, out=None)
+    check_complete(spec, result.frame)
+    row = result.frame.iloc[0]
+    assert row["status"] == "error" and "worker died" in row["error"]
+    # resumed: the crash marker exists now, so the job succeeds, and replaces its error row
+    again = run_sweep(spec, progress=False, out=None)
+    check_complete(spec, again.frame)
+    assert (again.frame["status"] == "ok").all()
+
+
+def test_interrupt_and_resume_in_process(ray_cluster, tmp_path, monkeypatch):
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
+    spec = sweep(tmp_path, "resume", seeds=[0, 1])  # 4 jobs
+    first = run_sweep(spec, progress=False, out=None, max_parallel=1, stop_after=2)
+    assert first.interrupted and first.ran == 2 and len(first.frame) == 2
+    done = {r["job_id"]: r["started"] for _, r in first.frame.iterrows()}
+    second = run_sweep(spec, progress=False, out=None)
+    assert second.skipped == 2 and second.ran == 2 and not second.interrupted
+    check_complete(spec, second.frame)
+    for job_id, started in done.items():  # finished rows untouched
+        assert second.frame.set_index("job_id").loc[job_id, "started"] == started
+    assert set(executions(trace).values()) == {1}  # no job computed twice
+
+
+def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
+    """`circuits run` in a subprocess (its own local Ray), interrupted (SIGINT) after a job finished, then
+    resumed: each job's row exactly once, and no finished job recomputed."""
+    spec = sweep(tmp_path, "sigint", seeds=[0, 1, 2])  # 6 jobs
+    sweep_file = tmp_path / "sigint.toml"
+    lines = [f'name = "sigint"', 'models = ["tiny-random"]', 'tasks = ["ioi"]', 'methods = ["eap", "random"]',
+             "seeds = [0, 1, 2]", "n = 8", "batch_size = 8",
+             "[evaluation]", "fractions = [0.01, 0.1, 0.5, 1.0]", "minimal_target = 0.8",
+             "[resources]", "cpus = 1", "gpus = 0", "max_retries = 2",
+             "[output]", f'graphs = "{tmp_path / "graphs"}"', f'results = "{tmp_path / "results"}"']
+    sweep_file.write_text("\n".join(lines) + "\n")
+    trace = tmp_path / "trace"
+    env = {**os.environ, "CIRCUITS_SWEEPS_TRACE": str(trace), "CIRCUITS_SWEEPS_SLEEP": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "circuits.cli", "run", str(sweep_file), "--quiet",
+                             "--max-parallel", "1", "--num-cpus", "1"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rows = tmp_path / "results" / "sigint" / "rows"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and len(list(rows.glob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "INTERRUPTED" in output
+    finished = {p.stem: json.loads(p.read_text())["started"] for p in rows.glob("*.json")}
+    assert 2 <= len(finished) < 6
+    before = executions(trace)
+
+    os.environ["CIRCUITS_SWEEPS_TRACE"] = str(trace)
+    try:
+        result = run_sweep(spec, progress=False, out=None)
+    finally:
+        del os.environ["CIRCUITS_SWEEPS_TRACE"]
+    check_complete(spec, result.frame)
+    assert (result.frame["status"] == "ok").all()
+    assert result.skipped == len(finished)
+    after = executions(trace)
+    for job_id, started in finished.items():
+        assert after[job_id] == before[job_id] == 1  # finished jobs were not recomputed
+        assert result.frame.set_index("job_id").loc[job_id, "started"] == started
