@@ -20,15 +20,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from circuits.sweeps import ResultStore, load_sweep, ray_session, run_sweep  # noqa: E402
+from circuits.sweeps import load_sweep, run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    with ray_session(num_cpus=2) as ray:
-        yield ray
 
 
 def sweep(tmp_path: Path, name: str, **changes):

@@ -1,0 +1,210 @@
+"""Spreading one large job over Ray: a pool of actors, each holding a model replica (one per GPU where GPUs
+exist), that evaluates batches of circuits (edge masks) with the result of one process.
+
+    pool = EvaluatorPool("zoo:planted-ioi", task, n_actors=2)      # or a loaded CircuitModel
+    metric, kl = pool.run(masks)                  # [C, S, R] -> [C, n] each, as CircuitRunner.run
+    curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
+    scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
+    with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
+        graph = circuits.discover(model, task, "acdc", threshold=0.01)
+
+Why the result is the same as one process: a circuit's metric on an example depends only on that circuit's mask,
+the example and the model (each circuit is its own rows of the batched forward; nothing is reduced across
+circuits), and every actor builds the same :class:`~circuits.evaluation.engine.CircuitRunner` (same split, batch
+plan, ablation and cached clean / ablated runs) from the same model weights. The pool splits the circuits into
+contiguous chunks, one per actor, and concatenates the answers in order. With ``circuits_per_pass`` fixed, the
+patched forwards run the same shapes as in one process, so the numbers are bitwise identical (tested); with
+the automatic chunking they agree to floating-point rounding of the batched matmuls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import torch
+
+
+class _Replica:
+    """The actor: one model replica and one CircuitRunner (and, on demand, an ACDC evaluator)."""
+
+    def __init__(self, model: Any, task: Any, ablation: str, split: str, batch_size: int,
+                 circuits_per_pass: int | None, threads: int | None, task_options: dict | None):
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        if isinstance(model, str):
+            from circuits.sweeps.job import resolve_model
+
+            model = resolve_model(model)
+        if torch.cuda.is_available() and model.device.type != "cuda":
+            model = model.to("cuda")  # Ray made this actor's GPU the only visible one
+        if isinstance(task, str):
+            from circuits.tasks import load_task
+
+            task = load_task(task, model, **(task_options or {}))
+        from circuits.evaluation.engine import CircuitRunner
+
+        self.model, self.task = model, task
+        self.runner = CircuitRunner(model, task, ablation, split, batch_size, circuits_per_pass)
+        self.acdc_evaluators: dict = {}
+
+    def run(self, masks: torch.Tensor):
+        return self.runner.run(masks)
+
+    def baselines(self):
+        r = self.runner
+        return r.metric_full, r.metric_empty, r.n, r.ablation, r.split, r.task_name, r.metric.name
+
+    def acdc_setup(self, key: int, task: Any, reference: Any, ablation: str, batch_size: int, metric: str,
+                   fast: bool) -> None:
+        """Build ACDC's evaluator on this replica from the driver's discovery split (the same examples)."""
+        from circuits.discovery.acdc import _Evaluator, _objective_metric
+        from circuits.discovery.context import DiscoveryContext
+
+        ctx = DiscoveryContext(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
+        self.acdc_evaluators = {key: _Evaluator(ctx, _objective_metric(ctx, metric), fast)}
+
+    def acdc_objective(self, key: int, masks: torch.Tensor, receiver: int) -> torch.Tensor:
+        return self.acdc_evaluators[key].objective(masks, receiver)
+
+
+class EvaluatorPool:
+    """``n_actors`` Ray actors evaluating circuits of one (model, task, ablation, split); see the module docstring.
+
+    ``model``: a spec string (``"zoo:NAME"``, hub id, ``"tiny-random"``; each actor loads its own replica) or a
+    loaded :class:`CircuitModel` (shipped once through Ray's object store). ``task``: a built task, or its name
+    with ``task_options`` (``n``, ``seed``) when ``model`` is a string. ``gpus`` per actor: ``"auto"`` = one
+    where the cluster has GPUs, else none. Ray must be initialised (``circuits.sweeps.ray_session()``).
+    """
+
+    def __init__(self, model: Any, task: Any, *, n_actors: int = 2, ablation: str = "corrupted",
+                 split: str = "validation", batch_size: int = 32, circuits_per_pass: int | None = None,
+                 cpus: float = 1, gpus: float | str = "auto", task_options: dict | None = None):
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("EvaluatorPool needs Ray: use it inside `with circuits.sweeps.ray_session():`")
+        if n_actors < 1:
+            raise ValueError(f"n_actors must be at least 1, got {n_actors}")
+        if gpus == "auto":
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        self.ray = ray
+        self.ablation, self.split, self.batch_size = ablation, split, batch_size
+        actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus)
+        model_ref = model if isinstance(model, str) else ray.put(model)
+        task_ref = task if isinstance(task, str) else ray.put(task)
+        self.actors = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
+                                    max(1, int(cpus)), task_options) for _ in range(n_actors)]
+        (self.metric_full, self.metric_empty, self.n, self.ablation, self.split, self.task_name,
+         self.metric_name) = ray.get(self.actors[0].baselines.remote())
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def _chunks(self, C: int) -> list[slice]:
+        k = min(len(self.actors), C)
+        bounds = [round(i * C / k) for i in range(k + 1)]
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def run(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``masks [C, S, R]`` -> ``(metric [C, n], kl [C, n])``, the circuits split across the actors."""
+        if masks.dim() == 2:
+            masks = masks[None]
+        masks = masks.detach().cpu()
+        chunks = self._chunks(masks.shape[0])
+        parts = self.ray.get([a.run.remote(masks[c].clone()) for a, c in zip(self.actors, chunks)])
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    # ---- the evaluation API over the pool -------------------------------------------------------------------
+    def _curves(self, scored, absolutes: Sequence[bool], fractions, level: str, selection: str, log_scale: bool):
+        import pandas as pd
+
+        from circuits.evaluation.engine import normalized, undefined
+        from circuits.evaluation.faithfulness import (SELECTIONS, FaithfulnessCurve, _check_fractions, _select,
+                                                      _warn_undefined, _warn_uninformative)
+
+        fractions = _check_fractions(fractions)
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        _warn_uninformative(scored, level)
+        picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
+        metric, kl = self.run(torch.stack([c.in_graph.cpu() for row in picks for _, c in row]))
+        m_full, m_empty = float(self.metric_full.mean()), float(self.metric_empty.mean())
+        if undefined(m_full, m_empty):
+            _warn_undefined(m_full, m_empty, self.task_name, self.ablation, stacklevel=4)
+        curves = []
+        for a, (absolute, row) in enumerate(zip(absolutes, picks)):
+            rows = slice(a * len(fractions), (a + 1) * len(fractions))
+            m, d = metric[rows], kl[rows]
+            frames = [pd.DataFrame({"fraction": fr, "example": range(self.n), "metric": m[i].numpy(),
+                                    "kl": d[i].numpy()}) for i, fr in enumerate(fractions)]
+            curves.append(FaithfulnessCurve(
+                fractions=fractions, k=[k for k, _ in row], n_edges=[c.n_edges for _, c in row],
+                n_nodes=[c.n_nodes for _, c in row],
+                faithfulness=[normalized(float(x.mean()), m_full, m_empty) for x in m],
+                metric=[float(x.mean()) for x in m], kl=[float(x.mean()) for x in d], metric_full=m_full,
+                metric_empty=m_empty, absolute=absolute, ablation=self.ablation, level=level, selection=selection,
+                metric_name=self.metric_name, task=self.task_name, split=self.split, n_examples=self.n,
+                log_scale=log_scale, circuits=[c for _, c in row], per_example=pd.concat(frames, ignore_index=True)))
+        return curves
+
+    def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",
+                           selection: str = "top_k", log_scale: bool = False):
+        """:func:`circuits.faithfulness_curve` with the pool's task, ablation and split, points split over actors."""
+        from circuits.evaluation.faithfulness import MIB_FRACTIONS
+
+        return self._curves(scored, [bool(absolute)], fractions or MIB_FRACTIONS, level, selection, log_scale)[0]
+
+    def mib_scores(self, scored, *, fractions=None, level: str = "edge", selection: str = "top_k") -> dict:
+        """CPR of the signed curve and CMD of the absolute curve (:func:`circuits.evaluation.mib_scores`)."""
+        from circuits.evaluation.faithfulness import MIB_FRACTIONS
+
+        signed, absolute = self._curves(scored, [False, True], fractions or MIB_FRACTIONS, level, selection, False)
+        return {"cpr": signed.cpr, "cmd": absolute.cmd, "signed": signed, "absolute": absolute}
+
+    @contextlib.contextmanager
+    def acdc(self):
+        """Inside this block, ACDC (``circuits.discover(..., "acdc")``) evaluates its candidate batches on the
+        pool: each batch of candidate circuits is split over the actors, whose replicas hold the same data
+        (the discovery context is rebuilt on each actor from the same task, split and ablation), so the
+        objectives, hence the decisions, are ACDC's own. The driver still runs the search."""
+        from circuits.discovery import acdc as acdc_module
+
+        pool = self
+        original = acdc_module._Evaluator
+
+        class PooledEvaluator:
+            def __init__(self, ctx, metric, fast):
+                self.ctx, self.fast = ctx, fast
+                self.n_forward = 0
+                self.key = id(self)
+                name = "task" if metric is ctx.metric else "kl"
+                task, ref = pool.ray.put(ctx.task), pool.ray.put(ctx.reference)
+                pool.ray.get([a.acdc_setup.remote(self.key, task, ref, ctx.ablation, ctx.batch_size, name, fast)
+                              for a in pool.actors])
+
+            def objective(self, masks: torch.Tensor, receiver: int) -> torch.Tensor:
+                masks = masks.detach().cpu()
+                chunks = pool._chunks(masks.shape[0])
+                parts = pool.ray.get([a.acdc_objective.remote(self.key, masks[c].clone(), receiver)
+                                      for a, c in zip(pool.actors, chunks)])
+                self.n_forward += masks.shape[0]
+                return torch.cat(parts)
+
+        acdc_module._Evaluator = PooledEvaluator
+        try:
+            yield self
+        finally:
+            acdc_module._Evaluator = original
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
+
+    def __enter__(self) -> "EvaluatorPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+

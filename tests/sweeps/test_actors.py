@@ -1,0 +1,68 @@
+"""EvaluatorPool: circuits evaluated by 2 Ray actors (model replicas) give the result of one process."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+import circuits  # noqa: E402
+from circuits.evaluation.engine import CircuitRunner  # noqa: E402
+from circuits.sweeps.actors import EvaluatorPool  # noqa: E402
+from circuits.sweeps.job import resolve_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(ray_cluster):
+    torch.set_num_threads(1)
+    model = resolve_model("tiny-random")
+    task = circuits.load_task("ioi", model, n=12, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scored = circuits.discover(model, task, "eap", batch_size=6)
+    pool = EvaluatorPool("tiny-random", task, n_actors=2, batch_size=6, circuits_per_pass=4, gpus=0)
+    yield model, task, scored, pool
+    pool.shutdown()
+
+
+def test_run_equals_one_process(setup):
+    model, task, scored, pool = setup
+    gen = torch.Generator().manual_seed(0)
+    s = model.structure
+    masks = torch.rand(7, s.n_senders, s.n_receivers, generator=gen) > 0.5
+    runner = CircuitRunner(model, task, "corrupted", "validation", 6, circuits_per_pass=4)
+    metric, kl = runner.run(masks)
+    p_metric, p_kl = pool.run(masks)
+    assert torch.equal(metric, p_metric) and torch.equal(kl, p_kl)  # bitwise, in the same order
+    assert torch.equal(runner.metric_full, pool.metric_full) and torch.equal(runner.metric_empty, pool.metric_empty)
+
+
+def test_faithfulness_curve_equals_one_process(setup):
+    model, task, scored, pool = setup
+    one = circuits.evaluation.mib_scores(model, task, scored, batch_size=6, circuits_per_pass=4)
+    spread = pool.mib_scores(scored)
+    assert spread["cpr"] == one["cpr"] and spread["cmd"] == one["cmd"]
+    assert spread["signed"].faithfulness == one["signed"].faithfulness
+    assert spread["absolute"].to_frame().equals(one["absolute"].to_frame())
+    curve = pool.faithfulness_curve(scored, absolute=True)
+    assert curve.faithfulness == one["absolute"].faithfulness
+
+
+def test_acdc_candidates_on_the_pool(setup):
+    model, task, _, pool = setup
+    kwargs = dict(batch_size=6, threshold=0.005, circuits_per_pass=8, max_receivers=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = circuits.discover(model, task, "acdc", **kwargs)
+        with pool.acdc():
+            assert circuits.discovery.acdc._Evaluator.__name__ == "PooledEvaluator"
+            spread = circuits.discover(model, task, "acdc", **kwargs)
+    assert circuits.discovery.acdc._Evaluator.__name__ == "_Evaluator"  # restored
+    tested = one.metadata["result"]["n_circuits_evaluated"]
+    assert tested > 10 and not bool(one.in_graph.all())  # a real search: candidates tested, edges removed
+    assert torch.equal(one.in_graph, spread.in_graph)
+    assert torch.equal(one.scores, spread.scores)  # same objectives, bit for bit
+    assert spread.metadata["result"]["n_circuits_evaluated"] == one.metadata["result"]["n_circuits_evaluated"]
