@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 EPILOG = """examples:
-  circuits discover                                             # IOI on the bundled zoo:gpt2-tasks, EAP-IG
+  circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
   circuits discover --task greater-than --method eap --n 100
   circuits discover --model gpt2 --task ioi --method eap-ig --param steps=10 --out graphs/gpt2-ioi.json
   circuits discover --method exact --checkpoint runs/exact.ckpt  # interrupt and run again to resume
@@ -19,6 +19,8 @@ EPILOG = """examples:
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
 batch_size, out, top, device, dtype, checkpoint, and a [params] table); the command line overrides it.
 """
+
+DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
            "dtype", "checkpoint", "params")
@@ -61,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and key != "params":
             opts[key] = value
     params = {**config.get("params", {}), **_parse_params(args.param or [])}
-    defaults = dict(model="zoo:gpt2-tasks", task="ioi", method="eap-ig", n=200, seed=0, ablation="corrupted",
-                    split="train", batch_size=16)
+    defaults = dict(model=DEFAULT_MODEL, method="eap-ig", n=200, seed=0, ablation="corrupted", split="train",
+                    batch_size=16)
     opts = {k: (defaults.get(k) if v is None else v) for k, v in opts.items()}
+    if opts["task"] is None:  # a bundled model's own task, else IOI
+        opts["task"] = _zoo_file(opts["model"], "task.toml") or "ioi"
 
     start = time.perf_counter()
     model = circuits.load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
@@ -87,17 +91,66 @@ def run(args: argparse.Namespace) -> int:
     print(frame.head(top)[[c for c in ("name", "node", "score") if c in frame]].to_string(index=False))
     out = opts["out"] or f"graphs/{Path(str(opts['model'])).name.replace(':', '-')}_{task.name}_{meta['method']}.json"
     path = graph.save(out)
-    print(f"\nwrote  {path} (every edge scored, MIB JSON; load with circuits.Graph.load) "
-          f"in {time.perf_counter() - start:.1f} s")
+    written = [f"{path} (every edge scored, MIB JSON; load with circuits.Graph.load)"]
+    if meta["level"] == "edge" and not args.no_evaluate:
+        written += _evaluate_and_draw(model, task, graph, opts, Path(path))
+    print("\nwrote  " + "\n       ".join(written))
+    print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _zoo_file(model_spec, filename: str) -> str | None:
+    """A file a bundled model ships (its task, its ground truth), if ``model_spec`` is ``zoo:NAME``."""
+    from circuits.models.loading import ZOO_DIR
+
+    spec = str(model_spec)
+    if not spec.startswith("zoo:"):
+        return None
+    path = ZOO_DIR / spec[4:] / filename
+    return str(path) if path.is_file() else None
+
+
+def _evaluate_and_draw(model, task, graph, opts: dict, path: Path) -> list[str]:
+    """The smallest circuit that keeps 90% of the behaviour on held-out pairs, its drawing, and, for planted
+    models, how well the scores recover the known circuit."""
+    import circuits
+    from circuits.evaluation.faithfulness import minimal_circuit
+
+    written = []
+    circuit = minimal_circuit(model, task, graph, target=0.9, ablation=opts["ablation"])
+    info = circuit.metadata.get("minimal", {})
+    f = info.get("faithfulness", info.get("f", float("nan")))
+    print(f"\ncircuit: the smallest top-k with faithfulness >= 0.9 on the validation split keeps "
+          f"{circuit.n_edges} of {model.structure.n_edges:,} edges, {circuit.n_nodes} nodes (f = {f:.3f})")
+    truth_file = _zoo_file(opts["model"], "ground_truth.json")
+    if truth_file:
+        from circuits.evaluation.ground_truth import auroc, precision_recall_at_size
+
+        truth = circuits.Graph.load(truth_file, model=model)
+        pr = precision_recall_at_size(graph, truth, absolute=True)
+        print(f"ground truth ({truth.n_edges} planted edges): AUROC {auroc(graph, truth, absolute=True):.3f}, "
+              f"precision/recall at its size {pr['precision']:.2f}/{pr['recall']:.2f}; "
+              f"found circuit == planted: {set(circuit.edges) == set(truth.edges)}")
+    circuit_path = circuit.save(path.with_name(path.stem + "_circuit.json"))
+    written.append(f"{circuit_path} (the circuit)")
+    try:
+        from circuits.plotting.circuit import draw_circuit
+    except ImportError:  # plotting is optional for headless installs without matplotlib
+        return written
+    picture = path.with_name(path.stem + "_circuit.png")
+    draw_circuit(circuit, picture, title=f"{model.name} / {task.name} / {graph.metadata['method']}: "
+                                        f"{circuit.n_edges} edges, f = {f:.2f}")
+    written.append(f"{picture} (its drawing)")
+    return written
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("discover", help="score every edge of a model's graph for a task (EAP, EAP-IG, ACDC, ...)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="a TOML file with these options (see discovery/)")
-    p.add_argument("--model", help="hub id, local folder, zoo:NAME or random:PRESET (default: zoo:gpt2-tasks)")
-    p.add_argument("--task", help="task name, tasks/*.toml, or a pairs file (default: ioi)")
+    p.add_argument("--model", help=f"hub id, local folder, zoo:NAME or random:PRESET (default: {DEFAULT_MODEL})")
+    p.add_argument("--task", help="task name, tasks/*.toml, or a pairs file (default: a bundled model's own task, "
+                                  "else ioi)")
     p.add_argument("--method", help="eap, eap-ig, eap-ig-activations, acdc, edge-pruning, exact, node-ap, "
                                     "node-patching, random (default: eap-ig)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. steps=10")
@@ -109,6 +162,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", help="save progress here and resume from it (exact, acdc, edge-pruning)")
     p.add_argument("--out", help="where to write the scored graph (.json, .graphml, .pt)")
     p.add_argument("--top", type=int, help="how many top edges to print (default: 10)")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the minimal circuit, ground-truth comparison "
+                   "and drawing that follow discovery")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
     p.set_defaults(func=run)
