@@ -29,13 +29,14 @@ class _Replica:
     """The actor: one model replica and one CircuitRunner (and, on demand, an ACDC evaluator)."""
 
     def __init__(self, model: Any, task: Any, ablation: str, split: str, batch_size: int,
-                 circuits_per_pass: int | None, threads: int | None, task_options: dict | None):
+                 circuits_per_pass: int | None, threads: int | None, task_options: dict | None,
+                 device: str | None = None, dtype: str | None = None):
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         if isinstance(model, str):
             from circuits.sweeps.job import resolve_model
 
-            model = resolve_model(model)
+            model = resolve_model(model, device, dtype)
         if torch.cuda.is_available() and model.device.type != "cuda":
             model = model.to("cuda")  # Ray made this actor's GPU the only visible one
         if isinstance(task, str):
@@ -74,12 +75,14 @@ class EvaluatorPool:
     ``model``: a spec string (``"zoo:NAME"``, hub id, ``"tiny-random"``; each actor loads its own replica) or a
     loaded :class:`CircuitModel` (shipped once through Ray's object store). ``task``: a built task, or its name
     with ``task_options`` (``n``, ``seed``) when ``model`` is a string. ``gpus`` per actor: ``"auto"`` = one
-    where the cluster has GPUs, else none. Ray must be initialised (``circuits.sweeps.ray_session()``).
+    where the cluster has GPUs, else none. ``device`` / ``dtype``: how string-spec replicas load. Ray must be
+    initialised (``circuits.sweeps.ray_session()``).
     """
 
     def __init__(self, model: Any, task: Any, *, n_actors: int = 2, ablation: str = "corrupted",
                  split: str = "validation", batch_size: int = 32, circuits_per_pass: int | None = None,
-                 cpus: float = 1, gpus: float | str = "auto", task_options: dict | None = None):
+                 cpus: float = 1, gpus: float | str = "auto", task_options: dict | None = None,
+                 device: str | None = None, dtype: str | None = None):
         import ray
 
         if not ray.is_initialized():
@@ -94,7 +97,7 @@ class EvaluatorPool:
         model_ref = model if isinstance(model, str) else ray.put(model)
         task_ref = task if isinstance(task, str) else ray.put(task)
         self.actors = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
-                                    max(1, int(cpus)), task_options) for _ in range(n_actors)]
+                                    max(1, int(cpus)), task_options, device, dtype) for _ in range(n_actors)]
         (self.metric_full, self.metric_empty, self.n, self.ablation, self.split, self.task_name,
          self.metric_name) = ray.get(self.actors[0].baselines.remote())
 

@@ -16,7 +16,8 @@ EPILOG = """examples:
 Interrupt (Ctrl-C) and run the same command again: finished jobs (identified by a hash of their full spec) are
 skipped, the rest run. Jobs that failed are run again unless --keep-failed. Results: one row per job in
 results/<name>/results.parquet and .csv (rows/<job_id>.json written atomically as each job ends); scored graphs
-in graphs/<name>/<job_id>.json. Sweep files are documented in circuits/sweeps/spec.py and discovery/README.md.
+in graphs/<name>/<job_id>.json. Sweep files are documented in circuits/sweeps/spec.py; discovery/quick.toml is
+a complete example.
 """
 
 

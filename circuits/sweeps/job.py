@@ -132,10 +132,12 @@ def empty_row(job: JobSpec) -> dict:
             "started": _now(), "finished": "", "version": ""}
 
 
-def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None) -> tuple[dict, bytes | None]:
+def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None,
+            gpus: float | None = None) -> tuple[dict, bytes | None]:
     """Run ``job``; return ``(row, graph file bytes)`` (the bytes travel back to the driver, which writes them,
     so workers on other machines need no shared file system). Never raises for the job's own errors.
-    ``hooks``: the test hooks above, passed from the driver (they override the worker's environment)."""
+    ``hooks``: the test hooks above, passed from the driver (they override the worker's environment).
+    ``cpus`` / ``gpus``: the job's allocation (torch threads follow ``cpus``; evaluation actors get the same)."""
     import torch
 
     import circuits
@@ -168,7 +170,7 @@ def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None) 
                 path = graph.save(Path(tmp) / f"{job.job_id}.json")
                 graph_bytes = Path(path).read_bytes()
             t0 = time.perf_counter()
-            evaluate_into(row, notes, job, model, task, graph)
+            evaluate_into(row, notes, job, model, task, graph, {"cpus": cpus or 1, "gpus": gpus or 0})
             row["evaluate_s"] = time.perf_counter() - t0
         for w in caught:
             text = f"{w.category.__name__}: {w.message}"
@@ -185,7 +187,7 @@ def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None) 
     return row, graph_bytes
 
 
-def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph) -> None:
+def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph, resources: dict | None = None) -> None:
     """Faithfulness curves (CPR, CMD), the minimal circuit and ground-truth scores, into ``row``."""
     try:
         from circuits.evaluation import mib_scores, minimal_circuit
@@ -196,7 +198,12 @@ def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph)
     level = graph.metadata.get("level", "edge")
     opts = dict(fractions=ev["fractions"], ablation=job.ablation, split=ev["split"], batch_size=ev["batch_size"],
                 level=level)
-    scores = mib_scores(model, task, graph, **opts)
+    if ev.get("actors", 0) > 0:  # a large job: its curve points are split over a pool of model replicas
+        scores = _pooled_mib_scores(job, model, task, graph, ev, level, resources or {})
+        if scores.get("actors"):
+            notes.append(f"faithfulness curves evaluated on {scores['actors']} Ray actors")
+    else:
+        scores = mib_scores(model, task, graph, **opts)
     row["cpr"], row["cmd"] = float(scores["cpr"]), float(scores["cmd"])
     signed, absolute = scores["signed"], scores["absolute"]
     row["metric_full"], row["metric_empty"] = float(signed.metric_full), float(signed.metric_empty)
@@ -226,6 +233,23 @@ def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph)
             row["auroc"] = float(node_auroc(graph, truth))
             pr = node_precision_recall_at_size(graph, truth)
         row["precision_at_size"], row["recall_at_size"] = float(pr["precision"]), float(pr["recall"])
+
+
+def _pooled_mib_scores(job: JobSpec, model, task, graph, ev: dict, level: str, res: dict) -> dict:
+    import ray
+
+    from circuits.sweeps.actors import EvaluatorPool
+
+    if not ray.is_initialized():  # run_job outside a sweep: evaluate in this process
+        from circuits.evaluation import mib_scores
+
+        return mib_scores(model, task, graph, fractions=ev["fractions"], ablation=job.ablation, split=ev["split"],
+                          batch_size=ev["batch_size"], level=level)
+    # each actor loads its own replica from the model's spec (one per GPU where the job's resources name GPUs)
+    with EvaluatorPool(job.model, task, n_actors=int(ev["actors"]), ablation=job.ablation, split=ev["split"],
+                       batch_size=ev["batch_size"], cpus=res.get("cpus", 1), gpus=res.get("gpus", 0),
+                       device=job.device, dtype=job.dtype) as pool:
+        return {**pool.mib_scores(graph, fractions=ev["fractions"], level=level), "actors": len(pool)}
 
 
 def _num(x: float) -> float | None:

@@ -171,7 +171,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                 while queue or pending:
                     while queue and len(pending) < limit:
                         job = queue.pop(0)
-                        pending[remote.remote(job, cpus, job_hooks or None)] = job
+                        pending[remote.remote(job, cpus, job_hooks or None, gpus)] = job
                     bar.set_postfix_str(f"running {min(len(pending), slots)}, queued "
                                         f"{len(queue) + max(0, len(pending) - slots)}, failed {failed}")
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -22,6 +22,8 @@ A sweep file (``discovery/quick.toml`` is a complete example)::
     batch_size = 32
     fractions = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]   # MIB's
     minimal_target = 0.9                        # faithfulness the minimal circuit must reach (0: skip)
+    actors = 0                                  # > 0: the job's curve points run on that many Ray actors (model
+                                                # replicas, [resources] each): for models too slow for one worker
 
     [resources]                                 # per job
     cpus = 1
@@ -53,14 +55,15 @@ TINY_PREFIX = "tiny-random"  # tiny-random[:FAMILY]: a 2-layer d=32 random model
 
 TOP_KEYS = ("name", "description", "models", "tasks", "methods", "ablations", "seeds", "n", "batch_size", "split",
             "params", "evaluation", "resources", "output", "device", "dtype")
-EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target")
+EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target", "actors")
 RESOURCE_KEYS = ("cpus", "gpus", "max_retries")
 OUTPUT_KEYS = ("graphs", "results")
 MODEL_KEYS = ("model", "tasks", "device", "dtype")
 DEFAULTS: dict[str, Any] = {
     "description": "", "ablations": ["corrupted"], "seeds": [0], "n": 64, "batch_size": 16, "split": "train",
     "params": {}, "device": None, "dtype": None,
-    "evaluation": {"split": "validation", "batch_size": 32, "fractions": list(MIB_FRACTIONS), "minimal_target": 0.9},
+    "evaluation": {"split": "validation", "batch_size": 32, "fractions": list(MIB_FRACTIONS), "minimal_target": 0.9,
+                   "actors": 0},
     "resources": {"cpus": 1, "gpus": "auto", "max_retries": 2},
     "output": {"graphs": "graphs", "results": "results"},
 }
@@ -73,7 +76,8 @@ class SweepError(ValueError):
 @dataclass(frozen=True)
 class JobSpec:
     """One discovery + evaluation job. ``job_id`` hashes every field that determines the result
-    (not the sweep's name, resources or output folders: moving or renaming a sweep keeps its finished jobs)."""
+    (not the sweep's name, resources, evaluation actors or output folders: moving, renaming or re-resourcing a
+    sweep keeps its finished jobs)."""
 
     model: str
     task: str
@@ -104,7 +108,9 @@ class JobSpec:
 
     @property
     def job_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        identity = self.to_dict()
+        identity["evaluation"].pop("actors", None)  # how the work is spread does not change the result
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def describe(self) -> str:
@@ -417,6 +423,9 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
     if not isinstance(t, (int, float)) or not 0 <= t <= 1:
         raise _err(source, "evaluation.minimal_target", f"expected a number in [0, 1], got {t!r}",
                    "e.g. minimal_target = 0.9 (0 skips the minimal circuit)")
+    if not isinstance(evaluation["actors"], int) or isinstance(evaluation["actors"], bool) or evaluation["actors"] < 0:
+        raise _err(source, "evaluation.actors", f"expected an integer >= 0, got {evaluation['actors']!r}",
+                   "actors = 0 (the job evaluates alone) or e.g. 4 (one model replica per GPU)")
     if not isinstance(evaluation["batch_size"], int) or evaluation["batch_size"] < 1:
         raise _err(source, "evaluation.batch_size", f"expected a positive integer, got {evaluation['batch_size']!r}",
                    "e.g. batch_size = 32")

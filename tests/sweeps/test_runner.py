@@ -160,3 +160,28 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
     for job_id, started in finished.items():
         assert after[job_id] == before[job_id] == 1  # finished jobs were not recomputed
         assert result.frame.set_index("job_id").loc[job_id, "started"] == started
+
+
+def test_job_with_evaluation_actors(ray_cluster, tmp_path):
+    """A job whose curve points run on 2 actors (model replicas): the same row as the job alone, same job id."""
+    alone = sweep(tmp_path, "alone", methods=["eap"])
+    spread = sweep(tmp_path, "spread", methods=["eap"], resources={"cpus": 0.5, "gpus": 0, "max_retries": 0},
+                   evaluation={"fractions": [0.01, 0.1, 0.5, 1.0], "minimal_target": 0.8, "actors": 2})
+    assert [j.job_id for j in alone.expand()] == [j.job_id for j in spread.expand()]
+    a = run_sweep(alone, progress=False, out=None).frame.iloc[0]
+    b = run_sweep(spread, progress=False, out=None).frame.iloc[0]
+    assert a["status"] == b["status"] == "ok", b["error"]
+    assert "evaluated on 2 Ray actors" in b["notes"]
+    assert b["cpr"] == pytest.approx(a["cpr"], abs=1e-9) and b["cmd"] == pytest.approx(a["cmd"], abs=1e-9)
+    assert json.loads(b["curve_signed"]) == pytest.approx(json.loads(a["curve_signed"]), abs=1e-9)
+
+
+def test_quick_sweep_first_job_runs(tmp_path):
+    from circuits.sweeps import run_job
+
+    spec = load_sweep(ROOT / "discovery" / "quick.toml")
+    job = spec.expand()[0]
+    row = run_job(job, graphs_dir=tmp_path, cpus=1)
+    assert row["status"] == "ok", row["traceback"]
+    assert math.isfinite(row["cpr"]) and math.isfinite(row["cmd"]) and math.isfinite(row["auroc"])
+    assert (tmp_path / f"{job.job_id}.json").is_file()
