@@ -130,7 +130,17 @@ class DiscoveryContext:
         return list(self.batches())
 
     def check_signal(self, tol: float = 1e-6) -> tuple[float, float]:
-        """Mean objective of the full model and of the fully ablated one; refuse when they are equal.
+        """Mean objective of the full model and of the fully ablated one; refuse when they are equal."""
+        full, empty = self.full_and_empty()
+        if abs(full - empty) <= tol * max(1.0, abs(full)):
+            raise DiscoveryError(
+                f"the {self.metric.name} metric is the same for the full model ({full:.4g}) and with every edge "
+                f"ablated ({empty:.4g}) on this data: there is nothing to attribute. Check that the corrupted "
+                "prompts really change the answer, or use another ablation or metric.")
+        return full, empty
+
+    def full_and_empty(self) -> tuple[float, float]:
+        """Mean objective of the full model and with every edge ablated.
 
         With corrupted ablation the fully ablated model *is* the corrupted run, so two plain forwards suffice.
         """
@@ -151,13 +161,7 @@ class DiscoveryContext:
                                                              attention_mask=batch.attention_mask, logit_positions=at)
                 full_total += float(self.objective(full_logits, prepared, readout=True).sum())
                 empty_total += float(self.objective(empty_logits, prepared, readout=True).sum())
-        full, empty = full_total / self.n_examples, empty_total / self.n_examples
-        if abs(full - empty) <= tol * max(1.0, abs(full)):
-            raise DiscoveryError(
-                f"the {self.metric.name} metric is the same for the full model ({full:.4g}) and with every edge "
-                f"ablated ({empty:.4g}) on this data: there is nothing to attribute. Check that the corrupted "
-                "prompts really change the answer, or use another ablation or metric.")
-        return full, empty
+        return full_total / self.n_examples, empty_total / self.n_examples
 
 
 def _repeat_batch(batch, times: int):

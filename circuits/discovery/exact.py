@@ -47,11 +47,13 @@ def single_cut_effects(ctx: DiscoveryContext, cuts: Tensor, *, circuits_per_pass
     return effects
 
 
-class _EdgeCuts:
-    """``[n_edges, S, R]`` one-hot cuts, built lazily per slice so no n_edges x S x R tensor is ever held."""
+class EdgeCuts:
+    """``[n_edges, S, R]`` one-hot cuts, built lazily per slice so no n_edges x S x R tensor is ever held.
 
-    def __init__(self, structure):
-        self.order = structure.edge_order  # [n_edges, 2]
+    ``edges [E, 2]`` (sender, receiver) defaults to every edge in MIB order."""
+
+    def __init__(self, structure, edges: Tensor | None = None):
+        self.order = structure.edge_order if edges is None else torch.as_tensor(edges)  # [E, 2]
         self.shape = (self.order.shape[0], structure.n_senders, structure.n_receivers)
 
     def __getitem__(self, idx: slice) -> Tensor:
@@ -78,7 +80,7 @@ class _NodeCuts:
 def exact(ctx: DiscoveryContext, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
     """``[S, R]`` exact single-edge effects."""
     s = ctx.model.structure
-    effects = single_cut_effects(ctx, _EdgeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
+    effects = single_cut_effects(ctx, EdgeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
                                  description="exact (edges)")
     scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32)
     scores[s.edge_order[:, 0], s.edge_order[:, 1]] = effects.float()

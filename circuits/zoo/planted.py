@@ -39,37 +39,28 @@ OTHER_MAX = 0.01  # every other edge by at most this
 # ---- exact single-edge patching ------------------------------------------------------------------------------
 @torch.no_grad()
 def single_edge_effects(model, task, *, ablation: str = "corrupted", chunk: int = 64, n: int | None = None,
-                        edges: Tensor | None = None, reference_ids: Tensor | None = None) -> dict:
+                        edges: Tensor | None = None) -> dict:
     """Exact effect of cutting each edge alone: ``M(full) - M(all edges but that one)`` (mean over examples).
 
-    ``edges [E, 2]`` (sender, receiver) defaults to every edge of the graph in MIB order. Returns a dict with
-    ``effects [E]``, ``edges [E, 2]``, ``scores [S, R]`` (the effects as a score matrix, MIB's sign),
+    The computation of the ``exact`` discovery method (batched single-edge cuts), on the whole task or its
+    first ``n`` pairs. ``edges [E, 2]`` (sender, receiver) defaults to every edge in MIB order. Returns a dict
+    with ``effects [E]``, ``edges [E, 2]``, ``scores [S, R]`` (the effects as a score matrix, MIB's sign),
     ``full``, ``ablated`` (the metric with every edge cut) and ``gap = full - ablated``.
     """
-    from circuits.interventions.ablation import ablated_outputs
+    from circuits.discovery.context import DiscoveryContext
+    from circuits.discovery.exact import EdgeCuts, single_cut_effects
 
-    data = task.data if n is None else task.data.index(slice(0, n))
-    ids, am = data.clean.to(model.device), data.attention_mask.to(model.device)
-    metric = task.metric
+    data = task if n is None else task[:n]
+    if not task.base_metric.higher_is_better:
+        raise ValueError("the ground-truth check reads a task metric (higher = better), not a divergence")
+    ctx = DiscoveryContext(model, data, ablation=ablation, batch_size=len(data))
+    full, cut_all = ctx.full_and_empty()
+    cuts = EdgeCuts(model.structure, edges)
+    effects = single_cut_effects(ctx, cuts, circuits_per_pass=chunk, description="ground-truth check")
     structure = model.structure
-    ablated = ablated_outputs(model, ablation, ids, am, corrupted_ids=data.corrupted.to(model.device),
-                              reference_ids=reference_ids)
-    full = metric(model.logits(ids, am), data).mean().item()
-    base = structure.edge_mask.to(device=model.device, dtype=model.dtype)
-    none = torch.zeros_like(base)
-    cut_all = metric(model.patched_logits(ids, none, ablated, am), data).mean().item()
-    edges = structure.edge_order if edges is None else torch.as_tensor(edges)
-    effects = torch.empty(len(edges), dtype=torch.float64)
-    for start in range(0, len(edges), chunk):
-        part = edges[start:start + chunk]
-        masks = base.expand(len(part), *base.shape).clone()
-        masks[torch.arange(len(part)), part[:, 0], part[:, 1]] = 0.0
-        logits = model.patched_logits(ids, masks, ablated, am)  # [C, B, P, V]
-        for c in range(len(part)):
-            effects[start + c] = full - metric(logits[c], data).mean().item()
     scores = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.float64)
-    scores[edges[:, 0], edges[:, 1]] = effects
-    return {"effects": effects, "edges": edges, "scores": scores, "full": full, "ablated": cut_all,
+    scores[cuts.order[:, 0], cuts.order[:, 1]] = effects
+    return {"effects": effects, "edges": cuts.order, "scores": scores, "full": full, "ablated": cut_all,
             "gap": full - cut_all}
 
 
