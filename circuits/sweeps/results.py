@@ -4,7 +4,7 @@
     ``rows/<job_id>.json``   one file per job, the source of truth: written (temp file + ``os.replace``) the moment
                              the job's result reaches the driver. One file per ``job_id``, so a job rerun replaces
                              its row and can never appear twice.
-    ``results.parquet``      every row (pandas), rebuilt atomically from ``rows/`` as jobs finish and at the end
+    ``results.parquet``      the sweep's rows (pandas), rebuilt atomically from ``rows/`` as jobs finish and at the end
     ``results.csv``          the same table as CSV
     ``sweep.json``           the validated sweep and its job list (what ``--dry-run`` prints)
 """
@@ -78,9 +78,14 @@ class ResultStore:
         return {r["job_id"]: r.get("status", "") for r in self.rows()}
 
     def frame(self, order: Iterable[str] | None = None):
+        """The rows as a DataFrame; with ``order`` (job ids) only those jobs, in that order."""
         import pandas as pd
 
         rows = self.rows()
+        if order is not None:
+            order = list(order)
+            keep = set(order)
+            rows = [r for r in rows if r.get("job_id") in keep]
         frame = pd.DataFrame(rows)
         if order is not None and len(frame):
             rank = {j: i for i, j in enumerate(order)}
@@ -89,7 +94,11 @@ class ResultStore:
         return frame
 
     def rebuild(self, order: Iterable[str] | None = None):
-        """Rewrite ``results.parquet`` and ``results.csv`` from ``rows/`` (atomically); return the frame."""
+        """Rewrite ``results.parquet`` and ``results.csv`` from ``rows/`` (atomically); return the frame.
+
+        With ``order`` (the sweep's job ids) the tables hold exactly the sweep's current jobs: rows of jobs that
+        are no longer in the sweep (a changed ``n``, a dropped method) stay in ``rows/``, unused, so changing the
+        sweep back finds them finished."""
         import io
 
         frame = self.frame(order)

@@ -201,8 +201,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                 bar.set_postfix_str(f"running 0, failed {failed}")
                 bar.close()
     frame = store.rebuild(order)
-    if len(frame):
-        frame = frame[frame["job_id"].isin(set(order))].reset_index(drop=True)
     summary = summarize(frame)
     result = SweepResult(frame, summary, store.dir, graphs_dir, ran, skipped, failed, interrupted)
     if out:

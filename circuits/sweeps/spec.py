@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -308,6 +309,18 @@ def _check_model(model: str, key: str, source: str) -> None:
             raise _err(source, key, f"unknown family {family!r}", "use tiny-random[:gpt2|gpt_neox|llama|qwen2]")
     elif (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
         raise _err(source, key, f"local model folder {model!r} does not exist", "check the path")
+    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        # a hub id, offline: it must be in the local cache, or every job would fail the same way
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # noqa: BLE001 - an invalid repo id: the job reports it
+            cached = None
+        if not isinstance(cached, str):
+            raise _err(source, key, f"hub model {model!r} is not in the local cache and HF_HUB_OFFLINE is set",
+                       f"download it once with network (python -c \"import circuits; circuits.load_model('{model}')\"), "
+                       "or use a zoo:NAME / random:PRESET model")
     # anything else is a hub id: resolved (cache first) by the job itself
 
 

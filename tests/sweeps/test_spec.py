@@ -109,3 +109,21 @@ def test_cli_dry_run_and_error(capsys):
     assert "job(s) in sweep 'quick'" in out and "zoo:planted-ioi" in out
     assert main(["run", str(ROOT / "discovery" / "quick.toml"), "--set", "n=1"]) == 2
     assert "key 'n'" in capsys.readouterr().err
+
+
+def test_offline_hub_model_not_cached(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SweepError, match=r"key 'models\[0\]'.*not in the local cache.*fix:"):
+        load_sweep({**BASE, "models": ["someone/not-a-cached-model"]})
+
+
+def test_results_table_holds_the_current_jobs_only(tmp_path):
+    from circuits.sweeps.results import ResultStore
+
+    store = ResultStore(tmp_path)
+    for job_id, status in (("a", "ok"), ("b", "error"), ("old", "ok")):
+        store.write_row({"job_id": job_id, "status": status, "cpr": float("nan")})
+    frame = store.rebuild(["b", "a"])
+    assert list(frame["job_id"]) == ["b", "a"]
+    assert list(__import__("pandas").read_parquet(store.parquet)["job_id"]) == ["b", "a"]
+    assert store.status() == {"a": "ok", "b": "error", "old": "ok"}  # the old row stays on disk
