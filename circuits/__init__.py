@@ -31,9 +31,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+# Subpackages, importable as attributes (`circuits.zoo.task_file(...)`) without an explicit import.
+_SUBPACKAGES = {"discovery", "evaluation", "graph", "interventions", "models", "plotting", "sweeps", "tasks", "zoo"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
+    if name in _SUBPACKAGES:
+        return import_module(f"circuits.{name}")
     raise AttributeError(f"module 'circuits' has no attribute {name!r}")
 
 
