@@ -20,6 +20,13 @@ def planted(request):
     return name, model, task, truth
 
 
+@pytest.fixture(scope="module")
+def exact(planted):
+    """Every edge's exact effect (computed once per planted model)."""
+    _, model, task, _ = planted
+    return circuits.discover(model, task, "exact", circuits_per_pass=64)
+
+
 @pytest.mark.parametrize("method", ["eap-ig", "acdc"])
 def test_eap_ig_and_acdc_recover_the_planted_circuit(planted, method):
     """AUROC of |score| against the ground truth edges (MIB's InterpBench convention) is at least 0.95."""
@@ -34,10 +41,18 @@ def test_acdc_returns_exactly_the_planted_edges(planted):
     assert set(found.edges) == set(truth.edges), name
 
 
-def test_exact_scores_match_the_ground_truth_sign(planted):
+def test_exact_scores_match_the_ground_truth_sign(planted, exact):
     """Every ground-truth edge helps (positive exact score, MIB's sign); the top edges are the planted ones."""
     name, model, task, truth = planted
-    exact = circuits.discover(model, task, "exact", circuits_per_pass=64)
     top = set(exact.top_k(truth.n_edges, prune=False).edges)
     assert top == set(truth.edges), name
     assert all(exact.score(e) > 0 for e in truth.edges)
+
+
+def test_largest_positive_eap_scores_are_edges_whose_removal_lowers_the_metric(planted, exact):
+    """DESIGN.md's sign on a bundled model: EAP's top positive edges hurt the task when cut alone."""
+    name, model, task, truth = planted
+    eap = circuits.discover(model, task, "eap")
+    top = eap.to_frame().sort_values("score", ascending=False, kind="stable").head(2)
+    assert (top["score"] > 0).all()
+    assert all(exact.score(e) > 0 for e in top["name"]), (name, list(top["name"]))
