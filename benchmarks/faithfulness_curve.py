@@ -1,0 +1,141 @@
+"""Cost of a 10-point faithfulness curve relative to one plain Hugging Face forward (issue 6, point 7).
+
+GPT-2-small-shaped random-weight model (32,491 edges), the IOI task on the GPT-2 tokenizer (64 examples,
+right-padded, corrupted ablation), a scored graph whose scores have the structure of real attribution scores
+(a heavy-tailed importance per node, times noise, so every curve point is a real circuit with input -> logits
+paths rather than an empty one). Timed: ``faithfulness_curve(model, task, scored, split="all")`` (all ten MIB
+fractions, everything included: the clean and corrupted runs, selection and pruning, the patched forwards) vs
+``model.hf(ids, attention_mask=...)`` over the same 64 examples in one batch. Goal: at most 12x.
+
+    python benchmarks/faithfulness_curve.py              # writes results/faithfulness_curve.{json,md}
+    python benchmarks/faithfulness_curve.py --profile    # also the operators that dominate a patched pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleaved_medians, write  # noqa: E402
+
+import circuits  # noqa: E402
+from circuits.evaluation import MIB_FRACTIONS, CircuitRunner, faithfulness_curve  # noqa: E402
+from circuits.graph.pruning import receiver_node  # noqa: E402
+from circuits.models.random import random_model  # noqa: E402
+
+GOAL = 12.0
+
+
+def structured_scores(model, seed: int = 0):
+    """A scored graph like a real one: node importance w ~ lognormal(0, 1.5) (input and logits the largest),
+    edge score = w(sender) * w(receiver's node) * U(0, 1)."""
+    st = model.structure
+    g = torch.Generator().manual_seed(seed)
+    w = torch.exp(1.5 * torch.randn(st.n_nodes, generator=g, dtype=torch.float64))
+    w[0] = w[-1] = w.max()
+    scores = w[:st.n_senders, None] * w[receiver_node(st)][None, :] * torch.rand(st.n_senders, st.n_receivers,
+                                                                                   generator=g, dtype=torch.float64)
+    scored = model.graph
+    scored.set_scores(scores)
+    return scored
+
+
+def profile_pass(model, task, scored, batch_size: int) -> list[dict]:
+    """Top operators (self CPU time) of the patched passes of one curve, caches already warm."""
+    from torch.profiler import profile
+
+    runner = CircuitRunner(model, task, "corrupted", "all", batch_size)
+    masks = torch.stack([scored.top_fraction(f).in_graph for f in MIB_FRACTIONS])
+    runner.metric_full  # warm the clean / corrupted caches: only the patched passes are profiled
+    with profile() as prof:
+        runner.run(masks)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    model = random_model("gpt2-small")
+    task = circuits.load_task("ioi", model, n=args.n, seed=0)
+    scored = structured_scores(model)
+    ids, mask = task.clean, task.attention_mask
+
+    with torch.no_grad():
+        runs = {"hf": lambda: model.hf(ids, attention_mask=mask).logits,
+                "curve": lambda: faithfulness_curve(model, task, scored, split="all", batch_size=args.batch_size)}
+        t = interleaved_medians(runs, repeats=args.repeats)
+
+        # where a curve's time goes (one more run, outside the interleaved timing)
+        runner = CircuitRunner(model, task, "corrupted", "all", args.batch_size)
+        t0 = time.perf_counter()
+        runner.metric_full
+        t_fixed = time.perf_counter() - t0
+        masks = torch.stack([scored.top_fraction(f).in_graph for f in MIB_FRACTIONS])
+        t0 = time.perf_counter()
+        runner.run(masks)
+        t_points = time.perf_counter() - t0
+        curve = faithfulness_curve(model, task, scored, split="all", batch_size=args.batch_size)
+    profile = profile_pass(model, task, scored, args.batch_size) if args.profile else None
+
+    ratio = t["curve"] / t["hf"]
+    n_patched = sum(1 for e in curve.n_edges if 0 < e < model.structure.n_edges)
+    result = {
+        "settings": {"model": "random:gpt2-small", "task": "ioi", "n_examples": args.n, "seq": int(ids.shape[1]),
+                     "batch_size": args.batch_size, "ablation": "corrupted", "dtype": "float32", "device": "cpu",
+                     "edges": model.structure.n_edges, "fractions": list(MIB_FRACTIONS), "repeats": args.repeats,
+                     "scores": "lognormal node importance x uniform noise (structured_scores)"},
+        "seconds": t, "curve_over_hf": ratio, "goal": GOAL, "meets_goal": ratio <= GOAL,
+        "breakdown_seconds": {"clean_and_corrupted_runs": t_fixed, "patched_points": t_points},
+        "patched_forwards": runner.forwards, "circuits_patched": n_patched,
+        "points": curve.to_frame().to_dict(orient="list"), "cpr": curve.cpr, "cmd": curve.cmd,
+        "profile_top_ops": profile,
+    }
+    rows = "\n".join(f"| {f:g} | {k:,} | {e:,} | {x:.3f} |" for f, k, e, x in
+                     zip(curve.fractions, curve.k, curve.n_edges, curve.faithfulness))
+    prof_md = ""
+    if profile:
+        prof_md = ("\n\nOperators of the patched passes (self CPU time, caches warm):\n\n| operator | share | calls |\n"
+                   "|---|---|---|\n" + "\n".join(f"| `{p['op']}` | {p['self_cpu_share']:.0%} | {p['calls']} |"
+                                                 for p in profile))
+    md = f"""
+A 10-point faithfulness curve (MIB's fractions, corrupted ablation) vs one plain Hugging Face forward: GPT-2-small
+shape (random weights, {model.structure.n_edges:,} edges), IOI on the GPT-2 tokenizer, {args.n} examples padded to
+{ids.shape[1]} tokens, fp32, CPU; median of {args.repeats} interleaved runs.
+
+| pass | seconds | x HF forward |
+|---|---|---|
+| Hugging Face forward, {args.n} examples in one batch | {t['hf']:.2f} | 1.00 |
+| `faithfulness_curve`, 10 points, everything included | {t['curve']:.2f} | **{ratio:.1f}** |
+
+Goal: curve <= {GOAL:.0f}x HF: **{'met' if ratio <= GOAL else 'NOT met'}**.
+
+Where the time goes (one more run): the clean and corrupted runs (cached per batch, shared by all points)
+{t_fixed:.2f} s; the {n_patched} circuits that need a patched run (the 100% point is the clean run itself)
+{t_points:.2f} s in {runner.forwards} patched forwards (batch size {args.batch_size}, several circuits per forward).
+
+| fraction | k | edges after pruning | f |
+|---|---|---|---|
+{rows}
+
+CPR {curve.cpr:.4f}, CMD {curve.cmd:.4f} (random weights: the numbers mean nothing, the time does).{prof_md}
+"""
+    paths = write("faithfulness_curve", result, md, "python benchmarks/faithfulness_curve.py"
+                  + (" --profile" if args.profile else ""))
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
