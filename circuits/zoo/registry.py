@@ -16,7 +16,7 @@ MODELS = {
     "planted-induction": "hand-set 2-layer attention-only induction circuit with distractor heads; ground truth shipped",
     "planted-ioi": "hand-set 3-layer GPT-2 IOI circuit (duplicate-token, S-inhibition, name mover); ground truth shipped",
 }
-DEFAULT_STEPS = {"attn-only-2l": 2500, "gpt2-tasks": 3000}
+DEFAULT_STEPS = {"attn-only-2l": 6000, "gpt2-tasks": 3000}
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -66,19 +66,26 @@ def _attn_only_card(meta: dict, report: dict, params: int) -> str:
     return f"""# attn-only-2l: 2-layer attention-only induction model ({params:,} parameters)
 
 **Architecture**: `circuits_attn_only` (circuits.models.attn_only): GPT-2-style pre-LayerNorm attention-only
-transformer, 2 layers x 4 heads, d_model 64 (head dim 16), learned positions (64), no MLPs, untied unembedding.
-Graph: 9 nodes' senders (input + 8 heads), {''}attention-only MIB convention (`has_mlp=False`).
+transformer, {meta['n_layer']} layers x {meta['n_head']} heads, d_model {meta['d_model']} (head dim
+{meta['d_model'] // meta['n_head']}), fixed sinusoidal positions ({meta['n_ctx']}, frozen in training), no MLPs,
+untied unembedding. One wide head per layer: with 2 heads of dim 32 per layer (same recipe) training took ~10x
+longer to leave the loss plateau and found a duplicate-token/query-composition mechanism with no previous-token
+head (held-out periods 89%, periods 16-20 21%).
+Graph: {1 + meta['n_layer'] * meta['n_head']} senders (input + {meta['n_layer'] * meta['n_head']} heads),
+attention-only MIB convention (`has_mlp=False`).
 
-**Tokenizer**: word-level, 128 random two-letter words (`aa` .. `ex`) plus `[PAD]` `[UNK]` `[BOS]`; BOS prepended.
+**Tokenizer**: word-level, {len(I.vocabulary())} random two-letter words (`{I.vocabulary()[0]}` ..
+`{I.vocabulary()[-1]}`) plus `[PAD]` `[UNK]` `[BOS]`; BOS prepended.
 
 **Training data**: the project's induction generator (`load_task("induction", tok, seq_len=L, min_period=P,
 max_period=P)`): `[BOS] prefix A A` with random distinct words, periods P in {I.TRAIN_PERIODS} and lengths L from
-max(2P, 12) to {I.MAX_LEN} (so the second copy starts anywhere). Loss: cross-entropy of the next token in the
-second copy. Periods {I.HELD_OUT_PERIODS} (and {I.LONGER_PERIODS}, longer than any training period) are never
+2P to {I.MAX_LEN} (so the second copy starts anywhere; lengths with at most 6 tokens before the first copy are
+4 times as frequent). Loss: cross-entropy of the next token in the second copy. Periods {I.HELD_OUT_PERIODS} (and {I.LONGER_PERIODS}, longer than any training period) are never
 trained on.
 
-**Training**: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']}, seed {t['seed']}, CPU, measured
-{t['train_seconds']} s of training on a shared 2-core machine (1 thread). Reproduce: `circuits zoo train
+**Training**: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up 100 steps, constant to 60%,
+then linear decay to 10%), no weight decay, seed {t['seed']}, CPU, measured {t['train_seconds']} s of training
+({t['steps'] / max(t['train_seconds'], 1e-9):.2f} steps/s) on a shared 2-core machine (1 thread, other jobs running). Reproduce: `circuits zoo train
 attn-only-2l --seed {t['seed']} --steps {t['steps']}`.
 
 **Held-out accuracy** (arg-max at every second-copy position is the token after the first occurrence, length 40,
