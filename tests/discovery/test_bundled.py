@@ -56,3 +56,13 @@ def test_largest_positive_eap_scores_are_edges_whose_removal_lowers_the_metric(p
     top = eap.to_frame().sort_values("score", ascending=False, kind="stable").head(2)
     assert (top["score"] > 0).all()
     assert all(exact.score(e) > 0 for e in top["name"]), (name, list(top["name"]))
+
+
+def test_attn_only_2l_previous_token_to_induction_key_edge_ranks_top_3_for_eap_ig():
+    """The induction mechanism of the trained zoo:attn-only-2l: a0.h0 (previous-token head) feeds the key of a1.h0
+    (induction head). EAP-IG ranks that edge among its top 3 of 12 (ACDC, measured: 6th; see the issue note)."""
+    model = circuits.load_model("zoo:attn-only-2l", device="cpu")
+    task = circuits.load_task("induction", model, n=64, seed=0, seq_len=40, min_period=7, max_period=13)
+    scored = circuits.discover(model, task, "eap-ig")
+    ranking = list(scored.to_frame().sort_values("score", ascending=False, kind="stable")["name"])
+    assert ranking.index("a0.h0->a1.h0<k>") < 3, ranking[:5]
