@@ -52,8 +52,8 @@ class PlainResidual:
 class GradientProbe:
     """The plain residual stream, plus attribution: every receiver gets its own gradient.
 
-    Each read hands the receivers a view of the stream expanded to one copy per receiver, so the backward pass
-    yields ``dM/d input_R`` separately for every receiver (q, k and v of each head, each MLP, the logits). A
+    The forward is the plain model's; the backward yields ``dM/d input_R`` separately for every receiver (q,
+    k and v of each head from hooks on their projections, each MLP and the logits from hooks on their input). A
     hook turns it at once into edge scores, ``scores[S, R] += diff_S . dM/d input_R`` summed over batch and
     positions (one matrix product per receiver group), so no gradient tensor outlives its layer's backward.
 
@@ -94,19 +94,65 @@ class GradientProbe:
         self.stream = self.stream + bias
 
     def read(self, receivers: slice | int) -> Tensor:
-        """``[R, B, P, d]``: the stream, once per receiver, each copy with its own gradient."""
+        """``[1, B, P, d]``: the stream. A single receiver (an MLP, the logits) gets its gradient from a hook
+        here; a layer's q/k/v receivers share one normalised input, and :meth:`qkv_hooks` scores them."""
         if isinstance(receivers, int):
             receivers = slice(receivers, receivers + 1)
-        R = receivers.stop - receivers.start
-        x = self.stream[None].expand(R, *self.shape)
-        if x.requires_grad:
+        x = self.stream[None]
+        self.last_read = (self.n_written, receivers)
+        if receivers.stop - receivers.start == 1 and x.requires_grad:
+            x = x.view_as(x)  # a node of its own, so the hook sees this receiver's gradient only
             n = self.n_written
             x.register_hook(lambda grad, n=n, rs=receivers: self._score(grad, n, rs))
         return x
 
+    def qkv_hooks(self, x: Tensor, norm, weights: tuple[Tensor, Tensor, Tensor]):
+        """Hooks for the q, k and v projections ``[H, B, P, e]`` of the heads that just read ``x [1, B, P, d]``.
+
+        Each hook turns the projection's gradient into every head's own input gradient:
+        ``dM/d input = norm_vjp(x, grad @ W_h^T)`` (closed form for LayerNorm / RMSNorm), then into scores. The
+        forward stays the plain model's: one norm and one projection for all heads.
+        """
+        n, receivers = self.last_read
+        H = weights[0].shape[0]
+        stats = _norm_stats(norm, x[0].detach())
+
+        def hook(i: int, W: Tensor):
+            rs = slice(receivers.start + i * H, receivers.start + (i + 1) * H)
+
+            def score(grad: Tensor) -> None:  # grad [H, B, P, e]
+                K = W.shape[0]
+                g = grad.reshape(K, H // K, *grad.shape[1:])
+                g_y = torch.einsum("kjbpe,kde->kjbpd", g, W).reshape(H, *grad.shape[1:3], W.shape[1])
+                self._score(_norm_vjp(norm, stats, g_y), n, rs)
+            return score
+
+        return [hook(i, W) for i, W in enumerate(weights)]
+
     def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, B, P, d]
         contribution = self.buffer[:n] @ grad.reshape(grad.shape[0], -1).T  # [n, R]
         self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
+
+def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x_hat, inv)`` of the norm at ``x [B, P, d]``: normalised input and 1/sigma (or 1/rms), ``[B, P, 1]``."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    if norm.kind == "layernorm":
+        mu = xf.mean(-1, keepdim=True)
+        inv = torch.rsqrt(((xf - mu) ** 2).mean(-1, keepdim=True) + norm.eps)
+        return (xf - mu) * inv, inv
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return xf * inv, inv
+
+
+def _norm_vjp(norm, stats: tuple[Tensor, Tensor], g_y: Tensor) -> Tensor:
+    """Gradient at the norm's input for output gradients ``g_y [R, B, P, d]`` (one per receiver)."""
+    x_hat, inv = stats
+    g = g_y.to(x_hat.dtype) * norm.weight.to(x_hat.dtype)
+    proj = (g * x_hat).mean(-1, keepdim=True)
+    if norm.kind == "layernorm":
+        return ((g - g.mean(-1, keepdim=True) - x_hat * proj) * inv).to(g_y.dtype)
+    return ((g - x_hat * proj) * inv).to(g_y.dtype)
 
 
 class MaskedResidual:
