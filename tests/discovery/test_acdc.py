@@ -12,23 +12,12 @@ from circuits.discovery.context import DiscoveryContext
 from circuits.graph.graph import Graph
 from circuits.graph.pruning import prune
 from circuits.models.random import random_model
-from circuits.tasks import word_level_tokenizer, task_vocabulary
+from circuits.tasks import task_vocabulary, word_level_tokenizer
 from circuits.tasks.metrics import Metric
+from tests.discovery.conftest import make_ctx
 
 
-@pytest.fixture(scope="module")
-def setup():
-    tok = word_level_tokenizer(task_vocabulary())
-    # initializer_range 0.3: a random model whose edges matter (KL full vs ablated ~0.24), so thresholds bite
-    m = random_model("gpt2", n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
-                     initializer_range=0.3)
-    task = circuits.load_task("ioi", m, n=16, seed=0)
-    return m, task
-
-
-def _ctx(setup, ablation="corrupted"):
-    m, task = setup
-    return DiscoveryContext(m, task.train, ablation=ablation, batch_size=8)
+_ctx = make_ctx
 
 
 @pytest.mark.parametrize("metric,threshold", [("kl", 0.003), ("task", 0.01)])

@@ -11,24 +11,11 @@ import circuits
 from circuits.discovery import edge_pruning as ep
 from circuits.discovery import hard_concrete as hc
 from circuits.discovery.checkpoint import Checkpoint
-from circuits.discovery.context import DiscoveryContext
 from circuits.graph.graph import Graph
-from circuits.models.random import random_model
-from circuits.tasks import word_level_tokenizer, task_vocabulary
+from tests.discovery.conftest import make_ctx
 
 
-@pytest.fixture(scope="module")
-def setup():
-    tok = word_level_tokenizer(task_vocabulary())
-    m = random_model("gpt2", n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
-                     initializer_range=0.3)
-    task = circuits.load_task("ioi", m, n=16, seed=0)
-    return m, task
-
-
-def _ctx(setup, ablation="corrupted"):
-    m, task = setup
-    return DiscoveryContext(m, task.train, ablation=ablation, batch_size=8)
+_ctx = make_ctx
 
 
 def test_hard_concrete_gates():
