@@ -196,7 +196,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="task seed (default: %(default)s)")
     p.add_argument("--ablation", default="corrupted", choices=["corrupted", "mean", "zero", "patching"],
                    help="what ablated edges carry (default: %(default)s; 'patching' is MIB's name for corrupted)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per forward (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's)")
     p.add_argument("--save", default=None, help="write the results here as JSON")

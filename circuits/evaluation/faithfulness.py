@@ -1,5 +1,6 @@
-"""Faithfulness of circuits: one circuit (:func:`evaluate`), a curve over circuit sizes with MIB's CPR and CMD
-(:func:`faithfulness_curve`, :func:`mib_scores`) and the smallest faithful top-k circuit (:func:`minimal_circuit`).
+"""Faithfulness of circuits: one circuit (:func:`evaluate`) or several in one batched pass (:func:`evaluate_many`),
+a curve over circuit sizes with MIB's CPR and CMD (:func:`faithfulness_curve`, :func:`mib_scores`) and the smallest
+faithful top-k circuit (:func:`minimal_circuit`).
 
 Definitions (DESIGN.md, "Faithfulness"; MIB's ``evaluate_area_under_curve`` in MIB-circuit-track
 ``MIB_circuit_track/evaluation.py``, EAP-IG's ``evaluate_graph``):
@@ -125,7 +126,7 @@ class EvaluationResult:
 
 
 def evaluate(model, task, circuit: Graph, ablation: str = "corrupted", *, split: str = "validation",
-             batch_size: int = 32, prune: bool = True, level: str = "edge") -> EvaluationResult:
+             batch_size: int = 16, prune: bool = True, level: str = "edge") -> EvaluationResult:
     """Run ``circuit`` (every edge outside it ablated) on the task and measure its faithfulness.
 
     Parameters
@@ -157,7 +158,7 @@ def evaluate(model, task, circuit: Graph, ablation: str = "corrupted", *, split:
 
 
 def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corrupted", *, split: str = "validation",
-                  batch_size: int = 32, prune: bool = True, level: str = "edge",
+                  batch_size: int = 16, prune: bool = True, level: str = "edge",
                   _stacklevel: int = 1) -> list[EvaluationResult]:
     """:func:`evaluate` for several circuits at once: one batched patched forward per batch of examples runs
     them all, and the full and empty runs are shared. Returns one :class:`EvaluationResult` per circuit."""
@@ -341,7 +342,7 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
 
 def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float] = MIB_FRACTIONS,
                        absolute: bool = False, ablation: str = "corrupted", split: str = "validation",
-                       batch_size: int = 32, level: str = "edge", selection: str = "top_k", log_scale: bool = False,
+                       batch_size: int = 16, level: str = "edge", selection: str = "top_k", log_scale: bool = False,
                        circuits_per_pass: int | None = None) -> FaithfulnessCurve:
     """f of the top ``fraction`` of ``scored``'s edges, at each of ``fractions`` (MIB's by default).
 
@@ -367,7 +368,7 @@ def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
     """
     if "absolute" in options:
         raise TypeError("mib_scores runs both signed and absolute curves; do not pass absolute=")
-    args = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation", "batch_size": 32,
+    args = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation", "batch_size": 16,
             "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None}
     unknown = set(options) - set(args)
     if unknown:
@@ -379,7 +380,7 @@ def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
 
 # ---- minimal circuit -------------------------------------------------------------------------------------------
 def minimal_circuit(model, task, scored: Graph, target: float = 0.9, *, absolute: bool = False,
-                    ablation: str = "corrupted", split: str = "validation", batch_size: int = 32,
+                    ablation: str = "corrupted", split: str = "validation", batch_size: int = 16,
                     selection: str = "top_k", points_per_pass: int = 1,
                     circuits_per_pass: int | None = None) -> Graph:
     """The smallest top-k circuit of ``scored`` whose faithfulness reaches ``target``, by bisection over k.
