@@ -45,15 +45,25 @@ def frozen_weights(model):
             p.requires_grad_(True)
 
 
+# Rows (stacked steps x examples) of one attribution pass: beyond ~100 rows a CPU pass gets slower per row and
+# activation memory grows with no gain; on GPUs larger passes would pay, but memory is the limit there.
+MAX_ROWS_PER_PASS = 96
+
+
 def _scores_buffer(ctx: DiscoveryContext) -> Tensor:
     s = ctx.model.structure
     return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=ctx.model.device)
 
 
-def _backward_objective(ctx: DiscoveryContext, prepared: PreparedBatch, probe: dict) -> None:
+def _backward_objective(ctx: DiscoveryContext, prepared: PreparedBatch, probe: dict, repeats: int = 1) -> None:
+    """One forward and backward of the objective; ``repeats``: the run stacks that many copies of the batch."""
+    ids, mask, at = prepared.clean, prepared.attention_mask, prepared.positions
+    if repeats > 1:
+        ids, mask, at = ids.repeat(repeats, 1), mask.repeat(repeats, 1), at.repeat(repeats, 1)
     with torch.enable_grad():
-        logits = ctx.model.run(prepared.clean, prepared.attention_mask, probe=probe,
-                               logit_positions=prepared.positions).logits
+        logits = ctx.model.run(ids, mask, probe=probe, logit_positions=at).logits  # [T*B, K, V]
+        if repeats > 1:
+            logits = logits.view(repeats, len(prepared), *logits.shape[1:])
         ctx.objective(logits, prepared, readout=True).sum().backward()
 
 
@@ -86,19 +96,31 @@ def _clean_diffs(ctx: DiscoveryContext, prepared: PreparedBatch) -> tuple[Tensor
     return clean, clean - prepared.ablated
 
 
-def eap_ig(ctx: DiscoveryContext, steps: int = 5) -> Tensor:
-    """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean."""
+def eap_ig(ctx: DiscoveryContext, steps: int = 5, steps_per_pass: int | None = None) -> Tensor:
+    """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
+
+    ``steps_per_pass``: interpolation steps stacked into one forward/backward (default: as many as keep a pass
+    within :data:`MAX_ROWS_PER_PASS` rows). The steps share the sender differences, so their receiver gradients
+    are summed before the score products: stacking all steps makes those products cost one step's.
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps_per_pass is not None and steps_per_pass < 1:
+        raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
     scores = _scores_buffer(ctx)
     with frozen_weights(ctx.model):
         for prepared in progress(ctx.batches(), f"eap-ig ({steps} steps)", total=ctx.n_batches):
             clean, diffs = _clean_diffs(ctx, prepared)
             start = prepared.ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-            for k in range(steps):
-                embedding = (start + (k / steps) * diffs[0]).detach().requires_grad_(True)
-                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]})
-                _backward_objective(ctx, prepared, probe)
+            per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(prepared)))
+            for k0 in range(0, steps, per_pass):
+                alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
+                T = len(alphas)
+                embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
+                embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
+                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]},
+                             repeats=T)
+                _backward_objective(ctx, prepared, probe, repeats=T)
     return _finish(ctx, scores, steps)
 
 

@@ -13,8 +13,9 @@ the KL trades against it. ``metric="task"`` trains on the task's metric instead 
 
 The circuit: the ``round((1 - target_sparsity) * n_edges)`` edges with the highest ``log_alpha`` (exactly the
 target, as Edge Pruning's deterministic masks keep the expected number of non-zero gates), pruned to
-input -> logits paths. Scores = the final ``log_alpha`` (higher = kept more surely = more important), so
-``graph.top_k(k)`` reproduces the circuit. Degenerate outcomes (an empty circuit, every edge, training far
+input -> logits paths. Scores = ``softplus(log_alpha)`` of the final gates: increasing in ``log_alpha`` (higher =
+kept more surely = more important), so ``graph.top_k(k)`` reproduces the circuit, and never negative: a closed
+gate means "not needed", not "hurts" (DESIGN.md's sign), and must rank low under ``|score|`` too (AUROC). Degenerate outcomes (an empty circuit, every edge, training far
 from the target) are never returned silently: a warning names the setting to change.
 """
 
@@ -43,7 +44,7 @@ def register_methods(register) -> None:
 def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: int = 500, lr: float = 0.1,
                  seed: int = 0, metric: str = "kl", init_log_alpha: float = 3.0,
                  checkpoint: Checkpoint | None = None) -> tuple[Tensor, Tensor]:
-    """``(scores [S, R] = log_alpha, in_graph [S, R] bool)``.
+    """``(scores [S, R] = softplus(log_alpha), in_graph [S, R] bool)``.
 
     ``target_sparsity``: fraction of edges removed (0.95 keeps 5%). ``steps``: Adam steps, one data batch
     each (batches cycle). ``lr``: learning rate of ``log_alpha`` and of the Lagrange multipliers. ``seed``:
@@ -125,7 +126,7 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
     selected[cpu_order[chosen, 0], cpu_order[chosen, 1]] = True
     in_graph, _ = prune(s, selected)
     scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32)
-    scores[cpu_order[:, 0], cpu_order[:, 1]] = la
+    scores[cpu_order[:, 0], cpu_order[:, 1]] = torch.nn.functional.softplus(la.double()).float()
     open_gates = int((hc.expected_gate(la) > 0.5).sum())
     achieved = 1.0 - open_gates / E
     expected = float(1.0 - hc.prob_nonzero(la).mean())

@@ -92,6 +92,7 @@ def _items(scored: Graph, reference: Graph, level: str, absolute: bool, reduce: 
         scores = scored.scores.detach().cpu().double()[order[:, 0], order[:, 1]]
         if absolute:
             scores = scores.abs()
+        scores = _resolve(scores)
         labels = reference.in_graph.cpu()[order[:, 0], order[:, 1]]
         if not bool(labels.any()):
             raise ValueError("the reference circuit has no edges; for a ground truth given by its nodes (e.g. the "
@@ -104,7 +105,21 @@ def _items(scored: Graph, reference: Graph, level: str, absolute: bool, reduce: 
     else:
         scores = node_scores_from_edges(scored, absolute, reduce)
     labels = reference.node_in_graph.cpu()
-    return scores[universe], labels[universe]
+    return _resolve(scores[universe]), labels[universe]
+
+
+# Scores smaller than this fraction of the largest |score| count as 0 in rankings. Floating-point rounding
+# leaves ~1e-8 relative noise on edges with no effect (a saturated softmax, an unused path); ranking that noise
+# would make an AUROC depend on summation order, not on what the method found.
+SCORE_RESOLUTION = 1e-6
+
+
+def _resolve(scores: torch.Tensor) -> torch.Tensor:
+    finite = scores[torch.isfinite(scores)]
+    if finite.numel() == 0:
+        return scores
+    floor = SCORE_RESOLUTION * float(finite.abs().max())
+    return scores.masked_fill(scores.abs() <= floor, 0.0)
 
 
 def _auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:

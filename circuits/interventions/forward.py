@@ -83,10 +83,10 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     H = structure.n_heads
     for layer_idx, layer in enumerate(spec.layers):
         x = resid.read(structure.attn_receivers(layer_idx))  # [3H | 1, N, P, d]: each receiver's own input
-        hooks = None
-        if probe is not None and x.requires_grad:
-            hooks = resid.qkv_hooks(x, layer.attn_norm, (layer.attn.W_Q, layer.attn.W_K, layer.attn.W_V))
-        z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed, hooks)  # [H, N, P, e]
+        qkv = None
+        if probe is not None and x.requires_grad:  # attribution: q/k/v whose backward scores the receivers
+            qkv = resid.project_qkv(x, layer.attn, layer.attn_norm)
+        z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed, qkv)  # [H, N, P, e]
         has_mlp = layer.mlp is not None
         if has_mlp and spec.parallel_attn_mlp:
             mlp_in = resid.read(structure.mlp_receiver(layer_idx))
@@ -143,16 +143,15 @@ def _allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torc
 
 
 def _attention_pattern_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, allowed: Tensor,
-                              hooks: list | None = None) -> Tensor:
+                              qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each) or ``[1, N, P, d]``
-    (one stream for all); returns ``z [H, N, P, e]``. ``hooks``: gradient hooks for q, k, v ``[H, N, P, e]``."""
+    (one stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (``[H, N, P, e]`` each)."""
     H = attn.n_heads
-    if x.shape[0] == 1:
+    if qkv is not None:
+        q, k, v = qkv
+    elif x.shape[0] == 1:
         xn = norm(x)
         q, k, v = (_project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
-        if hooks is not None:
-            for t, hook in zip((q, k, v), hooks):
-                t.register_hook(hook)
     elif x.dtype in (torch.float32, torch.float64):
         # 3H separate inputs: fold the norm into the projections instead of materialising 3H normalised copies
         q, k, v = (_project_folded(x[i * H:(i + 1) * H], norm, W, b, H)

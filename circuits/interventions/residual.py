@@ -53,17 +53,22 @@ class GradientProbe:
     """The plain residual stream, plus attribution: every receiver gets its own gradient.
 
     The forward is the plain model's; the backward yields ``dM/d input_R`` separately for every receiver (q,
-    k and v of each head from hooks on their projections, each MLP and the logits from hooks on their input). A
-    hook turns it at once into edge scores, ``scores[S, R] += diff_S . dM/d input_R`` summed over batch and
-    positions (one matrix product per receiver group), so no gradient tensor outlives its layer's backward.
+    k and v of each head from :meth:`project_qkv`'s backward, each MLP and the logits from hooks on their
+    input), and turns it at once into edge scores, ``scores[S, R] += diff_S . dM/d input_R`` summed over batch
+    and positions (one matrix product per receiver group), so no gradient tensor outlives its layer's backward.
 
     ``diffs [S, B, P, d]`` are the sender differences the scores weigh (clean - ablated for EAP-IG); when not
     given they are this run's own outputs minus ``ablated`` (EAP). ``overrides`` maps a sender index to the
     output it must write instead of its own (``[k, B, P, d]``: integrated gradients over activations).
+    ``repeats``: the run holds T stacked copies of the batch (``T * B`` rows, e.g. EAP-IG's interpolation
+    steps) that share ``diffs``; their gradients are summed before the score products, so T steps cost one.
     """
 
     def __init__(self, first: Tensor, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
-                 overrides: dict[int, Tensor] | None = None):
+                 overrides: dict[int, Tensor] | None = None, repeats: int = 1):
+        if repeats != 1 and diffs is None:
+            raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
+        self.repeats = int(repeats)
         self.overrides = overrides or {}
         if 0 in self.overrides:
             first = self.overrides[0][0]
@@ -95,7 +100,7 @@ class GradientProbe:
 
     def read(self, receivers: slice | int) -> Tensor:
         """``[1, B, P, d]``: the stream. A single receiver (an MLP, the logits) gets its gradient from a hook
-        here; a layer's q/k/v receivers share one normalised input, and :meth:`qkv_hooks` scores them."""
+        here; a layer's q/k/v receivers share one normalised input, and :meth:`project_qkv` scores them."""
         if isinstance(receivers, int):
             receivers = slice(receivers, receivers + 1)
         x = self.stream[None]
@@ -106,32 +111,57 @@ class GradientProbe:
             x.register_hook(lambda grad, n=n, rs=receivers: self._score(grad, n, rs))
         return x
 
-    def qkv_hooks(self, x: Tensor, norm, weights: tuple[Tensor, Tensor, Tensor]):
-        """Hooks for the q, k and v projections ``[H, B, P, e]`` of the heads that just read ``x [1, B, P, d]``.
+    def project_qkv(self, x: Tensor, attn, norm) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v [H, B, P, e]`` of the heads that just read ``x [1, B, P, d]`` (one shared stream).
 
-        Each hook turns the projection's gradient into every head's own input gradient:
-        ``dM/d input = norm_vjp(x, grad @ W_h^T)`` (closed form for LayerNorm / RMSNorm), then into scores. The
-        forward stays the plain model's: one norm and one projection for all heads.
+        The forward is the plain model's (one norm, one projection per weight). The backward gives every q, k
+        and v receiver its own input gradient, ``norm_vjp(x, grad_h @ W_h^T)``, scores it at once, and hands
+        upstream the sum of those gradients, which *is* the gradient of the shared stream: so autograd never
+        differentiates the norm and the projections a second time (:class:`_ProbedProjection`).
         """
         n, receivers = self.last_read
-        H = weights[0].shape[0]
-        stats = _norm_stats(norm, x[0].detach())
+        if any(t is not None and t.requires_grad for t in (attn.W_Q, attn.W_K, attn.W_V, norm.weight)):
+            raise RuntimeError("attribution runs differentiate activations only: freeze the weights first "
+                               "(circuits.discovery.attribution.frozen_weights)")
+        return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm)
 
-        def hook(i: int, W: Tensor):
-            rs = slice(receivers.start + i * H, receivers.start + (i + 1) * H)
-
-            def score(grad: Tensor) -> None:  # grad [H, B, P, e]
-                K = W.shape[0]
-                g = grad.reshape(K, H // K, *grad.shape[1:])
-                g_y = torch.einsum("kjbpe,kde->kjbpd", g, W).reshape(H, *grad.shape[1:3], W.shape[1])
-                self._score(_norm_vjp(norm, stats, g_y), n, rs)
-            return score
-
-        return [hook(i, W) for i, W in enumerate(weights)]
-
-    def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, B, P, d]
-        contribution = self.buffer[:n] @ grad.reshape(grad.shape[0], -1).T  # [n, R]
+    def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
+        R = grad.shape[0]
+        flat = grad.reshape(R, self.repeats, -1)  # T stacked copies of the batch (EAP-IG steps): sum them first
+        flat = flat[:, 0] if self.repeats == 1 else flat.sum(1)
+        contribution = self.buffer[:n] @ flat.T  # [n, R]
         self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
+
+class _ProbedProjection(torch.autograd.Function):
+    """``norm(x) @ W_{Q,K,V}`` for all heads, whose backward scores each head's q/k/v receiver (see
+    :meth:`GradientProbe.project_qkv`). Weights are constants here (attribution freezes them)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, probe: "GradientProbe", n: int, r0: int, attn, norm):  # x [1, B, P, d]
+        from circuits.interventions.forward import _project
+
+        H = attn.n_heads
+        xn = norm(x)
+        qkv = [_project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))]
+        ctx.probe, ctx.n, ctx.r0, ctx.attn, ctx.norm = probe, n, r0, attn, norm
+        ctx.save_for_backward(x)
+        return tuple(qkv)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # each [H, B, P, e] (None when unused)
+        (x,) = ctx.saved_tensors
+        attn, norm, probe = ctx.attn, ctx.norm, ctx.probe
+        H = attn.n_heads
+        x_hat, inv = _norm_stats(norm, x[0])  # [B, P, d], [B, P, 1]
+        total = torch.zeros_like(x_hat)
+        for i, (g, W) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V))):
+            if g is None:
+                continue
+            g_x = _norm_vjp_heads(norm, x_hat, inv, g, W)  # [H, B, P, d]: each head's own input gradient
+            probe._score(g_x, ctx.n, slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H))
+            total += g_x.sum(0)
+        return total[None].to(x.dtype), None, None, None, None, None
 
 
 def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,14 +175,25 @@ def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:
     return xf * inv, inv
 
 
-def _norm_vjp(norm, stats: tuple[Tensor, Tensor], g_y: Tensor) -> Tensor:
-    """Gradient at the norm's input for output gradients ``g_y [R, B, P, d]`` (one per receiver)."""
-    x_hat, inv = stats
-    g = g_y.to(x_hat.dtype) * norm.weight.to(x_hat.dtype)
-    proj = (g * x_hat).mean(-1, keepdim=True)
+def _norm_vjp_heads(norm, x_hat: Tensor, inv: Tensor, g: Tensor, W: Tensor) -> Tensor:
+    """Each head's gradient at the norm's input, from its projection gradient ``g [H, B, P, e]`` through
+    ``norm(x) @ W_h`` (``W [K, d, e]``; head h uses ``W[h // (H / K)]``, grouped keys/values): ``[H, B, P, d]``.
+
+    LayerNorm: ``inv * (gw - mean(gw) - x_hat * mean(gw * x_hat))`` with ``gw = (g @ W_h^T) * w``. The norm
+    weight is folded into ``W``, and ``mean(gw)`` is a product with ``W``'s column sums, so the only passes over
+    ``[H, B, P, d]`` are the projection, one reduction and two in-place updates. RMSNorm has no mean term.
+    """
+    K, d = W.shape[0], W.shape[1]
+    H = g.shape[0]
+    Ww = norm.weight.to(x_hat.dtype)[None, :, None] * W.to(x_hat.dtype)  # [K, d, e]
+    gk = g.to(x_hat.dtype).reshape(K, H // K, *g.shape[1:])  # [K, H/K, B, P, e]
+    gw = torch.einsum("kjbpe,kde->kjbpd", gk, Ww).reshape(H, *g.shape[1:3], d)  # [H, B, P, d]
+    proj = torch.einsum("hbpd,bpd->hbp", gw, x_hat) / d  # mean(gw * x_hat)
+    gw.addcmul_(x_hat[None], proj[..., None], value=-1.0)
     if norm.kind == "layernorm":
-        return ((g - g.mean(-1, keepdim=True) - x_hat * proj) * inv).to(g_y.dtype)
-    return ((g - x_hat * proj) * inv).to(g_y.dtype)
+        mean = torch.einsum("kjbpe,ke->kjbp", gk, Ww.sum(1)).reshape(H, *g.shape[1:3]) / d  # mean(gw)
+        gw.sub_(mean[..., None])
+    return gw.mul_(inv[None]).to(g.dtype)
 
 
 class MaskedResidual:

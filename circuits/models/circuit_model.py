@@ -43,11 +43,15 @@ class CircuitModel:
     # ---- what the model is ---------------------------------------------------------------------------------
     @property
     def spec(self) -> TransformerSpec:
-        """Weight views, re-read whenever the parameters move (``.to``) so they never go stale."""
+        """Weight views, re-read whenever the parameters move (``.to``) so they never go stale.
+
+        The views are read without autograd history: interventions differentiate activations and masks, never
+        weights, so a backward through the decomposed forward skips every weight-gradient product (half of a
+        training backward) whether or not the parameters ``require_grad``."""
         p = self.hf.get_input_embeddings().weight
         key = (p.device, p.dtype, p.data_ptr())
         if key != self._spec_key:
-            self._spec, self._spec_key = read_transformer(self.hf), key
+            self._spec, self._spec_key = _detached(read_transformer(self.hf)), key
         return self._spec
 
     @property
@@ -113,3 +117,19 @@ class CircuitModel:
         s = self.structure
         return (f"CircuitModel({self.name!r}, {self.spec.family}, {s.describe()}, d_model={s.d_model}, "
                 f"{s.n_nodes} nodes, {s.n_edges:,} edges, {self.dtype}, {self.device})")
+
+
+def _detached(obj):
+    """``obj`` (the spec, its layers, norms, ...) with every tensor field replaced by ``tensor.detach()``: the same
+    storage (in-place weight updates stay visible) with no autograd history."""
+    import dataclasses
+
+    if isinstance(obj, Tensor):
+        return obj.detach()
+    if isinstance(obj, list):
+        return [_detached(x) for x in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _detached(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                   if isinstance(getattr(obj, f.name), (Tensor, list)) or dataclasses.is_dataclass(getattr(obj, f.name))}
+        return dataclasses.replace(obj, **changes)
+    return obj
