@@ -47,6 +47,36 @@ def test_batch_of_circuits_equals_one_at_a_time(arch):
         assert torch.allclose(batched[c], model.patched_logits(clean, masks[c], ablated), atol=1e-5)
 
 
+def test_skipping_idle_nodes_changes_nothing(arch):
+    """Sparse binary circuits (a few random edges each; some nodes with no input, some with no output) run
+    with idle nodes skipped equal the same circuits with every node computed (masks that require grad
+    disable skipping), also when the forward starts from cached clean outputs."""
+    from circuits.interventions.forward import active_senders
+
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(5), _ids(6)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    gen = torch.Generator().manual_seed(1)
+    masks = (torch.rand(4, s.n_senders, s.n_receivers, generator=gen) < 0.15).float() * s.edge_mask
+    masks[-1] = s.edge_mask.float()  # and a full circuit in the same pass
+    active = active_senders(s, masks[:3], ablated_is_a_run=True)
+    assert 1 < int(active.sum()) < s.n_senders  # the sparse circuits really leave nodes idle
+    ref = model.patched_logits(clean, masks.clone().requires_grad_(True), ablated).detach()
+    for with_run in (False, True):
+        skipped = model.run(clean, masks=masks[:3], ablated=ablated, ablated_is_a_run=with_run).logits
+        assert torch.allclose(skipped, ref[:3], atol=1e-5), (with_run, (skipped - ref[:3]).abs().max())
+    # ACDC's state: every edge into receivers before layer 1 kept; the rest sparse; start from the cache
+    start = s.attn_receivers(1).start
+    acdc_masks = masks.clone()
+    acdc_masks[:, :, :start] = s.edge_mask[:, :start].float()
+    ref = model.patched_logits(clean, acdc_masks.clone().requires_grad_(True), ablated).detach()
+    cached = model.sender_outputs(clean)
+    fast = model.run(clean, masks=acdc_masks, ablated=ablated, ablated_is_a_run=True, cached=cached,
+                     start_receiver=start).logits
+    assert torch.allclose(fast, ref, atol=1e-5)
+
+
 # ---- an independent reference: recompute one receiver's input with one sender swapped -------------------------
 def _naive_swap_forward(spec: TransformerSpec, ids: torch.Tensor, ablated: torch.Tensor, sender: int,
                         receiver: int) -> torch.Tensor:

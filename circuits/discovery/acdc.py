@@ -128,65 +128,12 @@ class _Evaluator:
         """Patched logits ``[C, B, Rp, V]`` at the readout positions, starting at ``receiver``'s layer.
 
         Valid while every edge into a receiver before ``receiver``'s layer is in the circuit (mask 1), so the
-        senders written before that layer have their clean outputs (cached)."""
-        from circuits.interventions.forward import _allowed_keys, _attention_pattern_values, position_ids_for
-        from circuits.interventions.residual import MaskedResidual
-
-        spec, s = self.spec, self.structure
+        senders written before that layer have their clean outputs (cached). Nodes idle in every circuit of
+        the pass are skipped (:func:`~circuits.interventions.forward.decomposed_forward`)."""
         p = b.prepared
-        outs, mask = b.clean_outputs, p.attention_mask
-        C = masks.shape[0]
-        B, P = p.clean.shape
-        H, d = s.n_heads, outs.shape[-1]
-        rec = s.receivers[receiver]
-        start = rec.layer
-        at_mlp = rec.kind == "mlp"
-        resid = MaskedResidual(outs[0], masks, p.ablated.to(outs.dtype), s)
-
-        def write_cached(senders: slice) -> None:
-            x = outs[senders]
-            resid._write(x[:, None].expand(x.shape[0], C, *x.shape[1:]))
-
-        for layer_idx in range(min(start, s.n_layers)):
-            layer = spec.layers[layer_idx]
-            sl = s.layer_senders(layer_idx)
-            write_cached(slice(sl.start, sl.start + H))
-            if layer.attn.b_O is not None:
-                resid.add_constant(layer.attn.b_O)
-            if layer.mlp is not None:
-                write_cached(slice(sl.start + H, sl.stop))
-        if start < s.n_layers:
-            positions = position_ids_for(mask, (B, P), outs.device).repeat(C, 1)
-            attn_mask = mask.repeat(C, 1) if mask is not None else None
-            allowed = _allowed_keys(attn_mask, positions.shape, outs.device, spec.sliding_window)
-        for layer_idx in range(start, s.n_layers):
-            layer = spec.layers[layer_idx]
-            has_mlp = layer.mlp is not None
-            if layer_idx == start and at_mlp:  # this layer's heads are still clean: write them from the cache
-                sl = s.layer_senders(layer_idx)
-                if spec.parallel_attn_mlp:
-                    mlp_in = resid.read(s.mlp_receiver(layer_idx))
-                write_cached(slice(sl.start, sl.start + H))
-                if layer.attn.b_O is not None:
-                    resid.add_constant(layer.attn.b_O)
-                if not spec.parallel_attn_mlp:
-                    mlp_in = resid.read(s.mlp_receiver(layer_idx))
-                resid.write(layer.mlp(layer.mlp_norm(mlp_in)))
-                continue
-            x = resid.read(s.attn_receivers(layer_idx))  # [3H, N, P, d]
-            z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed)  # [H, N, P, e]
-            if has_mlp and spec.parallel_attn_mlp:
-                mlp_in = resid.read(s.mlp_receiver(layer_idx))
-            resid.write(torch.matmul(z.flatten(1, 2), layer.attn.W_O).view(H, *z.shape[1:3], -1))
-            if layer.attn.b_O is not None:
-                resid.add_constant(layer.attn.b_O)
-            if has_mlp and not spec.parallel_attn_mlp:
-                mlp_in = resid.read(s.mlp_receiver(layer_idx))
-            if has_mlp:
-                resid.write(layer.mlp(layer.mlp_norm(mlp_in)))
-        final = resid.read(s.logits_receiver)[0]  # [N, P, d]
-        logits = self._unembed(final, b.gather.repeat(C, 1))
-        return logits.view(C, B, *logits.shape[1:])
+        return self.model.run(p.clean, p.attention_mask, masks=masks, ablated=p.ablated, logit_positions=b.gather,
+                              cached=b.clean_outputs, start_receiver=receiver,
+                              ablated_is_a_run=self.ctx.ablation == "corrupted").logits
 
     @torch.no_grad()
     def objective(self, masks: Tensor, receiver: int) -> Tensor:

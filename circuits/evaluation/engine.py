@@ -19,6 +19,9 @@ How the work is organised (issue 6, point 3: "all points of a curve are evaluate
   readout position, and examples are grouped by that length (padding costs nothing).
 * Only the readout positions are unembedded (``logit_positions``): for GPT-2 small at ~20 tokens that skips ~30%
   of a forward's arithmetic, and a ``[C, b, P, vocab]`` tensor that would not fit in memory.
+* Nodes idle in every circuit of a pass are not computed (see ``decomposed_forward``): under the corrupted
+  ablation a node with no incoming edge in its circuit writes exactly its corrupted output, so the sparse
+  points of a curve cost a fraction of a forward.
 """
 
 from __future__ import annotations
@@ -268,7 +271,8 @@ class CircuitRunner:
                     full = batch.cache["full_logits"]
                     for start in range(0, len(unique), per_pass):
                         chunk = torch.stack(unique[start:start + per_pass])
-                        logits = self._forward(batch, batch.ids, masks=chunk, ablated=ablated).logits
+                        logits = self._forward(batch, batch.ids, masks=chunk, ablated=ablated,
+                                               ablated_is_a_run=self.ablation == "corrupted").logits
                         self.forwards += 1
                         logits = logits.view(len(chunk), b, *logits.shape[-2:])  # [c, b, R, V]
                         for j in range(len(chunk)):

@@ -36,7 +36,8 @@ def position_ids_for(attention_mask: Tensor | None, shape: tuple[int, int], devi
 def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                        masks: Tensor | None = None, ablated: Tensor | None = None,
                        record: bool = False, probe: dict | None = None,
-                       logit_positions: Tensor | None = None) -> ForwardResult:
+                       logit_positions: Tensor | None = None, ablated_is_a_run: bool = False,
+                       cached: Tensor | None = None, start_receiver: int | None = None) -> ForwardResult:
     """Run ``spec`` on ``input_ids [B, P]``.
 
     ``masks [C, S, R]`` or ``[S, R]`` with ``ablated [S, B|1, P|1, d]`` patches every edge
@@ -46,6 +47,16 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     pass of anything computed from its logits accumulates edge scores. ``logit_positions [B, K]`` unembeds
     only those positions (logits ``[B, K, V]``): a task reads a few positions, and the unembedding of a large
     vocabulary is otherwise a third of the forward.
+
+    Idle nodes are skipped in patched runs without gradients: a head or MLP with no outgoing edge in any of the
+    C circuits is never computed (its output is never read), and with ``ablated_is_a_run`` (``ablated`` are the
+    outputs of one real forward on these positions: the corrupted ablation) neither is a node none of whose
+    incoming edges is in its circuit, since it would write exactly its ablated output. Small circuits then
+    cost a fraction of a forward.
+
+    ``cached [S, B, P, d]`` (this run's own sender outputs, from a recorded run) with ``start_receiver``: the
+    senders before that receiver's layer (before its MLP, for an MLP receiver) are written from the cache, not
+    computed. Valid when every edge into an earlier receiver is in every circuit (ACDC's search state).
     """
     B, P = input_ids.shape
     structure = spec.structure
@@ -67,7 +78,10 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             raise ValueError("patching needs the ablated sender outputs (ablated=...): see circuits.interventions.ablation")
         _check_patch_inputs(structure, masks, ablated, B, P, first.shape[-1])
         C = masks.shape[0] if masks.dim() == 3 else 1
-        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure)
+        active = None
+        if not (masks.requires_grad or ablated.requires_grad):
+            active = active_senders(structure, masks, ablated_is_a_run)
+        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure, active)
         positions = positions.repeat(C, 1)  # [N, P]
         if attention_mask is not None:
             attention_mask = attention_mask.repeat(C, 1)
@@ -81,25 +95,60 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
 
     allowed = _allowed_keys(attention_mask, positions.shape, first.device, spec.sliding_window)  # [N, P, P]
     H = structure.n_heads
+    skipping = masks is not None and active is not None
+    start_layer, mlp_start = 0, False  # layers before start_layer (and its heads, if mlp_start) come from the cache
+    if cached is not None:
+        if masks is None or start_receiver is None:
+            raise ValueError("cached sender outputs need masks and start_receiver (the first receiver computed)")
+        receiver = structure.receivers[start_receiver]
+        start_layer, mlp_start = min(receiver.layer, len(spec.layers)), receiver.kind == "mlp"
+
+    def from_cache(senders: list[int]) -> Tensor:  # [k, C, B, P, d] without copying the cache C times
+        x = cached[senders]
+        return x[:, None].expand(x.shape[0], C, *x.shape[1:])
+
     for layer_idx, layer in enumerate(spec.layers):
-        x = resid.read(structure.attn_receivers(layer_idx))  # [3H | 1, N, P, d]: each receiver's own input
-        qkv = None
-        if probe is not None and x.requires_grad:  # attribution: q/k/v whose backward scores the receivers
-            qkv = resid.project_qkv(x, layer.attn, layer.attn_norm)
-        z = _attention_pattern_values(layer.attn, layer.attn_norm, x, positions, allowed, qkv)  # [H, N, P, e]
+        senders = structure.layer_senders(layer_idx)
+        heads = list(range(H))
         has_mlp = layer.mlp is not None
-        if has_mlp and spec.parallel_attn_mlp:
-            mlp_in = resid.read(structure.mlp_receiver(layer_idx))
-        if per_head:
-            resid.write(torch.matmul(z.flatten(1, 2), layer.attn.W_O).view(H, *z.shape[1:3], -1))
+        if skipping:
+            heads = [h for h in heads if resid.active[senders.start + h]]
+            has_mlp = has_mlp and resid.active[structure.mlp_sender(layer_idx)]
+        heads_cached = layer_idx < start_layer or (layer_idx == start_layer and mlp_start)
+        mlp_cached = layer_idx < start_layer
+        mlp_r = structure.mlp_receiver(layer_idx) if has_mlp else None
+        z, attn = None, layer.attn
+        if heads and not heads_cached:
+            receivers = structure.attn_receivers(layer_idx)
+            if len(heads) < H:  # only the active heads' q, k, v receivers read
+                receivers = [receivers.start + i * H + h for i in range(3) for h in heads]
+                attn = _head_subset(layer.attn, heads)
+            x = resid.read(receivers, then=None if mlp_cached else mlp_r)  # [3H' | 1, N, P, d]
+            qkv = None
+            if probe is not None and x.requires_grad:  # attribution: q/k/v whose backward scores the receivers
+                qkv = resid.project_qkv(x, attn, layer.attn_norm)
+            z = _attention_pattern_values(attn, layer.attn_norm, x, positions, allowed, qkv)  # [H', N, P, e]
+        if has_mlp and not mlp_cached and spec.parallel_attn_mlp:
+            mlp_in = resid.read(mlp_r)
+        if heads_cached:
+            resid.write(from_cache([senders.start + h for h in heads]) if heads else None, group=H)
+        elif z is None:
+            resid.write(None, group=H)
+        elif per_head:
+            resid.write(torch.matmul(z.flatten(1, 2), attn.W_O).view(len(heads), *z.shape[1:3], -1), group=H)
         else:
-            resid.write(torch.einsum("hnpe,hed->npd", z, layer.attn.W_O)[None])
+            resid.write(torch.einsum("hnpe,hed->npd", z, attn.W_O)[None])
         if layer.attn.b_O is not None:
             resid.add_constant(layer.attn.b_O)
+        if has_mlp and mlp_cached:
+            resid.write(from_cache([structure.mlp_sender(layer_idx)]), group=1)
+            continue
         if has_mlp and not spec.parallel_attn_mlp:
-            mlp_in = resid.read(structure.mlp_receiver(layer_idx))
+            mlp_in = resid.read(mlp_r)
         if has_mlp:
             resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
+        elif skipping and layer.mlp is not None:
+            resid.write(None, group=1)
 
     final = resid.read(structure.logits_receiver)[0]  # [N, P, d]
     if logit_positions is not None:  # [B, K] -> [N, K, d]
@@ -113,6 +162,36 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         logits = logits.view(C, B, logits.shape[1], -1)
     outputs = resid.recorded() if record else None
     return ForwardResult(logits, outputs)
+
+
+def active_senders(structure, masks: Tensor, ablated_is_a_run: bool = False) -> Tensor:
+    """``[S]`` bool: the senders a patched run of ``masks [C, S, R]`` must compute. A sender is needed when, in
+    some circuit, one of its outgoing edges is in the circuit and (if ``ablated_is_a_run``) so is one of its
+    incoming edges; otherwise its output in every circuit is either never read or exactly its ablated one."""
+    from circuits.graph.pruning import receiver_node
+
+    m = masks.detach()
+    m = (m[None] if m.dim() == 2 else m) != 0
+    m = m & structure.edge_mask.to(m.device)
+    needed = m.any(2)  # [C, S]: feeds something
+    if ablated_is_a_run:
+        fed = torch.zeros(m.shape[0], structure.n_senders + 1, device=m.device)
+        fed.index_add_(1, receiver_node(structure, m.device), m.any(1).float())  # input edges per node
+        fed[:, 0] = 1.0  # the input embedding is its own source
+        needed = needed & (fed[:, :-1] > 0)
+    return needed.any(0).cpu()
+
+
+def _head_subset(attn: Attention, heads: list[int]) -> Attention:
+    """The attention of ``heads`` only (each with its own key/value weights, grouped or not)."""
+    import dataclasses
+
+    idx = torch.tensor(heads, dtype=torch.long, device=attn.W_Q.device)
+    kv = idx // (attn.n_heads // attn.n_kv_heads)
+    pick = (lambda t, i: None if t is None else t.index_select(0, i))
+    return dataclasses.replace(attn, W_Q=pick(attn.W_Q, idx), W_K=pick(attn.W_K, kv), W_V=pick(attn.W_V, kv),
+                               W_O=pick(attn.W_O, idx), b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv),
+                               b_V=pick(attn.b_V, kv))
 
 
 def _check_patch_inputs(structure, masks: Tensor, ablated: Tensor, B: int, P: int, d: int) -> None:

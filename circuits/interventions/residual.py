@@ -30,7 +30,7 @@ class PlainResidual:
         self.n_written = 1
         self.record: list[Tensor] | None = [first] if record else None
 
-    def write(self, outputs: Tensor) -> None:  # [k, N, P, d]: the next k senders in order
+    def write(self, outputs: Tensor, group: int | None = None) -> None:  # [k, N, P, d]: the next k senders
         self.stream = self.stream + outputs.sum(0)
         self.n_written += outputs.shape[0]
         if self.record is not None:
@@ -39,7 +39,7 @@ class PlainResidual:
     def add_constant(self, bias: Tensor) -> None:
         self.stream = self.stream + bias
 
-    def read(self, receivers: slice | int) -> Tensor:
+    def read(self, receivers: slice | int | list[int], then: int | None = None) -> Tensor:
         """``[1, N, P, d]``: every receiver reads the same stream (broadcast over receivers)."""
         return self.stream[None]
 
@@ -88,7 +88,7 @@ class GradientProbe:
             n, k = self.n_written, outputs.shape[0]
             self.buffer[n:n + k] = (outputs.detach() - self.ablated[n:n + k]).reshape(k, -1)
 
-    def write(self, outputs: Tensor) -> None:  # [k, B, P, d]
+    def write(self, outputs: Tensor, group: int | None = None) -> None:  # [k, B, P, d]: the next k senders
         if self.n_written in self.overrides:
             outputs = self.overrides[self.n_written]
         self._record(outputs)
@@ -98,7 +98,7 @@ class GradientProbe:
     def add_constant(self, bias: Tensor) -> None:
         self.stream = self.stream + bias
 
-    def read(self, receivers: slice | int) -> Tensor:
+    def read(self, receivers: slice | int, then: int | None = None) -> Tensor:
         """``[1, B, P, d]``: the stream. A single receiver (an MLP, the logits) gets its gradient from a hook
         here; a layer's q/k/v receivers share one normalised input, and :meth:`project_qkv` scores them."""
         if isinstance(receivers, int):
@@ -204,50 +204,69 @@ class MaskedResidual:
     Only entries where the edge exists are read (a receiver sees the senders before it).
 
     The cost is memory traffic, not arithmetic, so: sender differences ``out - ablated`` live in one
-    contiguous buffer ``[C, 1 + S, B*P*d]`` whose row 0 is the base (ablated outputs and biases, mask 1), so
+    contiguous buffer ``[C, 1 + A, B*P*d]`` whose row 0 is the base (ablated outputs and biases, mask 1), so
     each read is a single matrix product per circuit with no separate add; and when a layer's heads read the
-    buffer, the same pass mixes the senders for that layer's MLP, which then only adds the heads written
-    since. :class:`_MixSenders` keeps autograd exact through the buffer.
+    buffer, the same pass can start the mix of that layer's MLP (``then=``), which then only adds the heads
+    written since. :class:`_MixSenders` keeps autograd exact through the buffer.
+
+    ``active [S]`` (bool): the senders the forward computes; the others are skipped (their difference is zero
+    in every circuit, or never read) and only their ablated output enters the base. The buffer holds rows for
+    the ``A`` active senders only, so skipped senders cost nothing in any product.
     """
 
-    def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, structure: GraphStructure):
+    def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, structure: GraphStructure,
+                 active: Tensor | None = None):
         if masks.dim() == 2:
             masks = masks[None]
-        self.masks = masks.to(first.dtype)  # [C, S, R]
-        self.C, S, self.R = masks.shape
+        S = structure.n_senders
+        self.C, _, self.R = masks.shape
         self.ablated = ablated  # [S, B|1, P|1, d]
         self.B, self.P, self.d = first.shape
         self.n_upstream = structure.n_upstream.tolist()
-        # MLP receivers are read right after their layer's heads: their sums can start in the heads' pass
-        self.mlp_receivers = {structure.mlp_receiver(l) for l in range(structure.n_layers)} if structure.has_mlp \
-            else set()
-        self.buffer = first.new_empty(self.C, 1 + S, self.B * self.P * self.d)  # sender s in row 1 + s
-        self.chunks: list[tuple[int, Tensor]] = []  # (first sender, autograd-tracked diff [k, C, B, P, d])
-        self.n_written = 0
+        act = torch.ones(S, dtype=torch.bool) if active is None else active.detach().cpu().bool().clone()
+        act[0] = True  # the input embedding is always written
+        self.active = act.tolist()
+        counts = torch.cumsum(act.long(), 0)
+        # buffer row where the senders from s on begin (row 0 is the base); index S: one past the last row
+        self.row_of = (counts - act.long() + 1).tolist() + [1 + int(counts[-1])]
+        self.masks = (masks if active is None else masks[:, act.to(masks.device)]).to(first.dtype)  # [C, A, R]
+        self.buffer = first.new_empty(self.C, 1 + int(counts[-1]), self.B * self.P * self.d)
+        self.chunks: list[tuple[int, Tensor]] = []  # (first buffer row, autograd-tracked diff [k, C, B, P, d])
+        self.n_written = 0  # senders accounted for, written or skipped
+        self.n_rows = 1  # buffer rows filled (row 0, the base, is filled when read)
         self.base = torch.zeros((), dtype=first.dtype, device=first.device)  # sum of ablated outputs + biases
         self.partial: dict[int, tuple[int, Tensor, Tensor]] = {}  # receiver -> (senders mixed, sum, base then)
         self._ones = torch.ones(self.C, 1, self.R, dtype=first.dtype, device=first.device)
-        self._write(first[None, None].expand(1, self.C, *first.shape))
+        self._write(first[None, None].expand(1, self.C, *first.shape), 1)
 
     @property
     def N(self) -> int:
         return self.C * self.B
 
-    def _write(self, outputs: Tensor) -> None:  # [k, C, B, P, d]
-        k, n = outputs.shape[0], self.n_written
-        abl = self.ablated[n:n + k][:, None]  # [k, 1, B|1, P|1, d]
-        rows = self.buffer[:, 1 + n:1 + n + k].transpose(0, 1).view(outputs.shape)  # [k, C, B, P, d]
-        if torch.is_grad_enabled() and (outputs.requires_grad or abl.requires_grad):
-            diff = outputs - abl
-            rows.copy_(diff.detach())
-        else:  # no autograd: write the difference straight into the buffer, one pass
-            diff = torch.sub(outputs, abl, out=rows)
-        self.chunks.append((n, diff))
-        self.base = self.base + abl[:, 0].sum(0)
-        self.n_written += k
+    def _write(self, outputs: Tensor | None, group: int) -> None:  # outputs [k, C, B, P, d]: the active ones
+        n = self.n_written
+        self.base = self.base + self.ablated[n:n + group].sum(0)  # every sender's ablated output, skipped or not
+        k = 0 if outputs is None else outputs.shape[0]
+        assert k == sum(self.active[n:n + group]), "write the outputs of exactly the active senders"
+        if k:
+            idx = [s for s in range(n, n + group) if self.active[s]]
+            abl = (self.ablated[n:n + k] if k == group else self.ablated[idx])[:, None]  # [k, 1, B|1, P|1, d]
+            rows = self.buffer[:, self.n_rows:self.n_rows + k].transpose(0, 1).view(outputs.shape)
+            if torch.is_grad_enabled() and (outputs.requires_grad or abl.requires_grad):
+                diff = outputs - abl
+                rows.copy_(diff.detach())
+            else:  # no autograd: write the difference straight into the buffer, one pass
+                diff = torch.sub(outputs, abl, out=rows)
+            self.chunks.append((self.n_rows, diff))
+            self.n_rows += k
+        self.n_written += group
 
-    def write(self, outputs: Tensor) -> None:  # [k, N, P, d]
-        self._write(outputs.view(outputs.shape[0], self.C, self.B, self.P, self.d))
+    def write(self, outputs: Tensor | None, group: int | None = None) -> None:
+        """``outputs [k, N, P, d]`` (or ``[k, C, B, P, d]``) of the active senders among the next ``group``
+        (default ``k``) senders."""
+        k = 0 if outputs is None else outputs.shape[0]
+        view = outputs if outputs is None or outputs.dim() == 5 else outputs.view(k, self.C, self.B, self.P, self.d)
+        self._write(view, k if group is None else group)
 
     def add_constant(self, bias: Tensor) -> None:
         self.base = self.base + bias
@@ -255,36 +274,41 @@ class MaskedResidual:
     def _flat_base(self) -> Tensor:  # [X]
         return self.base.expand(self.B, self.P, self.d).reshape(-1)
 
-    def _mix(self, receivers: slice, start: int) -> Tensor:
+    def _mix(self, receivers: slice | list[int], start: int) -> Tensor:
         """``[C, R, X]``: mask-weighted sum of senders ``start .. n_written`` (plus the base when start is 0)."""
-        chunks = [c for s, c in self.chunks if s >= start]
-        m = self.masks[:, start:self.n_written, receivers]  # [C, n, R]
+        row0 = self.row_of[start]
+        chunks = [c for r, c in self.chunks if r >= row0]
+        m = self.masks[:, row0 - 1:self.n_rows - 1, receivers]  # [C, n, R]
         if start == 0:
             self.buffer[:, 0] = self._flat_base()
-            m = torch.cat([self._ones[:, :, receivers], m], dim=1)  # [C, 1 + n, R]
-            return _MixSenders.apply(m, self.buffer, 0, 1 + self.n_written, *chunks)
-        return _MixSenders.apply(m, self.buffer, 1 + start, 1 + self.n_written, *chunks)
+            m = torch.cat([self._ones[:, :, :m.shape[-1]], m], dim=1)  # [C, 1 + n, R]
+            return _MixSenders.apply(m, self.buffer, 0, self.n_rows, *chunks)
+        return _MixSenders.apply(m, self.buffer, row0, self.n_rows, *chunks)
 
-    def read(self, receivers: slice | int) -> Tensor:
-        """``[R, N, P, d]``: each receiver's own masked mix of the senders written so far."""
+    def read(self, receivers: slice | int | list[int], then: int | None = None) -> Tensor:
+        """``[R, N, P, d]``: each receiver's own masked mix of the senders written so far. ``then``: a receiver
+        read next whose mix can start in this pass (a layer's MLP, read after its heads)."""
         if isinstance(receivers, int):
-            receivers = slice(receivers, receivers + 1)
-        r0, r1 = receivers.start, receivers.stop
-        assert all(self.n_upstream[r] == self.n_written for r in range(r0, r1)), \
+            receivers = [receivers]
+        listed = list(range(receivers.start, receivers.stop)) if isinstance(receivers, slice) else list(receivers)
+        assert all(self.n_upstream[r] == self.n_written for r in listed), \
             "receivers must read exactly the senders written before them"
-        if r0 in self.partial:  # finish a sum begun when the previous receivers read the buffer
-            done, mixed, base_then = self.partial.pop(r0)
+        R = len(listed)
+        if R == 1 and listed[0] in self.partial:  # finish a sum begun when earlier receivers read the buffer
+            done, mixed, base_then = self.partial.pop(listed[0])
             if self.base is not base_then:
                 mixed = mixed + (self.base - base_then).expand(self.B, self.P, self.d).reshape(-1)
-            if done < self.n_written:
-                mixed = mixed + self._mix(receivers, done)
+            if self.row_of[done] < self.n_rows:
+                mixed = mixed + self._mix(listed, done)
         else:
-            ahead = r1 in self.mlp_receivers and r1 - r0 > 1 and self.n_upstream[r1] >= self.n_written
-            mixed = self._mix(slice(r0, r1 + ahead), 0)  # [C, R (+1), X]
+            ahead = then is not None and R > 1 and self.n_upstream[then] >= self.n_written
+            index = receivers if isinstance(receivers, slice) and not ahead else listed + ([then] if ahead else [])
+            if isinstance(receivers, slice) and ahead and then == receivers.stop:
+                index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
+            mixed = self._mix(index, 0)  # [C, R (+1), X]
             if ahead:
-                self.partial[r1] = (self.n_written, mixed[:, -1:], self.base)
+                self.partial[then] = (self.n_written, mixed[:, -1:], self.base)
                 mixed = mixed[:, :-1]
-        R = r1 - r0
         mixed = mixed.view(self.C, R, self.B, self.P, self.d).transpose(0, 1)  # [R, C, B, P, d]
         return mixed.reshape(R, self.N, self.P, self.d)
 

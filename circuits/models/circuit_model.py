@@ -90,8 +90,9 @@ class CircuitModel:
 
     def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, masks: Tensor | None = None,
             ablated: Tensor | None = None, record: bool = False, probe: dict | None = None,
-            logit_positions: Tensor | None = None) -> ForwardResult:
-        """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward`."""
+            logit_positions: Tensor | None = None, **options) -> ForwardResult:
+        """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward` (``options``:
+        ``ablated_is_a_run``, ``cached``, ``start_receiver``)."""
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
@@ -100,7 +101,7 @@ class CircuitModel:
         if ablated is not None:
             ablated = ablated.to(self.device)
         return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record,
-                                  probe=probe, logit_positions=logit_positions)
+                                  probe=probe, logit_positions=logit_positions, **options)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[S, B, P, d]``: what every sender writes on these inputs (the cache ablations are built from)."""

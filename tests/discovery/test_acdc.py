@@ -33,9 +33,11 @@ def test_batched_equals_one_at_a_time(setup, metric, threshold):
     assert batched["n_kept"] == ref["n_kept"] and batched["n_tested"] == ref["n_tested"]
     # the plain form runs full forwards, the batched one starts at the receiver's layer: rounding differs only
     torch.testing.assert_close(scores, ref_scores, rtol=0, atol=2e-6)
-    # the same engine one circuit per pass gives bit-identical scores (decision logic is exactly the same)
+    # the same engine one circuit per pass: the same decisions; scores differ by rounding only (a node idle in
+    # every circuit of a pass is skipped, and which nodes are idle depends on the pass's other circuits)
     one_scores, one_graph = acdc_mod.acdc(ctx, threshold=threshold, metric=metric, circuits_per_pass=1)
-    assert torch.equal(one_scores, scores) and torch.equal(one_graph, in_graph)
+    assert torch.equal(one_graph, in_graph)
+    torch.testing.assert_close(one_scores, scores, rtol=0, atol=2e-6)
 
 
 @torch.no_grad()
