@@ -322,6 +322,18 @@ class Graph:
         return self._selected(mask, prune, {"rule": "greedy", "k": int(k), "absolute": absolute, "level": "edge"},
                               stacklevel=3)
 
+    def minimal(self, model, task, target: float = 0.9, *, absolute: bool = False, **options) -> Graph:
+        """The smallest top-k circuit whose faithfulness on ``task`` reaches ``target`` (bisection over k; runs
+        patched forwards of ``model``). ``options``: ablation, split, batch_size, selection ("top_k" or
+        "greedy"), see :func:`circuits.evaluation.minimal_circuit`.
+
+        >>> circuit = scored.minimal(model, task, 0.9)          # doctest: +SKIP
+        >>> circuit.metadata["minimal"]["k"], circuit.n_edges   # doctest: +SKIP
+        """
+        from circuits.evaluation.faithfulness import minimal_circuit
+
+        return minimal_circuit(model, task, self, target, absolute=absolute, **options)
+
     def prune(self) -> Graph:
         """A copy without the edges that lie on no path input -> ... -> logits (see :mod:`~circuits.graph.pruning`).
 

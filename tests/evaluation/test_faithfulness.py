@@ -171,6 +171,13 @@ def test_minimal_circuit_is_the_bisection_boundary(model, task, scored, points_p
     assert info["faithfulness"] >= target > info["faithfulness_at_k_minus_1"]
 
 
+def test_graph_minimal_is_minimal_circuit(model, task, scored):
+    """DESIGN.md's ``scored.minimal(...)`` is the same search as ``minimal_circuit``."""
+    a = scored.minimal(model, task, 0.8)
+    b = minimal_circuit(model, task, scored, 0.8)
+    assert torch.equal(a.in_graph, b.in_graph) and a.metadata["minimal"]["k"] == b.metadata["minimal"]["k"]
+
+
 def test_minimal_circuit_rejects_bad_targets(model, task, scored):
     with pytest.raises(ValueError, match="target"):
         minimal_circuit(model, task, scored, 1.5)
