@@ -37,7 +37,7 @@ METRICS = (
     ("minimal_size", "minimal circuit (f ≥ 0.9), edges", "{:,.0f}"),
     ("auroc", "AUROC vs known circuit", "{:.3f}"),
     ("spearman_exact", "Spearman vs exact", "{:.3f}"),
-    ("wall_time_s", "wall time (s)", "{:,.3g}"),
+    ("wall_time_s", "discovery wall time (s)", "{:,.3g}"),
 )
 GROUP = ("model", "task", "method")
 GRAPH_FILES = 12  # at most this many graph files are loaded per (model, task) for agreement / distributions
@@ -118,6 +118,93 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def from_sweep(results: pd.DataFrame, bases: Iterable[Path] = ()) -> pd.DataFrame:
+    """The report's columns from a ``circuits run`` table (see :mod:`circuits.sweeps.job`); other tables pass.
+
+    * ``method`` becomes the method *and its settings* (``acdc threshold=0.01``; seeds excluded), so different
+      settings are separate rows, never averaged together (the bare name stays in ``method_name``);
+    * ``minimal_size`` = ``minimal_edges``, ``wall_time_s`` = ``discover_s`` (the method's own time),
+      ``graph_path`` = ``graph_file``, ``curve`` = the signed curve with MIB's CPR and CMD;
+    * ``spearman_exact``: Spearman rank correlation of each job's edge scores with those of the ``exact`` job on
+      the same model, task, ablation, seed and data size (read from the graph files; NaN where either is
+      missing, for node-level methods, and for ``exact`` itself).
+    """
+    import pandas as pd
+
+    if "minimal_edges" not in results and "discover_s" not in results:
+        return results
+    out = results.copy()
+    if "params" in out and "method" in out:
+        out["method_name"] = out["method"]
+        out["method"] = [_setting_label(m, p) for m, p in zip(out["method"], out["params"])]
+    for new, old in (("minimal_size", "minimal_edges"), ("wall_time_s", "discover_s"), ("graph_path", "graph_file")):
+        if old in out and new not in out:
+            out[new] = out[old]
+    if "curve_signed" in out and "curve" not in out:
+        out["curve"] = [_sweep_curve(r) for _, r in out.iterrows()]
+    if "spearman_exact" not in out and "graph_path" in out and "method_name" in out:
+        out["spearman_exact"] = _spearman_with_exact(out, list(bases))
+    return out
+
+
+def _setting_label(method: Any, params: Any) -> str:
+    try:
+        values = json.loads(params) if isinstance(params, str) else dict(params or {})
+    except (TypeError, ValueError):
+        values = {}
+    shown = " ".join(f"{k}={v}" for k, v in sorted(values.items()) if k != "seed")
+    return f"{method} {shown}".strip()
+
+
+def _sweep_curve(row: Any) -> Any:
+    try:
+        fractions, signed = json.loads(row["curve_fractions"]), json.loads(row["curve_signed"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    return {"fractions": fractions, "faithfulness": signed, "cpr": row.get("cpr"), "cmd": row.get("cmd")}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    import pandas as pd
+
+    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _spearman_with_exact(frame: pd.DataFrame, bases: list[Path]) -> list[float]:
+    from circuits.graph import Graph
+
+    keys = [k for k in ("model", "task", "ablation", "seed", "n") if k in frame]
+    ok = succeeded(frame)
+    cache: dict[Path, np.ndarray | None] = {}
+
+    def edge_scores(path_value: Any) -> np.ndarray | None:
+        path = _resolve(path_value, bases or [Path.cwd()])
+        if path is None:
+            return None
+        if path not in cache:
+            try:
+                g = Graph.load(path)
+                order = g.structure.edge_order
+                cache[path] = g.scores.detach().double().cpu()[order[:, 0], order[:, 1]].numpy()
+            except Exception:  # a missing or unreadable file leaves NaN, it does not stop the report
+                cache[path] = None
+        return cache[path]
+
+    exact = {tuple(r[k] for k in keys): r["graph_path"] for _, r in frame[ok & (frame["method_name"] == "exact")].iterrows()}
+    out = []
+    for i, r in frame.iterrows():
+        ref = exact.get(tuple(r[k] for k in keys))
+        if not ok[i] or ref is None or r["method_name"] in ("exact", "node-ap", "node-patching"):
+            out.append(float("nan"))
+            continue
+        a, b = edge_scores(r["graph_path"]), edge_scores(ref)
+        out.append(_spearman(a, b) if a is not None and b is not None and len(a) == len(b) else float("nan"))
+    return out
 
 
 def _cell(mean: float, std: float, n: int, fmt: str) -> str:
@@ -370,6 +457,7 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = from_sweep(results, [Path.cwd(), out_dir] + ([Path(results_path).parent] if results_path else []))
     prov = dict(provenance or current_provenance())
     sweep = _distinct(results, "sweep") or out_dir.name
     prov.setdefault("settings", {})
