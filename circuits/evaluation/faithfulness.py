@@ -308,15 +308,18 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
 
 
 def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ablation, split, batch_size, level,
-            selection, log_scale, circuits_per_pass) -> list[FaithfulnessCurve]:
+            selection, log_scale, circuits_per_pass, runner=None) -> list[FaithfulnessCurve]:
     import pandas as pd
 
-    scored = check_circuit(model, scored, "scored graph")
+    if runner is None:
+        scored = check_circuit(model, scored, "scored graph")
+        runner = CircuitRunner(model, task, check_ablation(ablation), split, batch_size, circuits_per_pass)
+    else:
+        scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     _warn_uninformative(scored, level)
-    runner = CircuitRunner(model, task, check_ablation(ablation), split, batch_size, circuits_per_pass)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
     metric, kl = runner.run(masks)  # every point of every curve: one batched pass over the examples
@@ -343,7 +346,7 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
 def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float] = MIB_FRACTIONS,
                        absolute: bool = False, ablation: str = "corrupted", split: str = "validation",
                        batch_size: int = 16, level: str = "edge", selection: str = "top_k", log_scale: bool = False,
-                       circuits_per_pass: int | None = None) -> FaithfulnessCurve:
+                       circuits_per_pass: int | None = None, runner=None) -> FaithfulnessCurve:
     """f of the top ``fraction`` of ``scored``'s edges, at each of ``fractions`` (MIB's by default).
 
     Every point is a pruned selection (``scored.top_fraction(fraction, absolute)``; ``selection="greedy"``
@@ -351,13 +354,15 @@ def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float]
     of examples one patched forward evaluates every circuit (chunked over circuits only when memory requires),
     and the full and empty circuits come from cached runs. ``absolute=False`` ranks raw scores (MIB's CPR runs),
     ``True`` ranks ``|score|`` (MIB's CMD runs). ``log_scale`` integrates over log(fraction) instead (older MIB
-    scripts); the default is the linear axis of MIB's released evaluation.
+    scripts); the default is the linear axis of MIB's released evaluation. ``runner``: evaluate the circuits
+    with this engine instead of a new :class:`~circuits.evaluation.engine.CircuitRunner` (e.g. a Ray
+    :class:`~circuits.sweeps.actors.EvaluatorPool`; ``model``, ``task``, ``ablation``, ``split`` are then its).
 
     >>> curve = faithfulness_curve(model, task, scored)    # doctest: +SKIP
     >>> curve.cpr, curve.cmd, curve.to_frame()             # doctest: +SKIP
     """
     return _curves(model, task, scored, [bool(absolute)], fractions, ablation, split, batch_size, level, selection,
-                   log_scale, circuits_per_pass)[0]
+                   log_scale, circuits_per_pass, runner)[0]
 
 
 def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
@@ -369,7 +374,7 @@ def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
     if "absolute" in options:
         raise TypeError("mib_scores runs both signed and absolute curves; do not pass absolute=")
     args = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation", "batch_size": 16,
-            "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None}
+            "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None, "runner": None}
     unknown = set(options) - set(args)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; use {', '.join(args)}")

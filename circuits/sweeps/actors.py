@@ -12,15 +12,15 @@ Why the result is the same as one process: a circuit's metric on an example depe
 the example and the model (each circuit is its own rows of the batched forward; nothing is reduced across
 circuits), and every actor builds the same :class:`~circuits.evaluation.engine.CircuitRunner` (same split, batch
 plan, ablation and cached clean / ablated runs) from the same model weights. The pool splits the circuits into
-contiguous chunks, one per actor, and concatenates the answers in order. With ``circuits_per_pass`` fixed, the
-patched forwards run the same shapes as in one process, so the numbers are bitwise identical (tested); with
-the automatic chunking they agree to floating-point rounding of the batched matmuls.
+contiguous chunks, one per actor, and concatenates the answers in order. The numbers agree with one process to
+floating-point rounding (tested to 1e-5): the batched matmuls, and which nodes a patched pass skips (a node idle
+in every circuit of the pass), depend on which circuits share a pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -54,7 +54,7 @@ class _Replica:
 
     def baselines(self):
         r = self.runner
-        return r.metric_full, r.metric_empty, r.n, r.ablation, r.split, r.task_name, r.metric.name
+        return r.metric_full, r.metric_empty, r.n, r.ablation, r.split, r.task_name, r.metric.name, r.structure
 
     def acdc_setup(self, key: int, task: Any, reference: Any, ablation: str, batch_size: int, metric: str,
                    fast: bool) -> None:
@@ -99,7 +99,10 @@ class EvaluatorPool:
         self.actors = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
                                     max(1, int(cpus)), task_options, device, dtype) for _ in range(n_actors)]
         (self.metric_full, self.metric_empty, self.n, self.ablation, self.split, self.task_name,
-         self.metric_name) = ray.get(self.actors[0].baselines.remote())
+         metric_name, self.structure) = ray.get(self.actors[0].baselines.remote())
+        from circuits.tasks.metrics import Metric
+
+        self.metric = Metric(metric_name)  # the CircuitRunner interface: curves can run on the pool
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -119,51 +122,20 @@ class EvaluatorPool:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     # ---- the evaluation API over the pool -------------------------------------------------------------------
-    def _curves(self, scored, absolutes: Sequence[bool], fractions, level: str, selection: str, log_scale: bool):
-        import pandas as pd
-
-        from circuits.evaluation.engine import normalized, undefined
-        from circuits.evaluation.faithfulness import (SELECTIONS, FaithfulnessCurve, _check_fractions, _select,
-                                                      _warn_undefined, _warn_uninformative)
-
-        fractions = _check_fractions(fractions)
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-        _warn_uninformative(scored, level)
-        picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
-        metric, kl = self.run(torch.stack([c.in_graph.cpu() for row in picks for _, c in row]))
-        m_full, m_empty = float(self.metric_full.mean()), float(self.metric_empty.mean())
-        if undefined(m_full, m_empty):
-            _warn_undefined(m_full, m_empty, self.task_name, self.ablation, stacklevel=4)
-        curves = []
-        for a, (absolute, row) in enumerate(zip(absolutes, picks)):
-            rows = slice(a * len(fractions), (a + 1) * len(fractions))
-            m, d = metric[rows], kl[rows]
-            frames = [pd.DataFrame({"fraction": fr, "example": range(self.n), "metric": m[i].numpy(),
-                                    "kl": d[i].numpy()}) for i, fr in enumerate(fractions)]
-            curves.append(FaithfulnessCurve(
-                fractions=fractions, k=[k for k, _ in row], n_edges=[c.n_edges for _, c in row],
-                n_nodes=[c.n_nodes for _, c in row],
-                faithfulness=[normalized(float(x.mean()), m_full, m_empty) for x in m],
-                metric=[float(x.mean()) for x in m], kl=[float(x.mean()) for x in d], metric_full=m_full,
-                metric_empty=m_empty, absolute=absolute, ablation=self.ablation, level=level, selection=selection,
-                metric_name=self.metric_name, task=self.task_name, split=self.split, n_examples=self.n,
-                log_scale=log_scale, circuits=[c for _, c in row], per_example=pd.concat(frames, ignore_index=True)))
-        return curves
-
     def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",
                            selection: str = "top_k", log_scale: bool = False):
         """:func:`circuits.faithfulness_curve` with the pool's task, ablation and split, points split over actors."""
-        from circuits.evaluation.faithfulness import MIB_FRACTIONS
+        from circuits.evaluation.faithfulness import MIB_FRACTIONS, faithfulness_curve
 
-        return self._curves(scored, [bool(absolute)], fractions or MIB_FRACTIONS, level, selection, log_scale)[0]
+        return faithfulness_curve(None, None, scored, fractions=fractions or MIB_FRACTIONS, absolute=absolute,
+                                  level=level, selection=selection, log_scale=log_scale, runner=self)
 
     def mib_scores(self, scored, *, fractions=None, level: str = "edge", selection: str = "top_k") -> dict:
         """CPR of the signed curve and CMD of the absolute curve (:func:`circuits.evaluation.mib_scores`)."""
-        from circuits.evaluation.faithfulness import MIB_FRACTIONS
+        from circuits.evaluation.faithfulness import MIB_FRACTIONS, mib_scores
 
-        signed, absolute = self._curves(scored, [False, True], fractions or MIB_FRACTIONS, level, selection, False)
-        return {"cpr": signed.cpr, "cmd": absolute.cmd, "signed": signed, "absolute": absolute}
+        return mib_scores(None, None, scored, fractions=fractions or MIB_FRACTIONS, level=level, selection=selection,
+                          runner=self)
 
     @contextlib.contextmanager
     def acdc(self):
