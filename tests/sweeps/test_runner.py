@@ -172,8 +172,8 @@ def test_job_with_evaluation_actors(ray_cluster, tmp_path):
     b = run_sweep(spread, progress=False, out=None).frame.iloc[0]
     assert a["status"] == b["status"] == "ok", b["error"]
     assert "evaluated on 2 Ray actors" in b["notes"]
-    assert b["cpr"] == pytest.approx(a["cpr"], abs=1e-9) and b["cmd"] == pytest.approx(a["cmd"], abs=1e-9)
-    assert json.loads(b["curve_signed"]) == pytest.approx(json.loads(a["curve_signed"]), abs=1e-9)
+    assert b["cpr"] == pytest.approx(a["cpr"], abs=1e-5) and b["cmd"] == pytest.approx(a["cmd"], abs=1e-5)
+    assert json.loads(b["curve_signed"]) == pytest.approx(json.loads(a["curve_signed"]), abs=1e-5)
 
 
 def test_quick_sweep_first_job_runs(tmp_path):
