@@ -16,7 +16,7 @@ MODELS = {
     "planted-induction": "hand-set 2-layer attention-only induction circuit with distractor heads; ground truth shipped",
     "planted-ioi": "hand-set 3-layer GPT-2 IOI circuit (duplicate-token, S-inhibition, name mover); ground truth shipped",
 }
-DEFAULT_STEPS = {"attn-only-2l": 6000, "gpt2-tasks": 3000}
+DEFAULT_STEPS = {"attn-only-2l": 2500, "gpt2-tasks": None}  # None: the trainer's default
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -33,7 +33,9 @@ def make(name: str, out: Path | None = None, steps: int | None = None, seed: int
     if name == "attn-only-2l":
         return _make_attn_only(out, steps or DEFAULT_STEPS[name], seed, progress)
     if name == "gpt2-tasks":
-        return _make_gpt2_tasks(out, steps or DEFAULT_STEPS[name], seed, progress)
+        from circuits.zoo import tasks_model as T
+
+        return _make_gpt2_tasks(out, steps or DEFAULT_STEPS[name] or T.DEFAULT_STEPS, seed, progress)
     return _make_planted(name, out)
 
 
@@ -66,11 +68,20 @@ def _attn_only_card(meta: dict, report: dict, params: int) -> str:
     return f"""# attn-only-2l: 2-layer attention-only induction model ({params:,} parameters)
 
 **Architecture**: `circuits_attn_only` (circuits.models.attn_only): GPT-2-style pre-LayerNorm attention-only
-transformer, {meta['n_layer']} layers x {meta['n_head']} heads, d_model {meta['d_model']} (head dim
-{meta['d_model'] // meta['n_head']}), fixed sinusoidal positions ({meta['n_ctx']}, frozen in training), no MLPs,
-untied unembedding. One wide head per layer: with 2 heads of dim 32 per layer (same recipe) training took ~10x
-longer to leave the loss plateau and found a duplicate-token/query-composition mechanism with no previous-token
-head (held-out periods 89%, periods 16-20 21%).
+transformer, {meta['n_layer']} layers x {meta['n_head']} heads, d_model {meta['d_model']}, head dim
+{meta.get('head_dim') or meta['d_model'] // meta['n_head']} (each head projects the whole residual stream: `head_dim`
+is independent of d_model / n_head), fixed sinusoidal positions ({meta['n_ctx']} positions, base {I.POS_BASE:g},
+frozen in training), no MLPs, untied unembedding.
+History: the first shipped version had one head of dim 64 per layer (6000 steps); with one head there is no
+"other head" to compare, and every edge of its single chain was needed. Two heads of dim 32 per layer took ~10x
+longer to leave the loss plateau and found a duplicate-token mechanism with no previous-token head. Three heads
+of dim 64 with the sinusoidal base 100 and periods 3-15 learned a look-back-3 mechanism (layer-0 heads reading
+3-4 tokens back, layer-1 heads attending 3 tokens after the earlier occurrence). Base {I.POS_BASE:g} (short
+wavelengths: one position back is cheap to single out) plus period 2 in training (where only the previous token
+locates the answer) gave the textbook previous-token -> induction-head mechanism, leaving the plateau in ~500-1000
+steps, but with the induction pattern copied by all three layer-1 heads (no single one mattered). From
+{I.PENALTY_FROM:.0%} of the run on, a penalty {I.HEAD_PENALTY:g} x sum over heads of sqrt(||W_O of the head||)
+(concave in a head's scale, so one head per role is cheaper than several) makes one head carry each role.
 Graph: {1 + meta['n_layer'] * meta['n_head']} senders (input + {meta['n_layer'] * meta['n_head']} heads),
 attention-only MIB convention (`has_mlp=False`).
 
@@ -84,7 +95,8 @@ max_period=P)`): `[BOS] prefix A A` with random distinct words, periods P in {I.
 trained on.
 
 **Training**: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up 100 steps, constant to 60%,
-then linear decay to 10%), no weight decay, seed {t['seed']}, CPU, measured {t['train_seconds']} s of training
+then linear decay to 10%), no weight decay, head penalty {I.HEAD_PENALTY:g} from step
+{int(I.PENALTY_FROM * t['steps'])} (above), seed {t['seed']}, CPU, measured {t['train_seconds']} s of training
 ({t['steps'] / max(t['train_seconds'], 1e-9):.2f} steps/s) on a shared 2-core machine (1 thread, other jobs running). Reproduce: `circuits zoo train
 attn-only-2l --seed {t['seed']} --steps {t['steps']}`.
 
@@ -117,19 +129,32 @@ def _make_gpt2_tasks(out: Path, steps: int, seed: int, progress: bool) -> dict:
     hf, tok, info = T.train(steps=steps, seed=seed, progress=progress)
     model = CircuitModel.from_hf(hf, tok, name="zoo:gpt2-tasks")
     acc = T.evaluate(model)
-    meta = {"name": "gpt2-tasks", "architecture": "gpt2", **T.SHAPE, "vocab_size": len(tok), "training": info,
-            "accuracy": acc, "accuracy_key": "min_task"}
+    meta = {"name": "gpt2-tasks", "architecture": "gpt2", **T.SHAPE, "vocab_size": len(tok),
+            "tied_embeddings": T.TIED, "training": info, "accuracy": acc, "accuracy_key": "min_task"}
     meta["accuracy"]["min_task"] = min(acc[k] for k in T.TASKS)
-    save_model_folder(hf, tok, out, meta, _gpt2_tasks_card(meta, n_params(hf)))
+    card = _gpt2_tasks_card(meta, n_params(hf))
+    save_model_folder(hf, tok, out, meta, card)
+    results = Path("results/zoo")
+    if results.parent.is_dir():
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "gpt2-tasks.md").write_text(card)
     return read_meta(out)
 
 
 def _gpt2_tasks_card(meta: dict, params: int) -> str:
-    t, a = meta["training"], meta["accuracy"]
-    return f"""# gpt2-tasks: a 4-layer GPT-2 carrying IOI, greater-than and induction ({params:,} parameters)
+    from circuits.zoo import tasks_model as T
 
-**Architecture**: transformers' `GPT2LMHeadModel`: 4 layers x 4 heads, d_model 128, MLP 512, 64 positions,
-untied unembedding, no dropout. Graph (MIB convention): 4 x 4 heads + 4 MLPs.
+    t, a = meta["training"], meta["accuracy"]
+    L, H, d = meta["n_layer"], meta["n_head"], meta["n_embd"]
+    mlp = meta.get("n_inner") or 4 * d
+    b = t["batch_size_per_task"]
+    periods = list(T.IND_PERIODS)
+    unembed = "tied unembedding (= token embedding)" if meta.get("tied_embeddings") else "untied unembedding"
+    return f"""# gpt2-tasks: a {L}-layer GPT-2 carrying IOI, greater-than and induction ({params:,} parameters)
+
+**Architecture**: transformers' `GPT2LMHeadModel`: {L} layers x {H} heads, d_model {d} (head dim {d // H}),
+MLP {mlp}, {meta['n_positions']} positions (fixed sinusoidal, frozen in training), {unembed}, no dropout.
+Graph (MIB convention): {L} x {H} heads + {L} MLPs.
 
 **Tokenizer**: `circuits.tasks.word_level_tokenizer(circuits.tasks.task_vocabulary())` ({meta['vocab_size']} tokens:
 the words of the IOI and greater-than templates, 99 names, places, objects, nouns, "00".."99"); BOS prepended.
@@ -137,21 +162,29 @@ the words of the IOI and greater-than templates, 99 names, places, objects, noun
 **Training data**: the built-in generators `load_task("ioi" | "greater-than" | "induction", tok, ...)`, a batch of
 each per step. Held-out split (made here; the task package has no hold-out option): one in five (template, IO
 name) combinations of IOI and one in five (noun, YY) combinations of greater-than (a fixed CRC32 hash,
-`circuits.zoo.common.held_out`) never appear in training; induction is evaluated on fresh random sequences.
-Loss: cross-entropy of the answer set at each read position (`-logprob`): IO for IOI, the years above YY for
-greater-than, the next token in the second copy for induction.
+`circuits.zoo.common.held_out`) never appear in training ({t['n_data']} generated prompts per task before the
+split). Induction: `load_task("induction", tok, seq_len=L, min_period=P, max_period=P)` with random distinct
+words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T.IND_MAX_LEN} (sequences with at
+most 6 tokens before the first copy {T.SHORT_BOOST} times as frequent); it is evaluated on fresh random sequences.
+Loss: the sum over tasks of the cross-entropy of the answer set at each read position (`-logprob`): IO for IOI,
+the years above YY for greater-than, the next token in the second copy for induction.
 
-**Training**: {t['steps']} steps, batch {t['batch_size_per_task']} per task, AdamW lr {t['lr']}, seed {t['seed']}, CPU,
-measured {t['train_seconds']} s of training on a shared 2-core machine (1 thread). Reproduce: `circuits zoo
-train gpt2-tasks --seed {t['seed']} --steps {t['steps']}`.
+**Training**: {t['steps']} steps, batch per task {', '.join(f'{k} {v}' for k, v in b.items())}, AdamW lr {t['lr']}
+(warm-up 100 steps, constant to 60%, then linear decay to 10%), weight decay {t.get('weight_decay', 0.0)}, gradient
+clipping 1.0, seed {t['seed']}, CPU, measured {t['train_seconds']} s of training loop on a shared 2-core machine
+(1 thread, other jobs running). Reproduce: `circuits zoo train gpt2-tasks --seed {t['seed']} --steps {t['steps']}
+--threads 1`.
 
-**Held-out accuracy** (600 fresh prompts per task, held-out combinations only):
+**Held-out accuracy** (600 fresh prompts per task, held-out combinations only for IOI and greater-than):
 
 | task | top-1 accuracy | pairwise |
 |---|---|---|
 | IOI (arg-max = IO; pairwise: logit(IO) > logit(S)) | {a['ioi']:.1%} | {a.get('ioi_pairwise', 0):.1%} |
 | greater-than (arg-max is a year > YY; pairwise: p(> YY) > p(<= YY)) | {a['greater-than']:.1%} | {a.get('greater-than_pairwise', 0):.1%} |
-| induction (arg-max = next token, every second-copy position) | {a['induction']:.1%} | |
+| induction (arg-max = next token, every second-copy position; length 40, periods 5-15) | {a['induction']:.1%} | |
+
+Greater-than's top-1 criterion is lenient (any year above YY counts, and most YY leave many); the pairwise column
+(probability mass above YY larger than at or below it) is the stricter one.
 
 Load: `circuits.load_model("zoo:gpt2-tasks")`; tasks: `circuits.load_task("ioi", model)` etc.
 """
