@@ -246,7 +246,7 @@ def _bind_rotary(rotary_emb: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tens
 def _read_attn_only(hf: nn.Module) -> TransformerSpec:
     cfg = hf.config
     H, d = cfg.n_head, cfg.d_model
-    e = d // H
+    e = getattr(cfg, "head_dim", None) or d // H
     layers = []
     for block in hf.blocks:
         a = block.attn

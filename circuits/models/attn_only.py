@@ -7,8 +7,9 @@ unembedding. It is an ordinary ``PreTrainedModel``: ``save_pretrained`` writes `
 ``AutoModelForCausalLM``) ``AutoModelForCausalLM.from_pretrained(folder)`` loads it like any hub model.
 
 Weight layout follows GPT-2's ``nn.Linear`` convention in torch's orientation (``[out, in]``):
-``attn.q_proj/k_proj/v_proj: [d, d]`` (rows head-major: head h owns rows ``h*e:(h+1)*e``), ``attn.o_proj: [d, d]``
-(columns head-major). ``ln_eps`` is the LayerNorm epsilon of every norm (planted models set it large, which
+``attn.q_proj/k_proj/v_proj: [H*e, d]`` (rows head-major: head h owns rows ``h*e:(h+1)*e``), ``attn.o_proj:
+[d, H*e]`` (columns head-major). The head dimension ``e`` is ``head_dim`` when given, else ``d_model // n_head``
+(configs written before ``head_dim`` existed load with the latter). ``ln_eps`` is the LayerNorm epsilon of every norm (planted models set it large, which
 makes LayerNorm an almost exactly linear map; see ``circuits.zoo.planted``).
 
 >>> cfg = AttnOnlyConfig(vocab_size=16, n_layer=2, n_head=2, d_model=8, n_ctx=12)
@@ -32,7 +33,7 @@ class AttnOnlyConfig(PretrainedConfig):
 
     def __init__(self, vocab_size: int = 512, n_layer: int = 2, n_head: int = 4, d_model: int = 128,
                  n_ctx: int = 128, ln_eps: float = 1e-5, attn_bias: bool = True, initializer_range: float = 0.02,
-                 tie_word_embeddings: bool = False, **kwargs):
+                 tie_word_embeddings: bool = False, head_dim: int | None = None, **kwargs):
         self.vocab_size = vocab_size
         self.n_layer = n_layer
         self.n_head = n_head
@@ -41,8 +42,9 @@ class AttnOnlyConfig(PretrainedConfig):
         self.ln_eps = ln_eps
         self.attn_bias = attn_bias
         self.initializer_range = initializer_range
-        if d_model % n_head:
-            raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head}")
+        if head_dim is None and d_model % n_head:
+            raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head} (or set head_dim)")
+        self.head_dim = head_dim if head_dim is not None else d_model // n_head
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     # the names generic code (and the task package) looks for
@@ -67,11 +69,12 @@ class AttnOnlyAttention(nn.Module):
     def __init__(self, cfg: AttnOnlyConfig):
         super().__init__()
         d, self.n_head = cfg.d_model, cfg.n_head
-        self.head_dim = d // cfg.n_head
-        self.q_proj = nn.Linear(d, d, bias=cfg.attn_bias)
-        self.k_proj = nn.Linear(d, d, bias=cfg.attn_bias)
-        self.v_proj = nn.Linear(d, d, bias=cfg.attn_bias)
-        self.o_proj = nn.Linear(d, d, bias=cfg.attn_bias)
+        self.head_dim = cfg.head_dim
+        inner = self.n_head * self.head_dim
+        self.q_proj = nn.Linear(d, inner, bias=cfg.attn_bias)
+        self.k_proj = nn.Linear(d, inner, bias=cfg.attn_bias)
+        self.v_proj = nn.Linear(d, inner, bias=cfg.attn_bias)
+        self.o_proj = nn.Linear(inner, d, bias=cfg.attn_bias)
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, output_attentions: bool = False):
@@ -81,7 +84,7 @@ class AttnOnlyAttention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # [B, H, P, P]
         scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
         pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-        z = torch.matmul(pattern, v).transpose(1, 2).reshape(B, P, d)
+        z = torch.matmul(pattern, v).transpose(1, 2).reshape(B, P, H * e)
         return self.o_proj(z), (pattern if output_attentions else None)
 
 

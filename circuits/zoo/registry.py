@@ -81,7 +81,9 @@ wavelengths: one position back is cheap to single out) plus period 2 in training
 locates the answer) gave the textbook previous-token -> induction-head mechanism, leaving the plateau in ~500-1000
 steps, but with the induction pattern copied by all three layer-1 heads (no single one mattered). From
 {I.PENALTY_FROM:.0%} of the run on, a penalty {I.HEAD_PENALTY:g} x sum over heads of sqrt(||W_O of the head||)
-(concave in a head's scale, so one head per role is cheaper than several) makes one head carry each role.
+(concave in a head's scale, so one head per role is cheaper than several) makes one head carry each role and
+silences the others (weaker weights, 0.002 and 0.02, left two or three layer-1 heads sharing the induction role).
+The silenced heads keep their attention patterns (scores below) but write almost nothing.
 Graph: {1 + meta['n_layer'] * meta['n_head']} senders (input + {meta['n_layer'] * meta['n_head']} heads),
 attention-only MIB convention (`has_mlp=False`).
 

@@ -34,6 +34,27 @@ def test_attn_only_parity_and_graph():
     assert torch.allclose(got[am.bool()], want[am.bool()], atol=1e-5)
 
 
+def test_attn_only_head_dim_independent_of_width(tmp_path):
+    """``head_dim`` may differ from d_model / n_head (the zoo model's heads each read the whole stream); configs
+    without it (written before it existed) keep d_model / n_head."""
+    torch.manual_seed(0)
+    hf = AttnOnlyForCausalLM(AttnOnlyConfig(vocab_size=30, n_layer=2, n_head=3, d_model=16, head_dim=24, n_ctx=20))
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert hf.blocks[0].attn.q_proj.weight.shape == (72, 16)
+    ids = torch.randint(3, 30, (3, 12))
+    am = torch.ones_like(ids)
+    am[0, 9:] = 0
+    model = circuits.CircuitModel.from_hf(hf)
+    assert torch.allclose(model.logits(ids, am)[am.bool()], hf(ids, attention_mask=am).logits[am.bool()], atol=1e-5)
+    hf.save_pretrained(tmp_path)
+    assert torch.allclose(circuits.load_model(str(tmp_path), device="cpu").logits(ids), hf(ids).logits, atol=1e-5)
+    legacy = AttnOnlyConfig.from_dict({k: v for k, v in AttnOnlyConfig(n_head=4, d_model=32).to_dict().items()
+                                       if k != "head_dim"})
+    assert legacy.head_dim == 8
+
+
 def test_attn_only_save_load_through_auto(tmp_path):
     from transformers import AutoModelForCausalLM
 
