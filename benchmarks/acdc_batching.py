@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--receivers", type=int, default=2)
     parser.add_argument("--circuits-per-pass", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = random_model("gpt2-small")
     task = circuits.load_task("ioi", model, n=args.n, seed=0)
     ctx = DiscoveryContext(model, task, ablation="corrupted", batch_size=args.n)
@@ -115,7 +118,9 @@ positions): one batched pass of {C} circuits took {t_pass:.2f} s vs {t_plain:.2f
 candidates: here {b['n_circuits_evaluated']} circuits were evaluated for {b['n_tested']} tests). A full
 32k-edge run was not timed on this 2-core CPU.
 """
-    paths = write("acdc_batching", result, md, "python benchmarks/acdc_batching.py")
+    command = (f"python benchmarks/acdc_batching.py --n {args.n} --receivers {args.receivers} "
+               f"--circuits-per-pass {args.circuits_per_pass}" + (f" --threads {args.threads}" if args.threads else ""))
+    paths = write("acdc_batching", result, md, command)
     print(md)
     print("wrote", *paths)
 
