@@ -35,7 +35,7 @@ METRICS = (
     ("cpr", "CPR ↑", "{:.3f}"),
     ("cmd", "CMD ↓", "{:.3f}"),
     ("minimal_size", "minimal circuit (f ≥ 0.9), edges", "{:,.0f}"),
-    ("auroc", "AUROC vs known circuit", "{:.3f}"),
+    ("auroc", "AUROC vs known circuit (|score|)", "{:.3f}"),
     ("spearman_exact", "Spearman vs exact", "{:.3f}"),
     ("wall_time_s", "discovery wall time (s)", "{:,.3g}"),
 )
@@ -534,7 +534,8 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
               "Mean ± sample standard deviation over the seeds whose job succeeded (failed jobs are listed below, "
               "not averaged). CPR: area under the faithfulness curve of signed scores (higher is better); CMD: area "
               "under |1 − f| of absolute scores (lower is better), both on MIB's edge fractions. Minimal circuit: "
-              "the fewest edges with f ≥ 0.9. AUROC against the published circuit where one exists (— otherwise). "
+              "the fewest edges with f ≥ 0.9. AUROC of |score| against the known circuit (a planted model's ground "
+              "truth) where one exists (— otherwise). "
               "Spearman: rank correlation of the edge scores with exact patching. Best CPR and CMD per task in bold.",
               "", _md_table(header, rows), "",
               f"<sub>{provenance_line(prov)}. Table as CSV: [summary.csv](summary.csv).</sub>", ""]

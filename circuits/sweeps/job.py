@@ -12,8 +12,9 @@ with the reason in ``notes``):
   under |1 - f| of the absolute-score curve, MIB), ``metric_full``, ``metric_empty``, ``curve_fractions``,
   ``curve_signed``, ``curve_absolute`` (JSON lists of f); ``minimal_k`` / ``minimal_edges`` /
   ``minimal_faithfulness``: the smallest top-k circuit reaching ``minimal_target`` (edge methods);
-* against a ground truth (planted zoo models): ``auroc`` (signed scores; node AUROC for node methods),
-  ``precision_at_size`` / ``recall_at_size`` (top as many edges as the truth has);
+* against a ground truth (planted zoo models): ``auroc`` (ranking ``|score|``, MIB's InterpBench convention;
+  node AUROC for node methods), ``auroc_signed`` (raw scores), ``precision_at_size`` / ``recall_at_size`` (top
+  as many edges by ``|score|`` as the truth has);
 * ``discover_s``, ``evaluate_s``, ``wall_s``, ``threads``, ``host``, ``pid``, ``started``, ``finished``,
   ``version``, ``status``, ``error``, ``traceback``, ``notes`` (warnings raised during the job).
 """
@@ -126,8 +127,8 @@ def empty_row(job: JobSpec) -> dict:
             "traceback": "", "notes": "", "graph_edges": math.nan, "circuit_edges": math.nan, "cpr": math.nan,
             "cmd": math.nan, "metric_full": math.nan, "metric_empty": math.nan, "curve_fractions": "",
             "curve_signed": "", "curve_absolute": "", "minimal_k": math.nan, "minimal_edges": math.nan,
-            "minimal_faithfulness": math.nan, "auroc": math.nan, "precision_at_size": math.nan,
-            "recall_at_size": math.nan, "discover_s": math.nan, "evaluate_s": math.nan, "wall_s": math.nan,
+            "minimal_faithfulness": math.nan, "auroc": math.nan, "auroc_signed": math.nan,
+            "precision_at_size": math.nan, "recall_at_size": math.nan, "discover_s": math.nan, "evaluate_s": math.nan, "wall_s": math.nan,
             "threads": math.nan, "graph_file": "", "host": socket.gethostname(), "pid": os.getpid(),
             "started": _now(), "finished": "", "version": ""}
 
@@ -226,12 +227,15 @@ def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph,
     if truth is not None:
         from circuits.evaluation import auroc, node_auroc, node_precision_recall_at_size, precision_recall_at_size
 
+        # |score| ranks (MIB's InterpBench convention: an edge matters whichever way it pushes), and signed
         if level == "edge":
-            row["auroc"] = float(auroc(graph, truth))
-            pr = precision_recall_at_size(graph, truth)
+            row["auroc"] = float(auroc(graph, truth, absolute=True))
+            row["auroc_signed"] = float(auroc(graph, truth))
+            pr = precision_recall_at_size(graph, truth, absolute=True)
         else:
-            row["auroc"] = float(node_auroc(graph, truth))
-            pr = node_precision_recall_at_size(graph, truth)
+            row["auroc"] = float(node_auroc(graph, truth, absolute=True))
+            row["auroc_signed"] = float(node_auroc(graph, truth))
+            pr = node_precision_recall_at_size(graph, truth, absolute=True)
         row["precision_at_size"], row["recall_at_size"] = float(pr["precision"]), float(pr["recall"])
 
 
