@@ -24,12 +24,16 @@ _REPO = Path(__file__).resolve().parents[2]
 
 @lru_cache(maxsize=1)
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git.
+
+    Outputs (``results/``, ``graphs/``) do not count: regenerating a result rewrites its own file, and that
+    must not mark the code that produced the next one as modified."""
     where = str(cwd or _REPO)
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)graphs"], capture_output=True,
                                text=True, cwd=where, timeout=10).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
