@@ -35,7 +35,7 @@ METRICS = (
     ("cpr", "CPR ↑", "{:.3f}"),
     ("cmd", "CMD ↓", "{:.3f}"),
     ("minimal_size", "minimal circuit (f ≥ 0.9), edges", "{:,.0f}"),
-    ("auroc", "AUROC vs known circuit (|score|)", "{:.3f}"),
+    ("auroc", "AUROC vs known circuit", "{:.3f}"),
     ("spearman_exact", "Spearman vs exact", "{:.3f}"),
     ("wall_time_s", "discovery wall time (s)", "{:,.3g}"),
 )
@@ -408,7 +408,8 @@ def _graph_figures(results: pd.DataFrame, ok: pd.Series, out_dir: Path, prov: Ma
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    head = [h.replace("|", "\\|") for h in header]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
     return "\n".join(lines)
 
@@ -534,8 +535,8 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
               "Mean ± sample standard deviation over the seeds whose job succeeded (failed jobs are listed below, "
               "not averaged). CPR: area under the faithfulness curve of signed scores (higher is better); CMD: area "
               "under |1 − f| of absolute scores (lower is better), both on MIB's edge fractions. Minimal circuit: "
-              "the fewest edges with f ≥ 0.9. AUROC of |score| against the known circuit (a planted model's ground "
-              "truth) where one exists (— otherwise). "
+              "the fewest edges, top-k by signed score, with f ≥ 0.9. AUROC of the absolute scores against the known "
+              "circuit (a planted model's ground truth) where one exists (— otherwise). "
               "Spearman: rank correlation of the edge scores with exact patching. Best CPR and CMD per task in bold.",
               "", _md_table(header, rows), "",
               f"<sub>{provenance_line(prov)}. Table as CSV: [summary.csv](summary.csv).</sub>", ""]
