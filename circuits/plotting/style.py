@@ -30,7 +30,7 @@ QKV_STYLE = {
 }
 # Methods get stable colours across figures (tab10, in order of first appearance otherwise).
 METHOD_COLOURS = {"eap": 0, "eap-ig": 1, "eap-ig-inputs": 1, "eap-ig-activations": 2, "acdc": 3,
-                  "edge-pruning": 4, "exact": 7, "node-ap": 5, "random": 8}
+                  "edge-pruning": 4, "exact": 7, "node-ap": 5, "node-patching": 6, "random": 8}
 
 
 def use_agg() -> None:
@@ -59,11 +59,15 @@ def subplots(nrows: int, ncols: int, width: float, height: float, **kwargs):
 
 
 def method_colour(method: str, index: int):
+    """One hue per method (tab20's dark shade). A method shown with settings (``"acdc threshold=0.1"``) takes the
+    dark or light shade of its hue by the parity of ``index`` (its position in the figure's sorted labels), so
+    two settings of one method, adjacent in that order, differ."""
     import matplotlib as mpl
 
-    cmap = mpl.colormaps["tab10"]
-    key = str(method).lower().split(" ")[0]
-    return cmap(METHOD_COLOURS.get(key, index) % 10)
+    name, _, settings = str(method).lower().partition(" ")
+    hue = METHOD_COLOURS.get(name, index) % 10
+    shade = index % 2 if settings else 0
+    return mpl.colormaps["tab20"](2 * hue + shade)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
