@@ -132,7 +132,7 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
              "[output]", f'graphs = "{tmp_path / "graphs"}"', f'results = "{tmp_path / "results"}"']
     sweep_file.write_text("\n".join(lines) + "\n")
     trace = tmp_path / "trace"
-    env = {**os.environ, "CIRCUITS_SWEEPS_TRACE": str(trace), "CIRCUITS_SWEEPS_SLEEP": "1"}
+    env = {**os.environ, "CIRCUITS_SWEEPS_TRACE": str(trace), "CIRCUITS_SWEEPS_SLEEP": "3"}  # time to interrupt
     proc = subprocess.Popen([sys.executable, "-m", "circuits.cli", "run", str(sweep_file), "--quiet",
                              "--max-parallel", "1", "--num-cpus", "1"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
