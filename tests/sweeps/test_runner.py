@@ -135,7 +135,10 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
     env = {**os.environ, "CIRCUITS_SWEEPS_TRACE": str(trace), "CIRCUITS_SWEEPS_SLEEP": "3"}  # time to interrupt
     proc = subprocess.Popen([sys.executable, "-m", "circuits.cli", "run", str(sweep_file), "--quiet",
                              "--max-parallel", "1", "--num-cpus", "1"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a child inherits an ignored SIGINT (earlier tests' Ray set-up can leave the
+                            # test process ignoring it); Ctrl-C at a terminal is what this test stands for
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows = tmp_path / "results" / "sigint" / "rows"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and len(list(rows.glob("*.json"))) < 2:
