@@ -65,7 +65,7 @@ def main() -> None:
     ctx = DiscoveryContext(model, task, ablation="corrupted", batch_size=args.n)
     s = model.structure
     # threshold: the median effect of removing one edge into logits from the full model
-    ev = acdc_mod._Evaluator(ctx, acdc_mod._objective_metric(ctx, "kl"), fast=True)
+    ev = acdc_mod.CandidateEvaluator(ctx, acdc_mod.objective_metric(ctx, "kl"), fast=True)
     r = s.logits_receiver
     base = float(ev.objective(s.edge_mask.float()[None], r)[0])
     effects = []
@@ -98,7 +98,7 @@ def main() -> None:
     r0 = 0
     m0 = s.edge_mask.float()[None].repeat(C, 1, 1)
     m0[torch.arange(C), torch.arange(C) % int(s.n_upstream[r0]), r0] = 0.0
-    plain = acdc_mod._Evaluator(ctx, acdc_mod._objective_metric(ctx, "kl"), fast=False)
+    plain = acdc_mod.CandidateEvaluator(ctx, acdc_mod.objective_metric(ctx, "kl"), fast=False)
     t0 = time.perf_counter(); ev.objective(m0, r0); t_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
     for c in range(C):

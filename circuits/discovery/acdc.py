@@ -41,6 +41,8 @@ lies within rounding of ``threshold``.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,21 @@ from circuits.graph.pruning import prune, receiver_node
 # Called as ``_receiver_hook(n_done)`` after each receiver is finished and checkpointed (tests interrupt here).
 _receiver_hook = None
 
+# Who evaluates candidate circuits: ``factory(ctx, metric, fast)`` -> an object with ``objective(masks [C, S, R],
+# receiver) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
+# :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
+EVALUATOR: ContextVar = ContextVar("acdc_evaluator", default=None)
+
+
+@contextmanager
+def evaluated_by(factory):
+    """ACDC runs inside this block evaluate their candidates with ``factory`` (see :data:`EVALUATOR`)."""
+    token = EVALUATOR.set(factory)
+    try:
+        yield
+    finally:
+        EVALUATOR.reset(token)
+
 
 def register_methods(register) -> None:
     register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, "
@@ -61,7 +78,7 @@ def register_methods(register) -> None:
 
 
 # ---- objective -----------------------------------------------------------------------------------------------
-def _objective_metric(ctx: DiscoveryContext, metric: str):
+def objective_metric(ctx: DiscoveryContext, metric: str):
     """The metric ACDC compares (``kl``: KL to the full model; ``task``: the context's objective)."""
     from circuits.tasks.metrics import Metric
 
@@ -82,7 +99,7 @@ class _Batch:
     gather: Tensor | None  # [B, Rp] readout positions (fast path)
 
 
-class _Evaluator:
+class CandidateEvaluator:
     """``objective(masks [C, S, R], receiver)`` -> ``[C]`` mean objective (float64), higher = better."""
 
     def __init__(self, ctx: DiscoveryContext, metric, fast: bool):
@@ -182,12 +199,12 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
         raise DiscoveryError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}")
     if max_receivers is not None and max_receivers < 1:
         raise DiscoveryError(f"max_receivers must be positive (or None for the full run), got {max_receivers}")
-    m = _objective_metric(ctx, metric)
+    m = objective_metric(ctx, metric)
     s = ctx.model.structure
     S, R = s.n_senders, s.n_receivers
     n_up = s.n_upstream.tolist()
     node_of = receiver_node(s).tolist()  # receiver -> node (sender index; logits = S)
-    evaluator = _Evaluator(ctx, m, fast=not one_at_a_time)
+    evaluator = (EVALUATOR.get() or CandidateEvaluator)(ctx, m, fast=not one_at_a_time)
 
     state = checkpoint.load() if checkpoint is not None else None
     if state:

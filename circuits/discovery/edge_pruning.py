@@ -51,7 +51,7 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
     initial noise and gate samples. ``metric``: ``"kl"`` (KL to the full model at the readout positions) or
     ``"task"``. ``init_log_alpha``: starting gate location (3.0: every gate open with probability ~0.99).
     """
-    from circuits.discovery.acdc import _objective_metric
+    from circuits.discovery.acdc import objective_metric
 
     if not 0.0 <= target_sparsity <= 1.0:
         raise DiscoveryError(f"target_sparsity is the fraction of edges removed and must lie in [0, 1], "
@@ -60,7 +60,7 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
         raise DiscoveryError(f"steps must be at least 1, got {steps}")
     if not lr > 0:
         raise DiscoveryError(f"lr must be positive, got {lr}")
-    m = _objective_metric(ctx, metric)
+    m = objective_metric(ctx, metric)
     model, s = ctx.model, ctx.model.structure
     order = s.edge_order.to(model.device)  # [E, 2]
     E = order.shape[0]

@@ -59,11 +59,11 @@ class _Replica:
     def acdc_setup(self, key: int, task: Any, reference: Any, ablation: str, batch_size: int, metric: str,
                    fast: bool) -> None:
         """Build ACDC's evaluator on this replica from the driver's discovery split (the same examples)."""
-        from circuits.discovery.acdc import _Evaluator, _objective_metric
+        from circuits.discovery.acdc import CandidateEvaluator, objective_metric
         from circuits.discovery.context import DiscoveryContext
 
         ctx = DiscoveryContext(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
-        self.acdc_evaluators = {key: _Evaluator(ctx, _objective_metric(ctx, metric), fast)}
+        self.acdc_evaluators = {key: CandidateEvaluator(ctx, objective_metric(ctx, metric), fast)}
 
     def acdc_objective(self, key: int, masks: torch.Tensor, receiver: int) -> torch.Tensor:
         return self.acdc_evaluators[key].objective(masks, receiver)
@@ -146,7 +146,6 @@ class EvaluatorPool:
         from circuits.discovery import acdc as acdc_module
 
         pool = self
-        original = acdc_module._Evaluator
 
         class PooledEvaluator:
             def __init__(self, ctx, metric, fast):
@@ -166,11 +165,8 @@ class EvaluatorPool:
                 self.n_forward += masks.shape[0]
                 return torch.cat(parts)
 
-        acdc_module._Evaluator = PooledEvaluator
-        try:
+        with acdc_module.evaluated_by(PooledEvaluator):
             yield self
-        finally:
-            acdc_module._Evaluator = original
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -102,8 +102,8 @@ def test_fast_forward_matches_patched_logits_across_architectures():
         task = circuits.load_task("ioi", m, n=4, seed=0)
         ctx = DiscoveryContext(m, task, ablation="corrupted", batch_size=4)
         s = m.structure
-        fast = acdc_mod._Evaluator(ctx, ctx.metric, fast=True)
-        plain = acdc_mod._Evaluator(ctx, ctx.metric, fast=False)
+        fast = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=True)
+        plain = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=False)
         gen = torch.Generator().manual_seed(0)
         for r in [s.logits_receiver, s.mlp_receiver(1), s.qkv_receiver(1, 3, "k"), s.mlp_receiver(0), 0]:
             masks = s.edge_mask.float()[None].repeat(3, 1, 1)

@@ -60,9 +60,9 @@ def test_acdc_candidates_on_the_pool(setup):
         warnings.simplefilter("ignore")
         one = circuits.discover(model, task, "acdc", **kwargs)
         with pool.acdc():
-            assert circuits.discovery.acdc._Evaluator.__name__ == "PooledEvaluator"
+            assert circuits.discovery.acdc.EVALUATOR.get().__name__ == "PooledEvaluator"
             spread = circuits.discover(model, task, "acdc", **kwargs)
-    assert circuits.discovery.acdc._Evaluator.__name__ == "_Evaluator"  # restored
+    assert circuits.discovery.acdc.EVALUATOR.get() is None  # restored
     tested = one.metadata["result"]["n_circuits_evaluated"]
     assert tested > 10 and not bool(one.in_graph.all())  # a real search: candidates tested, edges removed
     assert torch.equal(one.in_graph, spread.in_graph)
