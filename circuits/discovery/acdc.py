@@ -40,7 +40,6 @@ lies within rounding of ``threshold``.
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -105,41 +104,20 @@ class CandidateEvaluator:
     def __init__(self, ctx: DiscoveryContext, metric, fast: bool):
         self.ctx, self.metric, self.fast = ctx, metric, fast
         self.model = ctx.model
-        self.spec = self.model.spec
-        self.structure = self.model.structure
         self.n_forward = 0  # circuits evaluated (one circuit on the whole data = 1)
         self.batches: list[_Batch] = []
         with torch.no_grad():
             for p in ctx.cached_batches:
                 full = None
                 if fast:
-                    gather = p.batch.positions.to(self.model.device)
-                    Rp = gather.shape[1]
-                    readout = dataclasses.replace(
-                        p.batch, positions=torch.arange(Rp, device=gather.device).expand(len(p), Rp).contiguous())
-                    outs = self.model.sender_outputs(p.clean, p.attention_mask)
-                    if metric.needs_full_logits:
-                        full = self._unembed(self._final_resid(outs), gather)
-                    self.batches.append(_Batch(p, full, readout, outs, gather))
+                    gather = p.positions.to(self.model.device)
+                    run = self.model.run(p.clean, p.attention_mask, record=True, logit_positions=gather)
+                    full = run.logits if metric.needs_full_logits else None
+                    self.batches.append(_Batch(p, full, p.readout, run.sender_outputs, gather))
                 else:
                     if metric.needs_full_logits:
                         full = self.model.logits(p.clean, p.attention_mask)
                     self.batches.append(_Batch(p, full, p.batch, None, None))
-
-    # -- pieces of the forward pass --------------------------------------------------------------------------
-    def _final_resid(self, outs: Tensor) -> Tensor:
-        """The clean final residual stream from sender outputs and attention biases: ``[B, P, d]``."""
-        resid = outs.sum(0)
-        for layer in self.spec.layers:
-            if layer.attn.b_O is not None:
-                resid = resid + layer.attn.b_O
-        return resid
-
-    def _unembed(self, resid: Tensor, gather: Tensor) -> Tensor:
-        """Logits at the readout positions only: ``resid [N, P, d]``, ``gather [N, Rp]`` -> ``[N, Rp, V]``."""
-        x = resid.gather(1, gather[..., None].expand(*gather.shape, resid.shape[-1]))
-        logits = self.spec.final_norm(x) @ self.spec.W_U
-        return logits + self.spec.b_U if self.spec.b_U is not None else logits
 
     def _forward_from(self, b: _Batch, masks: Tensor, receiver: int) -> Tensor:
         """Patched logits ``[C, B, Rp, V]`` at the readout positions, starting at ``receiver``'s layer.
