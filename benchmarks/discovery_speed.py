@@ -12,6 +12,7 @@ attribution needs). Peak memory of EAP at batch 4, 8, 16 in fresh subprocesses s
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import json
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, write  # noqa: E402
 
-from circuits.discovery.attribution import eap, eap_ig, frozen_weights  # noqa: E402
+from circuits.discovery.attribution import eap, eap_ig  # noqa: E402
 from circuits.discovery.context import DiscoveryContext  # noqa: E402
 from circuits.models.random import random_model  # noqa: E402
 from circuits.tasks.metrics import Metric  # noqa: E402
@@ -41,6 +42,19 @@ def random_pairs_task(model, batch: int, seq: int, seed: int = 0) -> Task:
     readouts = [[(seq - 1, [a], [d])] for a, d in answers]
     return Task("random-pairs", build_batch(clean, corrupted, readouts, pad=0), Metric("logit_diff"),
                 model.tokenizer)
+
+
+@contextmanager
+def frozen_weights(model):
+    """The HF baseline's parameters take no gradient (attribution differentiates activations only)."""
+    params = [p for p in model.hf.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def setup(batch: int, seq: int):

@@ -17,32 +17,18 @@ differ only in *where* that gradient is taken:
 * ``node-ap``: attribution patching of nodes. A node's output enters every downstream receiver with weight 1,
   so its score is the sum of its outgoing EAP edge scores; it comes out of the same single pass.
 
-One forward and one backward per batch (per step) with model weights frozen: gradients flow to activations
-only, and every receiver's gradient is turned into scores inside its own backward hook.
+One forward and one backward per batch (EAP-IG: per group of stacked steps). The model's weight views carry no
+autograd history (``CircuitModel.spec``), so gradients flow to activations only, and every receiver's gradient
+is turned into scores inside its own backward.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from circuits.discovery.context import DiscoveryContext, PreparedBatch
 from circuits.discovery.progress import progress
-
-
-@contextmanager
-def frozen_weights(model):
-    """Weights take no gradient during attribution (only activations do): half the backward cost."""
-    params = [p for p in model.hf.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 # Rows (stacked steps x examples) of one attribution pass: beyond ~100 rows a CPU pass gets slower per row and
@@ -75,9 +61,8 @@ def _finish(ctx: DiscoveryContext, scores: Tensor, n_steps: int = 1) -> Tensor:
 def eap(ctx: DiscoveryContext) -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``."""
     scores = _scores_buffer(ctx)
-    with frozen_weights(ctx.model):
-        for prepared in progress(ctx.batches(), "eap", total=ctx.n_batches):
-            _backward_objective(ctx, prepared, dict(ablated=prepared.ablated, scores=scores))
+    for prepared in progress(ctx.batches(), "eap", total=ctx.n_batches):
+        _backward_objective(ctx, prepared, dict(ablated=prepared.ablated, scores=scores))
     return _finish(ctx, scores)
 
 
@@ -108,19 +93,18 @@ def eap_ig(ctx: DiscoveryContext, steps: int = 5, steps_per_pass: int | None = N
     if steps_per_pass is not None and steps_per_pass < 1:
         raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
     scores = _scores_buffer(ctx)
-    with frozen_weights(ctx.model):
-        for prepared in progress(ctx.batches(), f"eap-ig ({steps} steps)", total=ctx.n_batches):
-            clean, diffs = _clean_diffs(ctx, prepared)
-            start = prepared.ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-            per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(prepared)))
-            for k0 in range(0, steps, per_pass):
-                alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
-                T = len(alphas)
-                embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
-                embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
-                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]},
-                             repeats=T)
-                _backward_objective(ctx, prepared, probe, repeats=T)
+    for prepared in progress(ctx.batches(), f"eap-ig ({steps} steps)", total=ctx.n_batches):
+        clean, diffs = _clean_diffs(ctx, prepared)
+        start = prepared.ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+        per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(prepared)))
+        for k0 in range(0, steps, per_pass):
+            alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
+            T = len(alphas)
+            embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
+            embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
+            probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]},
+                         repeats=T)
+            _backward_objective(ctx, prepared, probe, repeats=T)
     return _finish(ctx, scores, steps)
 
 
@@ -136,15 +120,14 @@ def eap_ig_activations(ctx: DiscoveryContext, steps: int = 5) -> Tensor:
         if s.has_mlp:
             groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
     scores = _scores_buffer(ctx)
-    with frozen_weights(ctx.model):
-        for prepared in progress(ctx.batches(), f"eap-ig-activations ({steps} steps)", total=ctx.n_batches):
-            clean, diffs = _clean_diffs(ctx, prepared)
-            for group in groups:
-                abl = prepared.ablated[group].expand_as(clean[group])
-                for k in range(1, steps + 1):
-                    value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
-                    if group.start == 0:
-                        value = value.detach().requires_grad_(True)
-                    probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={group.start: value})
-                    _backward_objective(ctx, prepared, probe)
+    for prepared in progress(ctx.batches(), f"eap-ig-activations ({steps} steps)", total=ctx.n_batches):
+        clean, diffs = _clean_diffs(ctx, prepared)
+        for group in groups:
+            abl = prepared.ablated[group].expand_as(clean[group])
+            for k in range(1, steps + 1):
+                value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
+                if group.start == 0:
+                    value = value.detach().requires_grad_(True)
+                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={group.start: value})
+                _backward_objective(ctx, prepared, probe)
     return _finish(ctx, scores, steps * len(groups))

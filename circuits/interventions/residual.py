@@ -121,8 +121,8 @@ class GradientProbe:
         """
         n, receivers = self.last_read
         if any(t is not None and t.requires_grad for t in (attn.W_Q, attn.W_K, attn.W_V, norm.weight)):
-            raise RuntimeError("attribution runs differentiate activations only: freeze the weights first "
-                               "(circuits.discovery.attribution.frozen_weights)")
+            raise RuntimeError("attribution runs differentiate activations only: build the spec through "
+                               "CircuitModel.spec, whose weight views carry no autograd history")
         return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm)
 
     def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
