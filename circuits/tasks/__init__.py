@@ -42,7 +42,7 @@ _TEMPLATE_OPTIONS = _COMMON + ("corruption", "invalid", "drop_invalid_words")
 _OPTIONS = {
     "ioi": _TEMPLATE_OPTIONS,
     "greater-than": _TEMPLATE_OPTIONS + ("centuries",),
-    "induction": _COMMON + ("seq_len", "min_period", "max_period", "corpus", "token_ids"),
+    "induction": _COMMON + ("seq_len", "min_period", "max_period", "corpus", "token_ids", "corruption"),
     "template": _TEMPLATE_OPTIONS,
     "pairs": _COMMON + ("counterfactual",),
 }
@@ -98,7 +98,8 @@ def load_task(name_or_path: str | Path, model_or_tokenizer: Any, n: int = 200, s
     does not), ``metric`` (override: logit_diff, prob_diff, logprob, kl), ``split`` (train fraction of
     ``task.train``, default 0.5); for template tasks ``corruption`` (IOI: "abc", "s2", "swap"), ``invalid``
     ("resample" pairs that fail a tokenization check in context, or "error"), ``drop_invalid_words``;
-    greater-than ``centuries``; induction ``seq_len``, ``min_period``, ``max_period``, ``corpus``, ``token_ids``;
+    greater-than ``centuries``; induction ``seq_len``, ``min_period``, ``max_period``, ``corpus``, ``token_ids``,
+    ``corruption`` ("copy", "match": see :func:`circuits.tasks.builtin.induction_pairs`);
     pairs files ``counterfactual`` (which MIB counterfactual to use).
     """
     tok = get_tokenizer(model_or_tokenizer)

@@ -78,18 +78,37 @@ def greater_than_spec(centuries: Sequence[int | str] | None = None) -> TemplateS
 
 
 # ---- induction -----------------------------------------------------------------------------------------
+INDUCTION_CORRUPTIONS = ("copy", "match")
+
+
 def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int = 40, min_period: int = 5,
-                    max_period: int = 15, corpus: Any = None, token_ids: Sequence[int] | None = None):
-    """Repeated sequences: ``prefix + A + A`` (clean) vs ``prefix + B + A`` (corrupted), all length ``seq_len``.
+                    max_period: int = 15, corpus: Any = None, token_ids: Sequence[int] | None = None,
+                    corruption: str = "copy"):
+    """Repeated sequences ``prefix + A + A`` (clean), all length ``seq_len``, and a corrupted partner.
 
     The period P = len(A) varies per example in [min_period, max_period], so no fixed look-back distance solves
-    it; the prefix fills the rest. The metric is read in the second copy of A: at the position holding A[k]
-    the answer is A[k + 1] (k = 0..P-2), and the distractor is B[k + 1], what the corrupted first occurrence
-    would have induced. Random tokens (default) are drawn without repetition from the tokenizer's vocabulary
-    (``token_ids`` restricts them); with ``corpus`` (a text file, a string or a list of strings) the prefix and
-    A are a contiguous window of natural text and B another window.
+    it; the prefix fills the rest. Random tokens (default) are drawn without repetition from the tokenizer's
+    vocabulary (``token_ids`` restricts them); with ``corpus`` (a text file, a string or a list of strings) the
+    prefix and A are a contiguous window of natural text.
+
+    ``corruption`` picks the counterfactual, hence which part of the mechanism the clean/corrupted difference
+    runs through:
+
+    * ``"copy"`` (default): ``prefix + B + A``, the whole first copy resampled (B: random tokens, or another
+      window of the corpus). Read at every position of the second copy: at A[k] the answer is A[k + 1]
+      (k = 0..P-2), the distractor B[k + 1], what the corrupted first occurrence would have induced. Every
+      edge of the induction chain carries the difference (the induction head's values as well as its keys).
+    * ``"match"``: ``prefix + A' + A``, where A' is the first copy with the one token A[j] replaced by a token
+      absent from the sequence (j random in 0..P-2). Read once, at the second copy's A[j]: answer A[j + 1],
+      distractor the replacing token. The attended token A[j + 1] is unchanged, only what precedes it differs,
+      so the difference runs through the match (previous-token head -> induction head keys), not the values:
+      the counterfactual that isolates K-composition.
+
     Returns (clean ids, corrupted ids, readouts, records).
     """
+    if corruption not in INDUCTION_CORRUPTIONS:
+        raise TaskError(f"task 'induction' has no corruption {corruption!r}; fix: use 'copy' (the first copy "
+                        f"resampled) or 'match' (one token before an answer replaced: isolates the key match)")
     if not 1 <= min_period <= max_period or 2 * max_period > seq_len:
         raise TaskError(f"induction needs 1 <= min_period <= max_period and 2 * max_period <= seq_len; got "
                         f"min_period={min_period}, max_period={max_period}, seq_len={seq_len}")
@@ -125,15 +144,29 @@ def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int =
             draw = pool[torch.randperm(len(pool), generator=g)[:seq_len]].tolist()  # distinct tokens
             head, A, B = draw[:s], draw[s:s + P], draw[s + P:s + 2 * P]
         clean_ids = prefix + head + A + A
-        corr_ids = prefix + head + B + A
         first = len(prefix) + s + P  # position of the second copy's first token
-        reads = [(first + k, [A[k + 1]], [B[k + 1]]) for k in range(P - 1)]
+        record = {"period": P, "first_copy_start": len(prefix) + s}
+        if corruption == "copy":
+            corr_ids = prefix + head + B + A
+            reads = [(first + k, [A[k + 1]], [B[k + 1]]) for k in range(P - 1)]
+            record |= {"answer": tok.decode(A[1:]), "distractor": tok.decode(B[1:])}
+        else:
+            j = int(torch.randint(0, P - 1, (1,), generator=g))
+            seen = set(head) | set(A)
+            x = next((t for t in B if t not in seen), None)  # a token absent from the clean sequence
+            if x is None:  # a corpus window made only of tokens already in the sequence
+                spare = sorted(set(stream) - seen)
+                if not spare:
+                    raise TaskError("the induction corpus has no token outside one example's sequence, so "
+                                    "corruption='match' cannot replace one; fix: give a more varied text")
+                x = spare[int(torch.randint(0, len(spare), (1,), generator=g))]
+            corr_ids = prefix + head + A[:j] + [x] + A[j + 1:] + A
+            reads = [(first + j, [A[j + 1]], [x])]
+            record |= {"answer": tok.decode([A[j + 1]]), "distractor": tok.decode([x]), "replaced": j}
         clean.append(clean_ids)
         corrupted.append(corr_ids)
         readouts.append(reads)
-        records.append({"clean": tok.decode(clean_ids), "corrupted": tok.decode(corr_ids),
-                        "answer": tok.decode(A[1:]), "distractor": tok.decode(B[1:]), "period": P,
-                        "first_copy_start": len(prefix) + s})
+        records.append({"clean": tok.decode(clean_ids), "corrupted": tok.decode(corr_ids), **record})
     return clean, corrupted, readouts, records
 
 

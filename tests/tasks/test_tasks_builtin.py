@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import circuits
-from circuits.tasks import TokenizationError, data, load_task, task_vocabulary, word_level_tokenizer
+from circuits.tasks import TaskError, TokenizationError, data, load_task, task_vocabulary, word_level_tokenizer
 
 FIELDS = ("clean", "corrupted", "attention_mask", "positions", "position_mask", "answers", "answer_mask",
           "distractors", "distractor_mask")
@@ -190,6 +190,26 @@ def test_induction_structure(any_tok):
         assert torch.equal(task.distractors[i, :n_read, 0], corr[pos - P + 1])  # what B would induce
     specials = set(any_tok.all_special_ids)
     assert not specials & set(task.clean[:, bos:].flatten().tolist())
+
+
+def test_induction_match_corruption(any_tok):
+    """corruption='match': one first-copy token before an answer replaced by a token absent from the sequence;
+    the single read is the second copy's occurrence of it (its next token, unchanged, is the answer)."""
+    task = load_task("induction", any_tok, n=30, seed=0, seq_len=30, min_period=4, max_period=12,
+                     corruption="match")
+    for i, rec in enumerate(task.records):
+        s, P, j = rec["first_copy_start"], rec["period"], rec["replaced"]
+        clean, corr = task.clean[i], task.corrupted[i]
+        assert 0 <= j <= P - 2
+        differ = (clean != corr).nonzero().flatten().tolist()
+        assert differ == [s + j]                                               # one token replaced
+        assert int(corr[s + j]) not in set(clean.tolist())                     # by one the sequence lacks
+        assert int(task.position_mask[i].sum()) == 1
+        pos = int(task.positions[i, 0])
+        assert pos == s + P + j and int(task.answers[i, 0, 0]) == int(clean[s + j + 1])
+        assert int(task.distractors[i, 0, 0]) == int(corr[s + j])
+    with pytest.raises(TaskError, match="no corruption 'shuffle'.*'copy'.*'match'"):
+        load_task("induction", any_tok, n=3, corruption="shuffle")
 
 
 def test_induction_natural_text(gpt2_tok):
