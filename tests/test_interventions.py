@@ -72,9 +72,23 @@ def test_skipping_idle_nodes_changes_nothing(arch):
     acdc_masks[:, :, :start] = s.edge_mask[:, :start].float()
     ref = model.patched_logits(clean, acdc_masks.clone().requires_grad_(True), ablated).detach()
     cached = model.sender_outputs(clean)
+    later = torch.arange(s.n_senders) >= s.head_sender(1, 0)  # the senders from layer 1 on are computed
     fast = model.run(clean, masks=acdc_masks, ablated=ablated, ablated_is_a_run=True, cached=cached,
-                     start_receiver=start).logits
+                     computed=later).logits
     assert torch.allclose(fast, ref, atol=1e-5)
+    # a recorded run of one circuit gives the reference circuit's outputs: with them, a circuit that differs only
+    # in one node's incoming edges needs that node and its descendants computed, nothing else
+    one = acdc_masks[0]
+    held = model.run(clean, masks=one, ablated=ablated, record=True).sender_outputs  # [S, B, P, d]
+    node = s.head_sender(1, 2)
+    variant = one.clone()
+    variant[: s.head_sender(1, 0), s.qkv_receiver(1, 2, "v")] = 0.0
+    ref = model.patched_logits(clean, variant.clone().requires_grad_(True), ablated).detach()
+    computed = torch.arange(s.n_senders) >= node  # the node and everything after it (a superset of its descendants)
+    computed[s.head_sender(1, 0):node] = False
+    fast = model.run(clean, masks=variant, ablated=ablated, ablated_is_a_run=True, cached=held,
+                     computed=computed).logits
+    assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
 
 
 # ---- an independent reference: recompute one receiver's input with one sender swapped -------------------------

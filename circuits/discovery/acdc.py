@@ -30,12 +30,14 @@ last decision made. Mostly-kept and mostly-removed runs both finish in about ``k
 The pass width adapts (at most ``circuits_per_pass``): it doubles after a pass predicted right and shrinks to
 twice the decisions a mispredicted pass made, so mixed receivers waste few evaluations.
 
-Two more savings, both exact: while receiver ``r`` is being tested, every edge into an earlier receiver is
-still in the circuit, so every sender that ``r``'s layer reads has its clean output; the batched form starts the
-forward at ``r``'s layer from cached clean sender outputs, and computes the unembedding only at the task's
-readout positions. ``one_at_a_time=True`` is the plain reference: one full patched forward per tested edge.
-The two agree up to floating-point rounding (scores within ~1e-6), hence in every decision unless an effect
-lies within rounding of ``threshold``.
+Two more savings, both exact. Only what a candidate changes is recomputed: the evaluator holds every
+sender's output in the current circuit (at first one recorded clean run), and a candidate differs from it only
+in one receiver's edges, so only that receiver's node and the nodes it feeds in the circuit are computed; every
+other sender writes its held output (:class:`CandidateEvaluator`). Deep in the model, with the circuit above
+already pruned, a candidate then costs a few nodes instead of a forward. And the unembedding is computed only
+at the task's readout positions. ``one_at_a_time=True`` is the plain reference: one full patched forward per
+tested edge. The two agree up to floating-point rounding (scores within ~1e-6), hence in every decision unless
+an effect lies within rounding of ``threshold``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from circuits.graph.pruning import prune, receiver_node
 _receiver_hook = None
 
 # Who evaluates candidate circuits: ``factory(ctx, metric, fast)`` -> an object with ``objective(masks [C, S, R],
-# receiver) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
+# current [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
 # :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
 EVALUATOR: ContextVar = ContextVar("acdc_evaluator", default=None)
 
@@ -74,6 +76,25 @@ def evaluated_by(factory):
 def register_methods(register) -> None:
     register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, "
              "threshold tau", checkpoints=True)(acdc)
+
+
+# ---- the graph below a receiver -------------------------------------------------------------------------------
+def descendants(node_of: Tensor, changed: Tensor, edges: Tensor) -> Tensor:
+    """``[S]`` bool: the senders among ``changed [S + 1]`` (nodes; logits = S) and every sender they reach
+    through ``edges [S, R]`` (``node_of [R]``: each receiver's node, :func:`circuits.graph.pruning.receiver_node`)."""
+    S = edges.shape[0]
+    src, rcv = edges.nonzero(as_tuple=True)
+    feeds = torch.zeros(S, S + 1, dtype=torch.bool)  # [S, S + 1]: sender -> node it has an edge into
+    feeds[src, node_of[rcv]] = True
+    succ = [row.nonzero().flatten().tolist() for row in feeds]
+    reach = changed[:S].tolist()
+    todo = [v for v in range(S) if reach[v]]
+    while todo:
+        for v in succ[todo.pop()]:
+            if v < S and not reach[v]:
+                reach[v] = True
+                todo.append(v)
+    return torch.tensor(reach, dtype=torch.bool)
 
 
 # ---- objective -----------------------------------------------------------------------------------------------
@@ -94,18 +115,31 @@ class _Batch:
     prepared: object  # PreparedBatch
     full: Tensor | None  # full model's logits for KL: [B, P, V] (plain) or [B, Rp, V] (fast)
     readout: object  # TaskBatch whose positions index the logits the evaluator produces
-    clean_outputs: Tensor | None  # [S, B, P, d] clean sender outputs (fast path)
+    outputs: Tensor | None  # [S, B, P, d] every sender's output in the evaluator's reference circuit (fast path)
     gather: Tensor | None  # [B, Rp] readout positions (fast path)
 
 
 class CandidateEvaluator:
-    """``objective(masks [C, S, R], receiver)`` -> ``[C]`` mean objective (float64), higher = better."""
+    """``objective(masks [C, S, R], current [S, R] | None)`` -> ``[C]`` mean objective (float64), higher = better.
+
+    The fast form keeps every sender's output in a *reference circuit* (at first the full model: one recorded
+    clean run). A batch of candidates is run computing only the nodes whose incoming edges differ from the
+    reference, and everything those nodes feed (their descendants in the union of the circuits); every other
+    sender writes its cached output. ACDC's candidates differ in one receiver's edges, and once the circuit
+    above is pruned that receiver's node feeds few others, so a candidate costs a few nodes, not a forward.
+    ``current`` (the search's circuit, optional) lets the reference follow the search: the nodes whose edges
+    were removed since are recomputed once, in one run of ``current``, unless the candidates recompute them
+    anyway.
+    """
 
     def __init__(self, ctx: DiscoveryContext, metric, fast: bool):
         self.ctx, self.metric, self.fast = ctx, metric, fast
         self.model = ctx.model
+        s = self.model.structure
         self.n_forward = 0  # circuits evaluated (one circuit on the whole data = 1)
         self.batches: list[_Batch] = []
+        self.reference = s.edge_mask.float()  # the circuit whose sender outputs the batches hold: [S, R]
+        self.node_of = receiver_node(s)  # [R] receiver -> node (sender index; logits = S)
         with torch.no_grad():
             for p in ctx.cached_batches:
                 full = None
@@ -119,28 +153,56 @@ class CandidateEvaluator:
                         full = self.model.logits(p.clean, p.attention_mask)
                     self.batches.append(_Batch(p, full, p.batch, None, None))
 
-    def _forward_from(self, b: _Batch, masks: Tensor, receiver: int) -> Tensor:
-        """Patched logits ``[C, B, Rp, V]`` at the readout positions, starting at ``receiver``'s layer.
+    def _descendants(self, changed: Tensor, edges: Tensor) -> Tensor:
+        return descendants(self.node_of, changed, edges)
 
-        Valid while every edge into a receiver before ``receiver``'s layer is in the circuit (mask 1), so the
-        senders written before that layer have their clean outputs (cached). Nodes idle in every circuit of
-        the pass are skipped (:func:`~circuits.interventions.forward.decomposed_forward`)."""
+    def _changed_nodes(self, masks: Tensor) -> Tensor:
+        """``[S + 1]`` bool: nodes with an incoming edge whose mask differs from the reference's in ``masks``."""
+        cols = (masks != self.reference[None]).any(0).any(0)  # [R]
+        changed = torch.zeros(self.reference.shape[0] + 1, dtype=torch.bool)
+        changed[self.node_of[cols]] = True
+        return changed
+
+    def _run(self, b: _Batch, masks: Tensor, computed: Tensor, record: bool = False):
         p = b.prepared
         return self.model.run(p.clean, p.attention_mask, masks=masks, ablated=p.ablated, logit_positions=b.gather,
-                              cached=b.clean_outputs, start_receiver=receiver,
-                              ablated_is_a_run=self.ctx.ablation == "corrupted").logits
+                              cached=b.outputs, computed=computed, record=record,
+                              ablated_is_a_run=self.ctx.ablation == "corrupted")
+
+    def _follow(self, current: Tensor, masks: Tensor) -> None:
+        """Move the reference to ``current`` when the candidates would not recompute all it changed."""
+        moved = self._changed_nodes(current[None])
+        if not moved.any():
+            return
+        edges = (self.reference != 0) | (current != 0) | (masks != 0).any(0)
+        edges = edges & self.model.structure.edge_mask
+        if not (self._descendants(moved, edges) & ~self._descendants(self._changed_nodes(masks), edges)).any():
+            return  # the candidates recompute everything the move changed: it can wait
+        stale = self._descendants(moved, edges)
+        mask = current.to(device=self.model.device, dtype=self.model.dtype)
+        for b in self.batches:
+            rec = self._run(b, mask, stale, record=True).sender_outputs  # [S, B, P, d]
+            b.outputs[stale.to(b.outputs.device)] = rec[stale.to(rec.device)]
+        self.reference = current.clone()
 
     @torch.no_grad()
-    def objective(self, masks: Tensor, receiver: int) -> Tensor:
-        masks = masks.to(device=self.model.device, dtype=self.model.dtype)
+    def objective(self, masks: Tensor, current: Tensor | None = None) -> Tensor:
+        masks = masks.detach().cpu().float()
         C = masks.shape[0]
+        computed = None
+        if self.fast:
+            if current is not None:
+                self._follow(current.detach().cpu().float(), masks)
+            edges = ((self.reference != 0) | (masks != 0).any(0)) & self.model.structure.edge_mask
+            computed = self._descendants(self._changed_nodes(masks), edges)
+        device_masks = masks.to(device=self.model.device, dtype=self.model.dtype)
         total = torch.zeros(C, dtype=torch.float64)
         for b in self.batches:
             p = b.prepared
             if self.fast:
-                logits = self._forward_from(b, masks, receiver)
+                logits = self._run(b, device_masks, computed).logits
             else:
-                logits = self.model.patched_logits(p.clean, masks, p.ablated, attention_mask=p.attention_mask)
+                logits = self.model.patched_logits(p.clean, device_masks, p.ablated, attention_mask=p.attention_mask)
             full = None
             if b.full is not None:
                 full = b.full[None].expand(C, *b.full.shape).flatten(0, 1)
@@ -154,7 +216,7 @@ class CandidateEvaluator:
 
 # ---- the search ----------------------------------------------------------------------------------------------
 def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
-         circuits_per_pass: int = 16, one_at_a_time: bool = False, max_receivers: int | None = None,
+         circuits_per_pass: int | None = None, one_at_a_time: bool = False, max_receivers: int | None = None,
          checkpoint: Checkpoint | None = None) -> tuple[Tensor, Tensor]:
     """ACDC's circuit: ``(scores [S, R], in_graph [S, R] bool)``.
 
@@ -162,7 +224,10 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
     ``metric="kl"``: raises KL(full model || circuit) by less than tau; ``absolute=True`` compares
     ``|change|``, ACDC's ``abs_value_threshold``). ``metric``: ``"kl"`` (KL to the full model at the task's
     readout positions, ACDC's default, whatever the task's metric) or ``"task"`` (the task's metric).
-    ``circuits_per_pass``: candidate circuits evaluated per batched forward. ``one_at_a_time``: the plain
+    ``circuits_per_pass``: the most candidate circuits evaluated per batched forward (default: 16 on an
+    accelerator; on a CPU, 16 divided by the number of nodes each candidate recomputes, since a CPU pass of C
+    circuits costs about C times one and wide passes then only pay for themselves when each circuit is a few
+    nodes; the width never changes a decision, only the cost). ``one_at_a_time``: the plain
     reference implementation (one full patched forward per tested edge; same decisions). ``max_receivers``:
     for benchmarking only, stop after this many receivers from the logits backwards (edges into the receivers
     not visited stay in the circuit, untested, scored above every tested edge).
@@ -173,7 +238,7 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
     """
     if threshold != threshold:
         raise DiscoveryError("threshold is NaN")
-    if circuits_per_pass < 1:
+    if circuits_per_pass is not None and circuits_per_pass < 1:
         raise DiscoveryError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}")
     if max_receivers is not None and max_receivers < 1:
         raise DiscoveryError(f"max_receivers must be positive (or None for the full run), got {max_receivers}")
@@ -207,17 +272,18 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
             mask[:n_up[r], r] = 0.0
         else:
             if current is None:
-                current = float(evaluator.objective(mask[None], r)[0])
+                current = float(evaluator.objective(mask[None], mask)[0])
             cands = list(range(n_up[r] - 1, -1, -1))
             stale: dict[int, float] = {}
-            width = circuits_per_pass  # adapts to the length of correctly predicted runs
+            widest = circuits_per_pass or _auto_width(ctx, mask, node_of, node)
+            width = widest  # adapts to the length of correctly predicted runs
             j = 0
             while j < len(cands):
                 if one_at_a_time:
                     snd = cands[j]
                     trial = mask.clone()
                     trial[snd, r] = 0.0
-                    value = float(evaluator.objective(trial[None], r)[0])
+                    value = float(evaluator.objective(trial[None])[0])
                     current, prior = _decide(mask, effects, tested, snd, r, current, value, threshold, key)
                     j += 1
                     continue
@@ -228,7 +294,7 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
                     trials[t, snd, r] = 0.0
                     if predicted[t]:  # the later candidates assume this one removed
                         trials[t + 1:, snd, r] = 0.0
-                values = evaluator.objective(trials, r).tolist()
+                values = evaluator.objective(trials, mask).tolist()
                 for t, snd in enumerate(batch):
                     stale[snd] = current - values[t]
                 for t, snd in enumerate(batch):
@@ -236,10 +302,10 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
                     prior = removed
                     j += 1
                     if removed != predicted[t]:  # later evaluations assumed the other decision: redo them
-                        width = max(1, min(circuits_per_pass, 2 * (t + 1)))
+                        width = max(1, min(widest, 2 * (t + 1)))
                         break
                 else:
-                    width = min(circuits_per_pass, 2 * width)
+                    width = min(widest, 2 * width)
         done = i + 1
         if checkpoint is not None:
             checkpoint.save({"mask": mask, "effects": effects, "tested": tested, "done": done, "prior": prior,
@@ -262,6 +328,18 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
     ctx.extras["acdc"] = {"n_kept": int(kept.sum()), "n_tested": int(tested.sum()),
                           "n_circuits_evaluated": evaluator.n_forward, "final_objective": current}
     return scores.float(), in_graph
+
+
+def _auto_width(ctx: DiscoveryContext, mask: Tensor, node_of: list[int], node: int, widest: int = 16) -> int:
+    """The default pass width at a receiver of ``node``: ``widest`` on an accelerator; on a CPU ``widest``
+    divided by the number of senders a candidate recomputes (the node and what it feeds in ``mask``)."""
+    if ctx.model.device.type != "cpu" or node >= mask.shape[0]:
+        return widest
+    changed = torch.zeros(mask.shape[0] + 1, dtype=torch.bool)
+    changed[node] = True
+    edges = (mask != 0) & ctx.model.structure.edge_mask
+    k = int(descendants(torch.as_tensor(node_of), changed, edges).sum())
+    return max(1, widest // k)
 
 
 def _decide(mask: Tensor, effects: Tensor, tested: Tensor, snd: int, r: int, current: float, value: float,

@@ -37,12 +37,13 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
                        masks: Tensor | None = None, ablated: Tensor | None = None,
                        record: bool = False, probe: dict | None = None,
                        logit_positions: Tensor | None = None, ablated_is_a_run: bool = False,
-                       cached: Tensor | None = None, start_receiver: int | None = None) -> ForwardResult:
+                       cached: Tensor | None = None, computed: Tensor | None = None) -> ForwardResult:
     """Run ``spec`` on ``input_ids [B, P]``.
 
     ``masks [C, S, R]`` or ``[S, R]`` with ``ablated [S, B|1, P|1, d]`` patches every edge
     (1 = the sender's output in this run, 0 = its ablated output); without masks it is the plain model.
-    ``record`` returns every sender's output (plain runs only). ``probe`` (keyword arguments of
+    ``record`` returns every sender's output (plain runs, and patched runs of one circuit: there a skipped
+    sender's entry is its ablated output, what every receiver reads from it). ``probe`` (keyword arguments of
     :class:`~circuits.interventions.residual.GradientProbe`) makes the run an attribution run: the backward
     pass of anything computed from its logits accumulates edge scores. ``logit_positions [B, K]`` unembeds
     only those positions (logits ``[B, K, V]``): a task reads a few positions, and the unembedding of a large
@@ -54,9 +55,11 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     incoming edges is in its circuit, since it would write exactly its ablated output. Small circuits then
     cost a fraction of a forward.
 
-    ``cached [S, B, P, d]`` (this run's own sender outputs, from a recorded run) with ``start_receiver``: the
-    senders before that receiver's layer (before its MLP, for an MLP receiver) are written from the cache, not
-    computed. Valid when every edge into an earlier receiver is in every circuit (ACDC's search state).
+    ``cached [S, B, P, d]`` with ``computed [S]`` (bool, patched runs): only the senders marked ``computed``
+    are computed; every other sender writes its ``cached`` output, the same in every circuit. Valid when the
+    cache holds what those senders output in each of the C circuits, e.g. the outputs of a circuit the C
+    circuits differ from only in edges into computed nodes, whose descendants are all computed too (ACDC's
+    candidates: one receiver's edges vary, so only its node and what that node feeds are recomputed).
     """
     B, P = input_ids.shape
     structure = spec.structure
@@ -72,8 +75,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
 
     C = 1
     if masks is not None:
-        if record:
-            raise ValueError("record=True is for plain runs; patched runs do not produce an ablation cache")
+        if record and masks.dim() == 3 and masks.shape[0] != 1:
+            raise ValueError("record=True records one run: give a plain run or the masks of one circuit")
         if ablated is None:
             raise ValueError("patching needs the ablated sender outputs (ablated=...): see circuits.interventions.ablation")
         _check_patch_inputs(structure, masks, ablated, B, P, first.shape[-1])
@@ -81,7 +84,7 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         active = None
         if not (masks.requires_grad or ablated.requires_grad):
             active = active_senders(structure, masks, ablated_is_a_run)
-        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure, active)
+        resid = MaskedResidual(first, masks, ablated.to(first.dtype), structure, active, shared=cached is not None)
         positions = positions.repeat(C, 1)  # [N, P]
         if attention_mask is not None:
             attention_mask = attention_mask.repeat(C, 1)
@@ -92,20 +95,28 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     else:
         resid = PlainResidual(first, structure.n_senders, record=record)
     per_head = masks is not None or record or probe is not None  # else heads are summed inside W_O
+    recording = None  # patched run of one circuit, recorded: [S, B, P, d], skipped senders at their ablated output
+    if record and masks is not None:
+        recording = ablated.to(first.dtype).expand(structure.n_senders, B, P, first.shape[-1]).clone()
+        recording[0] = first
 
     allowed = _allowed_keys(attention_mask, positions.shape, first.device, spec.sliding_window)  # [N, P, P]
     H = structure.n_heads
     skipping = masks is not None and active is not None
-    start_layer, mlp_start = 0, False  # layers before start_layer (and its heads, if mlp_start) come from the cache
-    if cached is not None:
-        if masks is None or start_receiver is None:
-            raise ValueError("cached sender outputs need masks and start_receiver (the first receiver computed)")
-        receiver = structure.receivers[start_receiver]
-        start_layer, mlp_start = min(receiver.layer, len(spec.layers)), receiver.kind == "mlp"
+    if cached is not None or computed is not None:
+        if masks is None or cached is None or computed is None:
+            raise ValueError("cached sender outputs need masks and computed (the senders this run computes)")
+        computed = computed.detach().cpu().bool()
+        if recording is not None:
+            recording[~computed] = cached[~computed.to(cached.device)].to(recording.dtype)
+        computed = computed.tolist()
 
-    def from_cache(senders: list[int]) -> Tensor:  # [k, C, B, P, d] without copying the cache C times
-        x = cached[senders]
-        return x[:, None].expand(x.shape[0], C, *x.shape[1:])
+    def held(senders: list[int]) -> dict:  # write() arguments for senders whose outputs come from the cache
+        return {"held": cached[senders], "held_senders": senders} if senders else {}
+
+    def note(senders: list[int], outputs: Tensor) -> None:  # outputs [k, N, P, d] of a recorded patched run
+        if recording is not None and senders:
+            recording[senders] = outputs.reshape(len(senders), B, P, -1)
 
     for layer_idx, layer in enumerate(spec.layers):
         senders = structure.layer_senders(layer_idx)
@@ -114,39 +125,42 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         if skipping:
             heads = [h for h in heads if resid.active[senders.start + h]]
             has_mlp = has_mlp and resid.active[structure.mlp_sender(layer_idx)]
-        heads_cached = layer_idx < start_layer or (layer_idx == start_layer and mlp_start)
-        mlp_cached = layer_idx < start_layer
-        mlp_r = structure.mlp_receiver(layer_idx) if has_mlp else None
+        work = heads if computed is None else [h for h in heads if computed[senders.start + h]]  # computed heads
+        mlp_work = has_mlp and (computed is None or computed[structure.mlp_sender(layer_idx)])
+        mlp_r = structure.mlp_receiver(layer_idx) if mlp_work else None
         z, attn = None, layer.attn
-        if heads and not heads_cached:
+        if work:
             receivers = structure.attn_receivers(layer_idx)
-            if len(heads) < H:  # only the active heads' q, k, v receivers read
-                receivers = [receivers.start + i * H + h for i in range(3) for h in heads]
-                attn = _head_subset(layer.attn, heads)
-            x = resid.read(receivers, then=None if mlp_cached else mlp_r)  # [3H' | 1, N, P, d]
+            if len(work) < H:  # only the computed heads' q, k, v receivers read
+                receivers = [receivers.start + i * H + h for i in range(3) for h in work]
+                attn = _head_subset(layer.attn, work)
+            x = resid.read(receivers, then=mlp_r)  # [3H' | 1, N, P, d]
             qkv = None
             if probe is not None and x.requires_grad:  # attribution: q/k/v whose backward scores the receivers
                 qkv = resid.project_qkv(x, attn, layer.attn_norm)
             z = _attention_pattern_values(attn, layer.attn_norm, x, positions, allowed, qkv)  # [H', N, P, e]
-        if has_mlp and not mlp_cached and spec.parallel_attn_mlp:
+        if mlp_work and spec.parallel_attn_mlp:
             mlp_in = resid.read(mlp_r)
-        if heads_cached:
-            resid.write(from_cache([senders.start + h for h in heads]) if heads else None, group=H)
-        elif z is None:
-            resid.write(None, group=H)
+        if z is None:
+            resid.write(None, group=H, **held([senders.start + h for h in heads]))
         elif per_head:
-            resid.write(torch.matmul(z.flatten(1, 2), attn.W_O).view(len(heads), *z.shape[1:3], -1), group=H)
+            out = torch.matmul(z.flatten(1, 2), attn.W_O).view(len(work), *z.shape[1:3], -1)  # [H', N, P, d]
+            note([senders.start + h for h in work], out)
+            rest = [senders.start + h for h in heads if h not in set(work)]  # active heads from the cache
+            resid.write(out, group=H, **held(rest))
         else:
             resid.write(torch.einsum("hnpe,hed->npd", z, attn.W_O)[None])
         if layer.attn.b_O is not None:
             resid.add_constant(layer.attn.b_O)
-        if has_mlp and mlp_cached:
-            resid.write(from_cache([structure.mlp_sender(layer_idx)]), group=1)
+        if has_mlp and not mlp_work:
+            resid.write(None, group=1, **held([structure.mlp_sender(layer_idx)]))
             continue
-        if has_mlp and not spec.parallel_attn_mlp:
+        if mlp_work and not spec.parallel_attn_mlp:
             mlp_in = resid.read(mlp_r)
-        if has_mlp:
-            resid.write(layer.mlp(layer.mlp_norm(mlp_in)))  # [1, N, P, d]
+        if mlp_work:
+            out = layer.mlp(layer.mlp_norm(mlp_in))  # [1, N, P, d]
+            note([structure.mlp_sender(layer_idx)], out)
+            resid.write(out)
         elif skipping and layer.mlp is not None:
             resid.write(None, group=1)
 
@@ -160,7 +174,7 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         logits = logits + spec.b_U
     if masks is not None and masks.dim() == 3:
         logits = logits.view(C, B, logits.shape[1], -1)
-    outputs = resid.recorded() if record else None
+    outputs = recording if recording is not None else resid.recorded() if record else None
     return ForwardResult(logits, outputs)
 
 

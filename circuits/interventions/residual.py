@@ -209,13 +209,16 @@ class MaskedResidual:
     buffer, the same pass can start the mix of that layer's MLP (``then=``), which then only adds the heads
     written since. :class:`_MixSenders` keeps autograd exact through the buffer.
 
-    ``active [S]`` (bool): the senders the forward computes; the others are skipped (their difference is zero
-    in every circuit, or never read) and only their ablated output enters the base. The buffer holds rows for
-    the ``A`` active senders only, so skipped senders cost nothing in any product.
+    ``active [S]`` (bool, runs without gradients): the senders the forward computes; the others are skipped
+    (their difference is zero in every circuit, or never read) and only their ablated output enters the base.
+    With ``shared`` such runs also hold what is the same in every circuit once, not C times: the base, the input
+    embedding and the senders written with ``held=`` (outputs cached from a reference run) sit in a shared
+    buffer ``[1 + A, B*P*d]`` that every circuit's read multiplies by its own mask rows (without ``held``
+    senders that is one more product per read than the single one above, so it is asked for only with them).
     """
 
     def __init__(self, first: Tensor, masks: Tensor, ablated: Tensor, structure: GraphStructure,
-                 active: Tensor | None = None):
+                 active: Tensor | None = None, shared: bool = False):
         if masks.dim() == 2:
             masks = masks[None]
         S = structure.n_senders
@@ -226,47 +229,74 @@ class MaskedResidual:
         act = torch.ones(S, dtype=torch.bool) if active is None else active.detach().cpu().bool().clone()
         act[0] = True  # the input embedding is always written
         self.active = act.tolist()
-        counts = torch.cumsum(act.long(), 0)
-        # buffer row where the senders from s on begin (row 0 is the base); index S: one past the last row
-        self.row_of = (counts - act.long() + 1).tolist() + [1 + int(counts[-1])]
-        self.masks = (masks if active is None else masks[:, act.to(masks.device)]).to(first.dtype)  # [C, A, R]
-        self.buffer = first.new_empty(self.C, 1 + int(counts[-1]), self.B * self.P * self.d)
+        A = int(act.sum())
+        self.masks = masks.to(first.dtype)  # [C, S, R]
+        self.sharing = shared and active is not None
+        X = self.B * self.P * self.d
+        self.buffer = first.new_empty(self.C, 1 + A, X)  # per-circuit rows (row 0: the base, without sharing)
+        self.shared = first.new_empty(1 + A, X) if self.sharing else None  # rows the same in every circuit
+        self.rows: list[int] = []  # the senders in buffer rows 1, 2, ... (in order)
+        self.shared_rows: list[int] = []  # the senders in shared rows 1, 2, ...
         self.chunks: list[tuple[int, Tensor]] = []  # (first buffer row, autograd-tracked diff [k, C, B, P, d])
         self.n_written = 0  # senders accounted for, written or skipped
-        self.n_rows = 1  # buffer rows filled (row 0, the base, is filled when read)
         self.base = torch.zeros((), dtype=first.dtype, device=first.device)  # sum of ablated outputs + biases
         self.partial: dict[int, tuple[int, Tensor, Tensor]] = {}  # receiver -> (senders mixed, sum, base then)
         self._ones = torch.ones(self.C, 1, self.R, dtype=first.dtype, device=first.device)
-        self._write(first[None, None].expand(1, self.C, *first.shape), 1)
+        if self.sharing:
+            self.write(None, 1, held=first[None])
+        else:
+            self.write(first[None, None].expand(1, self.C, *first.shape), 1)
 
     @property
     def N(self) -> int:
         return self.C * self.B
 
-    def _write(self, outputs: Tensor | None, group: int) -> None:  # outputs [k, C, B, P, d]: the active ones
+    def _ablated_of(self, senders: list[int]) -> Tensor:  # [k, B|1, P|1, d]
+        a, k = senders[0], len(senders)
+        return self.ablated[a:a + k] if senders[-1] - a == k - 1 else self.ablated[senders]
+
+    def write(self, outputs: Tensor | None, group: int | None = None, *, held: Tensor | None = None,
+              held_senders: list[int] | None = None) -> None:
+        """The next ``group`` senders (default: as many as given). ``outputs [k, N, P, d]`` (or
+        ``[k, C, B, P, d]``): those computed in this run, in order; ``held [h, B, P, d]``: outputs that are the
+        same in every circuit, of ``held_senders`` (default: the first ``h`` of the group). Together they are
+        exactly the group's active senders."""
         n = self.n_written
-        self.base = self.base + self.ablated[n:n + group].sum(0)  # every sender's ablated output, skipped or not
         k = 0 if outputs is None else outputs.shape[0]
-        assert k == sum(self.active[n:n + group]), "write the outputs of exactly the active senders"
+        h = 0 if held is None else held.shape[0]
+        group = k + h if group is None else group
+        if held is not None and held_senders is None:
+            held_senders = list(range(n, n + h))
+        held_set = set(held_senders or ())
+        active = [s for s in range(n, n + group) if self.active[s]]
+        computed = [s for s in active if s not in held_set]
+        assert len(computed) == k and len(active) == k + h, "write the outputs of exactly the active senders"
+        self.base = self.base + self.ablated[n:n + group].sum(0)  # every sender's ablated output, skipped or not
+        if h and self.sharing:
+            at = len(self.shared_rows) + 1
+            rows = self.shared[at:at + h].view(h, self.B, self.P, self.d)
+            torch.sub(held, self._ablated_of(held_senders), out=rows)
+            self.shared_rows += held_senders
+        elif h:  # with gradients every circuit has its own rows: the held outputs are copied C times
+            expanded = held[:, None].expand(h, self.C, *held.shape[1:])
+            self._write_rows(held_senders, expanded)
         if k:
-            idx = [s for s in range(n, n + group) if self.active[s]]
-            abl = (self.ablated[n:n + k] if k == group else self.ablated[idx])[:, None]  # [k, 1, B|1, P|1, d]
-            rows = self.buffer[:, self.n_rows:self.n_rows + k].transpose(0, 1).view(outputs.shape)
-            if torch.is_grad_enabled() and (outputs.requires_grad or abl.requires_grad):
-                diff = outputs - abl
-                rows.copy_(diff.detach())
-            else:  # no autograd: write the difference straight into the buffer, one pass
-                diff = torch.sub(outputs, abl, out=rows)
-            self.chunks.append((self.n_rows, diff))
-            self.n_rows += k
+            view = outputs if outputs.dim() == 5 else outputs.view(k, self.C, self.B, self.P, self.d)
+            self._write_rows(computed, view)
         self.n_written += group
 
-    def write(self, outputs: Tensor | None, group: int | None = None) -> None:
-        """``outputs [k, N, P, d]`` (or ``[k, C, B, P, d]``) of the active senders among the next ``group``
-        (default ``k``) senders."""
-        k = 0 if outputs is None else outputs.shape[0]
-        view = outputs if outputs is None or outputs.dim() == 5 else outputs.view(k, self.C, self.B, self.P, self.d)
-        self._write(view, k if group is None else group)
+    def _write_rows(self, senders: list[int], outputs: Tensor) -> None:  # outputs [k, C, B, P, d]
+        k = len(senders)
+        at = len(self.rows) + 1
+        abl = self._ablated_of(senders)[:, None]  # [k, 1, B|1, P|1, d]
+        rows = self.buffer[:, at:at + k].transpose(0, 1).view(outputs.shape)
+        if torch.is_grad_enabled() and (outputs.requires_grad or abl.requires_grad):
+            diff = outputs - abl
+            rows.copy_(diff.detach())
+        else:  # no autograd: write the difference straight into the buffer, one pass
+            diff = torch.sub(outputs, abl, out=rows)
+        self.chunks.append((at, diff))
+        self.rows += senders
 
     def add_constant(self, bias: Tensor) -> None:
         self.base = self.base + bias
@@ -274,16 +304,45 @@ class MaskedResidual:
     def _flat_base(self) -> Tensor:  # [X]
         return self.base.expand(self.B, self.P, self.d).reshape(-1)
 
+    def _mask_rows(self, senders: list[int], receivers: slice | list[int]) -> Tensor:  # [C, n, R]
+        a, k = senders[0], len(senders)
+        m = self.masks[:, a:a + k] if senders[-1] - a == k - 1 else self.masks[:, senders]
+        if isinstance(receivers, slice):
+            return m[:, :, receivers]
+        return m.index_select(2, torch.as_tensor(receivers, device=m.device))
+
     def _mix(self, receivers: slice | list[int], start: int) -> Tensor:
-        """``[C, R, X]``: mask-weighted sum of senders ``start .. n_written`` (plus the base when start is 0)."""
-        row0 = self.row_of[start]
-        chunks = [c for r, c in self.chunks if r >= row0]
-        m = self.masks[:, row0 - 1:self.n_rows - 1, receivers]  # [C, n, R]
-        if start == 0:
-            self.buffer[:, 0] = self._flat_base()
-            m = torch.cat([self._ones[:, :, :m.shape[-1]], m], dim=1)  # [C, 1 + n, R]
-            return _MixSenders.apply(m, self.buffer, 0, self.n_rows, *chunks)
-        return _MixSenders.apply(m, self.buffer, row0, self.n_rows, *chunks)
+        """``[R, C, X]``: mask-weighted sum of senders ``start .. n_written`` (plus the base when start is 0)."""
+        import bisect
+
+        n_r = receivers.stop - receivers.start if isinstance(receivers, slice) else len(receivers)
+        out = None
+        c0 = bisect.bisect_left(self.rows, start)  # index in self.rows of the first sender to mix
+        if c0 < len(self.rows) or (start == 0 and not self.sharing):
+            chunks = [c for r, c in self.chunks if r >= c0 + 1]
+            m = self._mask_rows(self.rows[c0:], receivers) if c0 < len(self.rows) else self._ones[:, :0, :n_r]
+            if start == 0 and not self.sharing:
+                self.buffer[:, 0] = self._flat_base()
+                m = torch.cat([self._ones[:, :, :n_r], m], dim=1)  # [C, 1 + n, R]
+                out = _MixSenders.apply(m, self.buffer, 0, len(self.rows) + 1, *chunks).transpose(0, 1)
+            else:
+                out = _MixSenders.apply(m, self.buffer, c0 + 1, len(self.rows) + 1, *chunks).transpose(0, 1)
+        if self.sharing:
+            s0 = bisect.bisect_left(self.shared_rows, start)
+            if start == 0:
+                self.shared[0] = self._flat_base()
+                first_row = 0
+            else:
+                first_row = s0 + 1
+            n_s = len(self.shared_rows) + 1 - first_row
+            if n_s:
+                m = self._mask_rows(self.shared_rows[s0:], receivers) if s0 < len(self.shared_rows) else None
+                if start == 0:
+                    m = self._ones[:, :, :n_r] if m is None else torch.cat([self._ones[:, :, :n_r], m], dim=1)
+                rows = self.shared[first_row:first_row + n_s]  # [n, X]
+                part = torch.matmul(m.permute(2, 0, 1).reshape(n_r * self.C, n_s), rows).view(n_r, self.C, -1)
+                out = part if out is None else part.add_(out)
+        return out
 
     def read(self, receivers: slice | int | list[int], then: int | None = None) -> Tensor:
         """``[R, N, P, d]``: each receiver's own masked mix of the senders written so far. ``then``: a receiver
@@ -298,18 +357,17 @@ class MaskedResidual:
             done, mixed, base_then = self.partial.pop(listed[0])
             if self.base is not base_then:
                 mixed = mixed + (self.base - base_then).expand(self.B, self.P, self.d).reshape(-1)
-            if self.row_of[done] < self.n_rows:
+            if (self.rows and self.rows[-1] >= done) or (self.shared_rows and self.shared_rows[-1] >= done):
                 mixed = mixed + self._mix(listed, done)
         else:
             ahead = then is not None and R > 1 and self.n_upstream[then] >= self.n_written
             index = receivers if isinstance(receivers, slice) and not ahead else listed + ([then] if ahead else [])
             if isinstance(receivers, slice) and ahead and then == receivers.stop:
                 index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
-            mixed = self._mix(index, 0)  # [C, R (+1), X]
+            mixed = self._mix(index, 0)  # [R (+1), C, X]
             if ahead:
-                self.partial[then] = (self.n_written, mixed[:, -1:], self.base)
-                mixed = mixed[:, :-1]
-        mixed = mixed.view(self.C, R, self.B, self.P, self.d).transpose(0, 1)  # [R, C, B, P, d]
+                self.partial[then] = (self.n_written, mixed[-1:], self.base)
+                mixed = mixed[:-1]
         return mixed.reshape(R, self.N, self.P, self.d)
 
 

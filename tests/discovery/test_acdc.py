@@ -105,12 +105,19 @@ def test_fast_forward_matches_patched_logits_across_architectures():
         fast = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=True)
         plain = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=False)
         gen = torch.Generator().manual_seed(0)
+        current = s.edge_mask.float()
         for r in [s.logits_receiver, s.mlp_receiver(1), s.qkv_receiver(1, 3, "k"), s.mlp_receiver(0), 0]:
-            masks = s.edge_mask.float()[None].repeat(3, 1, 1)
-            cut = torch.rand(3, s.n_senders, s.n_receivers, generator=gen) < 0.4
-            cut[:, :, :r] = False  # ACDC's state: edges into earlier receivers are all still in
-            masks[cut] = 0.0
-            torch.testing.assert_close(fast.objective(masks, r), plain.objective(masks, r), rtol=1e-4, atol=1e-5)
+            # ACDC's state: edges into receivers after r partly removed, r's own edges being tested
+            cut = torch.rand(s.n_senders, s.n_receivers, generator=gen) < 0.4
+            cut[:, :r + 1] = False
+            current = current * ~cut
+            masks = current[None].repeat(3, 1, 1)
+            masks[torch.arange(3), torch.arange(3) % int(s.n_upstream[r]), r] = 0.0
+            for ref in (current, None):  # the evaluator following the search, or held at the full model
+                torch.testing.assert_close(fast.objective(masks, ref), plain.objective(masks), rtol=1e-4, atol=1e-5)
+        # any batch of circuits, however far from the held reference (everything they change is recomputed)
+        masks = (torch.rand(3, s.n_senders, s.n_receivers, generator=gen) < 0.6).float() * s.edge_mask
+        torch.testing.assert_close(fast.objective(masks), plain.objective(masks), rtol=1e-4, atol=1e-5)
 
 
 def test_checkpoint_resume_gives_the_same_result(setup, tmp_path, monkeypatch):
