@@ -286,6 +286,11 @@ def build_planted_induction():
 # ---- planted-ioi ---------------------------------------------------------------------------------------------
 IOI_NAMES = ["Mary", "John", "Anna", "Paul", "Sarah", "James", "Laura", "David", "Emma", "Peter", "Kate", "Tom"]
 IOI_PLACES = ["store", "park", "school", "office"]
+# One unit of the planted heads' attention logits. Their score gaps are 20-80 units; at 1.0 the patterns are
+# saturated, gradients at the clean point vanish on the q/k edges, and EAP and 5-step EAP-IG miss them (AUROC
+# 0.61 and 0.67, measured), an artefact of hand-set weights that trained models do not have. At 0.3 (gaps of
+# 6-24) the patterns are still sharp (clean logit difference 9.7 of 10) and every edge's role is unchanged.
+IOI_ATTENTION_UNIT = 0.3
 IOI_TASK = """\
 # The task planted-ioi is built for: IOI-style prompts in this model's small vocabulary, ACDC's ABC corruption.
 name = "planted-ioi"
@@ -334,7 +339,8 @@ def build_planted_ioi():
     """3 layers x 4 heads, GPT-2 (MLPs present, weights zero). a0.h0: duplicate-token head (at S2 it attends to
     S1 and writes S's identity into DUP plus a flag); a1.h0: S-inhibition head (at the end it attends to the
     flagged position and moves DUP into INH); a2.h0: name mover (attends to names, except the one in INH, and
-    copies the name to OUT, read by the unembedding). Heads 1-3 of each layer are distractors."""
+    copies the name to OUT, read by the unembedding). Heads 1-3 of each layer are distractors. Attention logits
+    are in units of ``IOI_ATTENTION_UNIT`` (sharp, not saturated)."""
     tok = ioi_tokenizer()
     vocab = tok.get_vocab()
     V, n_ctx, d, H = len(tok), 32, 256, 4
@@ -351,7 +357,7 @@ def build_planted_ioi():
     plan.wte[tok.bos_token_id, isbos] = 1.0
     for p in range(n_ctx):
         plan.wpe[p, b["POS"][p]] = 1.0
-    u = 1.0 / plan.scale  # one unit of attention logit
+    u = IOI_ATTENTION_UNIT / plan.scale  # one unit of attention logit
     # a0.h0: duplicate token. score = 40 [same name earlier] + 20 [BOS] - 80 [itself]
     Q, K, Vw, O = plan.W_Q[0, 0], plan.W_K[0, 0], plan.W_V[0, 0], plan.W_O[0, 0]
     for i, t in enumerate(names):
