@@ -129,6 +129,7 @@ def _make_gpt2_tasks(out: Path, steps: int, seed: int, progress: bool) -> dict:
     from circuits.zoo import tasks_model as T
 
     hf, tok, info = T.train(steps=steps, seed=seed, progress=progress)
+    info["threads"] = torch.get_num_threads()
     model = CircuitModel.from_hf(hf, tok, name="zoo:gpt2-tasks")
     acc = T.evaluate(model)
     meta = {"name": "gpt2-tasks", "architecture": "gpt2", **T.SHAPE, "vocab_size": len(tok),
@@ -155,7 +156,7 @@ def _gpt2_tasks_card(meta: dict, params: int) -> str:
     return f"""# gpt2-tasks: a {L}-layer GPT-2 carrying IOI, greater-than and induction ({params:,} parameters)
 
 **Architecture**: transformers' `GPT2LMHeadModel`: {L} layers x {H} heads, d_model {d} (head dim {d // H}),
-MLP {mlp}, {meta['n_positions']} positions (fixed sinusoidal, frozen in training), {unembed}, no dropout.
+MLP {mlp}, {meta['n_positions']} positions (fixed sinusoidal, base {T.POS_BASE:g}, frozen in training), {unembed}, no dropout.
 Graph (MIB convention): {L} x {H} heads + {L} MLPs.
 
 **Tokenizer**: `circuits.tasks.word_level_tokenizer(circuits.tasks.task_vocabulary())` ({meta['vocab_size']} tokens:
@@ -166,16 +167,23 @@ each per step. Held-out split (made here; the task package has no hold-out optio
 name) combinations of IOI and one in five (noun, YY) combinations of greater-than (a fixed CRC32 hash,
 `circuits.zoo.common.held_out`) never appear in training ({t['n_data']} generated prompts per task before the
 split). Induction: `load_task("induction", tok, seq_len=L, min_period=P, max_period=P)` with random distinct
-words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T.IND_MAX_LEN} (sequences with at
-most 6 tokens before the first copy {T.SHORT_BOOST} times as frequent); it is evaluated on fresh random sequences.
+words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T.IND_MAX_LEN} (prefix length uniform; for
+{T.SHORT_FRACTION:.0%} of the sequences at most 6 tokens), drawn fresh every step by a vectorised sampler of the same
+distribution (`tasks_model.induction_sampler`), so no sequence repeats; it is evaluated on fresh random sequences
+of the generator itself (length 40, periods 5-15).
 Loss: the sum over tasks of the cross-entropy of the answer set at each read position (`-logprob`): IO for IOI,
 the years above YY for greater-than, the next token in the second copy for induction.
 
-**Training**: {t['steps']} steps, batch per task {', '.join(f'{k} {v}' for k, v in b.items())}, AdamW lr {t['lr']}
-(warm-up 100 steps, constant to 60%, then linear decay to 10%), weight decay {t.get('weight_decay', 0.0)}, gradient
-clipping 1.0, seed {t['seed']}, CPU, measured {t['train_seconds']} s of training loop on a shared 2-core machine
-(1 thread, other jobs running). Reproduce: `circuits zoo train gpt2-tasks --seed {t['seed']} --steps {t['steps']}
---threads 1`.
+**Training**: {t['steps']} steps: the first {t.get('induction_only_steps', 0)} on induction alone (batch
+{b['induction']}), then all three tasks each step (batch per task {', '.join(f'{k} {v}' for k, v in b.items())}).
+For the first {t.get('prev_token_supervision_steps', 0)} steps an auxiliary loss (weight {T.AUX_WEIGHT:g}, its gradient
+added after clipping) trains only the query and key weights of layer-0 head 0 to attend to the previous position
+(cross-entropy of its attention pattern; the layer input is detached): a documented training aid that shortens
+the previous-token head's formation. The induction head itself, and every output (OV) weight, is learned from the
+task loss alone. AdamW lr {t['lr']} (warm-up 100 steps, constant to {T.HOLD:.0%}, then linear decay to 10%), weight
+decay {t.get('weight_decay', 0.0)}, weight init std {T.INIT_RANGE:g}, gradient clipping 1.0, seed {t['seed']}, CPU,
+measured {t['train_seconds']} s of training loop on a shared 2-core machine ({t.get('threads', '?')} threads, other jobs
+running). Reproduce: `circuits zoo train gpt2-tasks --seed {t['seed']} --steps {t['steps']} --threads 2`.
 
 **Held-out accuracy** (600 fresh prompts per task, held-out combinations only for IOI and greater-than):
 
