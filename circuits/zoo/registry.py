@@ -171,8 +171,8 @@ words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T
 {T.SHORT_FRACTION:.0%} of the sequences at most 6 tokens), drawn fresh every step by a vectorised sampler of the same
 distribution (`tasks_model.induction_sampler`), so no sequence repeats; it is evaluated on fresh random sequences
 of the generator itself (length 40, periods 5-15).
-Loss: the sum over tasks of the cross-entropy of the answer set at each read position (`-logprob`): IO for IOI,
-the years above YY for greater-than, the next token in the second copy for induction.
+Loss: the sum over tasks of the cross-entropy at each read position: of IO for IOI, of the next token in the
+second copy for induction, and for greater-than against a uniform target over the years above YY.
 
 **Training**: {t['steps']} steps: the first {t.get('induction_only_steps', 0)} on induction alone (batch
 {b['induction']}), then all three tasks each step (batch per task {', '.join(f'{k} {v}' for k, v in b.items())}).
@@ -194,7 +194,12 @@ running). Reproduce: `circuits zoo train gpt2-tasks --seed {t['seed']} --steps {
 | induction (arg-max = next token, every second-copy position; length 40, periods 5-15) | {a['induction']:.1%} | |
 
 Greater-than's top-1 criterion is lenient (any year above YY counts, and most YY leave many); the pairwise column
-(probability mass above YY larger than at or below it) is the stricter one.
+(probability mass above YY larger than at or below it) is the stricter one. Neither shows whether the model reads
+YY at all (always answering "99" passes both), so the contrast the circuits are found for is checked too: the task
+metric on clean minus on corrupted prompts is {a.get('ioi_gap', float('nan')):.2f} for IOI (logit difference) and
+{a.get('greater-than_gap', float('nan')):.2f} for greater-than (probability difference; corrupted YY = 01). Greater-than is
+trained against a uniform target over the years above YY (`tasks_model.answer_set_loss`): the answer set's total
+mass alone is minimised by always answering "99", which a first version did (gap 0.00).
 
 Load: `circuits.load_model("zoo:gpt2-tasks")`; tasks: `circuits.load_task("ioi", model)` etc.
 """
@@ -287,7 +292,7 @@ def list_rows() -> list[dict]:
         acc = meta.get("accuracy", {})
         key = meta.get("accuracy_key")
         if key and key in acc:
-            shown = ", ".join(f"{k} {v:.1%}" for k, v in acc.items() if not k.endswith("pairwise"))
+            shown = ", ".join(f"{k} {v:.1%}" for k, v in acc.items() if not k.endswith(("pairwise", "_gap")))
         elif "metric_full" in acc:
             shown = f"planted; ground truth {len(meta.get('ground_truth', []))} edges"
         else:

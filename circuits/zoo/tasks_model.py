@@ -5,8 +5,9 @@ One model, three circuits, in the word-level vocabulary of the built-in tasks
 split made here (the task package has no hold-out option): a fifth of the (template, IO name) combinations of
 IOI and of the (noun, YY) combinations of greater-than never appear in training and are the evaluation set;
 induction is evaluated on fresh random sequences (another seed). The loss is the cross-entropy of the answer
-set at each read position (``-logprob`` metric): IO for IOI, the years above YY for greater-than, the next token
-in the second copy for induction.
+at each read position: IO for IOI (``-logprob`` metric), the next token in the second copy for induction, and for
+greater-than a uniform target over the years above YY (:func:`answer_set_loss`; the set's total mass alone is
+minimised by always answering "99", which ignores YY: clean and corrupted metrics then coincide).
 
 Recipe (why): induction is the hard part. With the earlier recipe (sinusoid base 100, periods 3-15, a fixed pool
 of induction sequences, all three tasks from step 0) IOI and greater-than reached 100% held-out but induction
@@ -35,8 +36,9 @@ held-out IOI 100%, greater-than 100%, induction 87.4% (its training loss 0.75 at
 1600 + 800 steps, 688 s: the same (induction 87.5%). The induction training loss sat at ~0.7-0.8 from about
 step 700 of the induction-only phase on (a second plateau) with periods 2-15, half the sequences short-prefixed and
 the constant rate held to 75% of the run. Periods 3-15, a fifth short-prefixed and the rate held to 90%
-(``HOLD``) left it: the shipped model, 1300 + 700 steps, 529 s (2 threads): held-out IOI 100%, greater-than 100%,
-induction 98.6% (final induction training loss 0.005).
+(``HOLD``) left it: the shipped model, 1300 + 700 steps, 530 s (2 threads): held-out IOI 100%, greater-than 100%,
+induction 98.9%; clean - corrupted metric 17.8 (IOI logit difference) and 0.26 (greater-than probability
+difference, which was 0.00 with the answer-set-mass loss: the model then always answered "99").
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: dict | None = N
                     d = data[name]
                     b = d.index(torch.randint(0, len(d), (batch_size[name],), generator=gen))
                     logits = hf(b.clean, attention_mask=b.attention_mask).logits
-                    losses[name] = readout_loss(logits, b)
+                    losses[name] = (answer_set_loss if name == "greater-than" else readout_loss)(logits, b)
             opt.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
@@ -258,17 +260,34 @@ def _quick_eval(hf, tok, n: int = 200) -> dict:
     return evaluate(_Bare(hf, tok), n=n, seed=999, pairwise=False)
 
 
+def answer_set_loss(logits, batch):
+    """Cross-entropy against a uniform target over the answer set at each read position (``-mean log p(a)``).
+
+    Greater-than's loss: the set's total mass (``-log sum p(a)``, :func:`readout_loss`) is minimised by always
+    putting all mass on "99", a shortcut that passes the top-1 and pairwise checks but ignores YY (the clean and
+    corrupted metrics then coincide and the task has no circuit). Spreading the mass over every year above YY
+    makes the prediction depend on YY."""
+    read = logits.gather(1, batch.positions[..., None].expand(-1, -1, logits.shape[-1]))  # [n, R, V]
+    logp = read.log_softmax(-1).gather(2, batch.answers)  # [n, R, A]
+    mask = batch.answer_mask & batch.position_mask[..., None]
+    return -(logp * mask).sum() / mask.sum()
+
+
 def evaluate(model, n: int = 600, seed: int = 12345, pairwise: bool = True) -> dict:
     """Held-out top-1 accuracy per task (IOI: arg-max is IO; greater-than: arg-max is a year above YY;
     induction: arg-max is the next token at every second-copy position), plus the pairwise accuracy
-    (IOI: logit(IO) > logit(S); greater-than: p(> YY) > p(<= YY))."""
+    (IOI: logit(IO) > logit(S); greater-than: p(> YY) > p(<= YY)) and, for IOI and greater-than, ``_gap``: the
+    task metric on clean minus on corrupted prompts (a model that ignores the contrast has no circuit: gap 0)."""
     out = {}
     for k, name in enumerate(TASKS):
         task = load(name, model.tokenizer, n, seed=seed + k)
         batch = task.data if name == "induction" else split_task(task, want_held_out=True)
         with torch.no_grad():
             logits = model.hf(batch.clean, attention_mask=batch.attention_mask).logits
+            corrupted = model.hf(batch.corrupted, attention_mask=batch.attention_mask).logits
         out[name] = round(top1_accuracy(logits, batch).mean().item(), 4)
         if pairwise and name != "induction":
-            out[f"{name}_pairwise"] = round((task.metric(logits, batch) > 0).float().mean().item(), 4)
+            metric = task.metric(logits, batch)
+            out[f"{name}_pairwise"] = round((metric > 0).float().mean().item(), 4)
+            out[f"{name}_gap"] = round((metric - task.metric(corrupted, batch)).mean().item(), 4)
     return out
