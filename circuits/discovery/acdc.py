@@ -176,9 +176,9 @@ class CandidateEvaluator:
             return
         edges = (self.reference != 0) | (current != 0) | (masks != 0).any(0)
         edges = edges & self.model.structure.edge_mask
-        if not (self._descendants(moved, edges) & ~self._descendants(self._changed_nodes(masks), edges)).any():
-            return  # the candidates recompute everything the move changed: it can wait
         stale = self._descendants(moved, edges)
+        if not (stale & ~self._descendants(self._changed_nodes(masks), edges)).any():
+            return  # the candidates recompute everything the move changed: it can wait
         mask = current.to(device=self.model.device, dtype=self.model.dtype)
         for b in self.batches:
             rec = self._run(b, mask, stale, record=True).sender_outputs  # [S, B, P, d]

@@ -146,7 +146,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         elif per_head:
             out = torch.matmul(z.flatten(1, 2), attn.W_O).view(len(work), *z.shape[1:3], -1)  # [H', N, P, d]
             note([senders.start + h for h in work], out)
-            rest = [senders.start + h for h in heads if h not in set(work)]  # active heads from the cache
+            computed_heads = set(work)
+            rest = [senders.start + h for h in heads if h not in computed_heads]  # active heads from the cache
             resid.write(out, group=H, **held(rest))
         else:
             resid.write(torch.einsum("hnpe,hed->npd", z, attn.W_O)[None])
