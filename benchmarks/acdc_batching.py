@@ -2,15 +2,17 @@
 
 Both forms make the same decisions; the batched engine evaluates candidates in passes of several circuits and
 recomputes only what a candidate changes (the tested receiver's node and the nodes it feeds in the circuit),
-the plain form runs one full patched forward per tested edge.
+the plain form runs one full patched forward per tested edge (both unembed only the positions the metric reads).
 
-1. GPT-2-small-shaped random-weight model (32,491 edges), IOI with n examples (GPT-2 tokenizer), KL to the full
-   model, corrupted ablation, CPU fp32. A complete run one edge at a time is hours on this CPU, so both forms
-   run from the same *mid-run states*: for each sampled layer L, the circuit above L is a pruned top-k EAP
-   circuit (standing in for what ACDC would have kept there), every edge into layer L and below is still in,
-   and ACDC tests the receivers of layer L's MLP (``max_receivers``, resumed from that state through the
-   checkpoint mechanism). Reported per layer: seconds, edges tested, per-edge speed-up, identical output.
-2. Complete ACDC runs, both forms, on the bundled models.
+1. Complete ACDC runs on the GPT-2-small-shaped random-weight model (32,491 edges), IOI with n examples
+   (GPT-2 tokenizer), KL to the full model, corrupted ablation, CPU fp32: both forms at once, one process each
+   (one core each, so machine load hits both alike). tau sits between two adjacent single-edge effects into the
+   logits at the given quantile (0.9: about a tenth of the logits' edges stay), so the run ends in a sparse
+   circuit as ACDC's runs on trained models do.
+2. Mid-run states (optional, ``--layers``): for each sampled layer L, the circuit above L is a pruned top-k EAP
+   circuit, every edge into layer L and below is still in, and both forms test the receivers of layer L's MLP.
+   This shows where the gains come from (per-edge cost by depth) from a denser circuit than ACDC keeps.
+3. Complete ACDC runs, both forms, on the bundled models.
 
     python benchmarks/acdc_batching.py            # writes results/acdc_batching.{json,md}
 """
@@ -104,22 +106,17 @@ def mid_run(ctx, tau: float, layers: list[int], top_k: int) -> list[dict]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--layers", default="11,8,5,2,0")
-    parser.add_argument("--top-k", type=int, default=1000, help="EAP edges standing in for the circuit above")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def gpt2_setup(n: int):
     model = random_model("gpt2-small")
-    task = circuits.load_task("ioi", model, n=args.n, seed=0)
-    ctx = DiscoveryContext(model, task, ablation="corrupted", batch_size=args.n)
-    s = model.structure
-    # threshold: halfway between the two median single-edge effects into logits from the full model, so about
-    # half of the edges there are removed and no edge sits within rounding of tau (a tau equal to one edge's
-    # effect lets floating-point rounding decide that edge, and the two forms may then disagree on it)
+    task = circuits.load_task("ioi", model, n=n, seed=0)
+    return model, task, DiscoveryContext(model, task, ablation="corrupted", batch_size=n)
+
+
+def logits_threshold(ctx, quantile: float) -> float:
+    """tau halfway between two adjacent single-edge effects into the logits (from the full model), at ``quantile``
+    of their distribution: no edge there sits within rounding of tau (a tau equal to an edge's effect lets
+    floating-point rounding decide that edge, and the two forms may then disagree on it)."""
+    s = ctx.model.structure
     ev = acdc_mod.CandidateEvaluator(ctx, acdc_mod.objective_metric(ctx, "kl"), fast=True)
     r = s.logits_receiver
     base = float(ev.objective(s.edge_mask.float()[None])[0])
@@ -130,56 +127,115 @@ def main() -> None:
         masks[torch.arange(len(idx)), idx, r] = 0.0
         effects.append(base - ev.objective(masks))
     ordered = torch.cat(effects).sort().values
-    mid = len(ordered) // 2
-    tau = float((ordered[mid - 1] + ordered[mid]) / 2)
+    k = min(int(quantile * (len(ordered) - 1)), len(ordered) - 2)
+    return float((ordered[k] + ordered[k + 1]) / 2)
 
-    layers = [int(x) for x in args.layers.split(",")]
-    rows = mid_run(ctx, tau, layers, args.top_k)
-    sample_one = sum(x["one_at_a_time_s"] for x in rows)
-    sample_batched = sum(x["batched_s"] for x in rows)
+
+def complete_run(form: str, n: int, tau: float, threads: int | None) -> dict:
+    """One complete ACDC run on the GPT-2-small-shaped model (run in its own process)."""
+    if threads:
+        torch.set_num_threads(threads)
+    _, _, ctx = gpt2_setup(n)
+    t0 = time.perf_counter()
+
+    def report(done: int) -> None:
+        if done % 25 == 0:
+            print(f"  [{form}] {done} receivers, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    acdc_mod._receiver_hook = report
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=tau, one_at_a_time=form == "one_at_a_time")
+    return {"seconds": time.perf_counter() - t0, "scores": scores, "in_graph": in_graph, **ctx.extras["acdc"]}
+
+
+def gpt2_complete(n: int, tau: float, threads: int | None) -> dict:
+    """Both forms at once, one process each."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        futures = {form: pool.submit(complete_run, form, n, tau, threads) for form in ("batched", "one_at_a_time")}
+        res = {form: f.result() for form, f in futures.items()}
+    b, o = res["batched"], res["one_at_a_time"]
+    return {"n_tested": b["n_tested"], "n_kept": b["n_kept"], "n_in_graph": int(b["in_graph"].sum()),
+            "circuits_evaluated": b["n_circuits_evaluated"], "batched_s": b["seconds"],
+            "one_at_a_time_s": o["seconds"], "speedup": o["seconds"] / b["seconds"],
+            "identical": bool(torch.equal(b["in_graph"], o["in_graph"]) and b["n_tested"] == o["n_tested"]),
+            "max_score_diff": float((b["scores"] - o["scores"]).abs().max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--quantile", type=float, default=0.9,
+                        help="tau between adjacent single-edge effects into the logits at this quantile")
+    parser.add_argument("--layers", default="11,8,5,2,0", help="mid-run states to time ('' to skip)")
+    parser.add_argument("--top-k", type=int, default=1000, help="EAP edges standing in for the circuit above")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, task, ctx = gpt2_setup(args.n)
+    s = model.structure
+    tau = logits_threshold(ctx, args.quantile)
+    print(f"tau = {tau:.4g}; complete runs, both forms at once ...", flush=True)
+    complete = gpt2_complete(args.n, tau, args.threads)
+    print(complete, flush=True)
+    layers = [int(x) for x in args.layers.split(",") if x.strip()]
+    mid_tau = logits_threshold(ctx, 0.5)
+    rows = mid_run(ctx, mid_tau, layers, args.top_k) if layers else []
     full_runs = bundled_full_runs()
     result = {"settings": {"model": "random:gpt2-small", "edges": s.n_edges, "task": "ioi", "n": args.n,
                            "seq": int(task.clean.shape[1]), "metric": "kl", "ablation": "corrupted",
-                           "threshold": tau, "layers": layers, "top_k_state": args.top_k},
-              "mid_run": rows, "sampled_total_speedup": sample_one / sample_batched,
-              "bundled_full_runs": full_runs, "goal": GOAL}
-    layer_md = "\n".join(f"| {x['layer']} | {x['edges_tested']} | {x['circuits_evaluated']} | {x['batched_s']:.1f} | "
-                          f"{x['one_at_a_time_s']:.1f} | **{x['speedup']:.1f}x** | {x['identical']} | "
-                          f"{x['max_score_diff']:.1g} |" for x in rows)
-    full_md = "\n".join(f"| {r['model']} | {r['edges']} | {r['n_tested']} | {r['n_kept']} | {r['batched_s']:.2f} | "
-                         f"{r['one_at_a_time_s']:.2f} | **{r['speedup']:.1f}x** | {r['identical']} |" for r in full_runs)
+                           "threshold": tau, "quantile": args.quantile, "mid_run_threshold": mid_tau,
+                           "layers": layers, "top_k_state": args.top_k},
+              "gpt2_complete": complete, "mid_run": rows, "bundled_full_runs": full_runs, "goal": GOAL}
+    c = complete
     md = f"""
-Batched engine (default pass width) vs one full patched forward per tested edge; identical decisions required.
+Batched engine (default pass width) vs the plain form, one full patched forward per tested edge (both unembed
+only the positions the metric reads); identical decisions required.
 
-**1. GPT-2-small-shaped random model** ({s.n_edges:,} edges), IOI n={args.n} (seq {task.clean.shape[1]}), KL to the
-full model, corrupted ablation, tau = {tau:.3g} (between the two median single-edge effects into logits).
-Mid-run states: above layer L the circuit is EAP's top {args.top_k} edges, pruned (standing in for what ACDC keeps
-there); layer L and below still complete; both forms test every edge into layer L's MLP from that state.
+**1. Complete ACDC run, GPT-2-small-shaped random model** ({s.n_edges:,} edges), IOI n={args.n} (seq
+{task.clean.shape[1]}), KL to the full model, corrupted ablation, tau = {tau:.3g} (between two adjacent single-edge
+effects into the logits at their {args.quantile:.0%} quantile). Both forms ran at once, one process and one core each.
+
+| edges tested | circuits evaluated | edges kept (pruned) | batched (s) | one at a time (s) | speed-up | identical | max score diff |
+|---|---|---|---|---|---|---|---|
+| {c['n_tested']:,} | {c['circuits_evaluated']:,} | {c['n_kept']} ({c['n_in_graph']}) | {c['batched_s']:.0f} | {c['one_at_a_time_s']:.0f} | **{c['speedup']:.1f}x** | {c['identical']} | {c['max_score_diff']:.1g} |
+"""
+    if rows:
+        layer_md = "\n".join(
+            f"| {x['layer']} | {x['edges_tested']} | {x['circuits_evaluated']} | {x['batched_s']:.1f} | "
+            f"{x['one_at_a_time_s']:.1f} | **{x['speedup']:.1f}x** | {x['identical']} | {x['max_score_diff']:.1g} |"
+            for x in rows)
+        md += f"""
+**2. Where the gain comes from: per-edge cost by depth** (same model; mid-run states, tau = {mid_tau:.3g}, the
+median single-edge effect into the logits). Above layer L the circuit is EAP's top {args.top_k} edges, pruned (denser
+than what ACDC keeps); layer L and below still complete; both forms test every edge into layer L's MLP.
 
 | layer L | edges tested | circuits evaluated | batched (s) | one at a time (s) | speed-up | identical | max score diff |
 |---|---|---|---|---|---|---|---|
 {layer_md}
-
-Sampled receivers together: **{sample_one / sample_batched:.1f}x** ({sample_one:.0f} s vs {sample_batched:.0f} s).
-
-**2. Complete ACDC runs** (every receiver, KL, tau = 0.01, 64 prompts) on the bundled models:
+"""
+    full_md = "\n".join(f"| {r['model']} | {r['edges']} | {r['n_tested']} | {r['n_kept']} | {r['batched_s']:.2f} | "
+                         f"{r['one_at_a_time_s']:.2f} | **{r['speedup']:.1f}x** | {r['identical']} |" for r in full_runs)
+    md += f"""
+**3. Complete ACDC runs on the bundled models** (every receiver, KL, tau = 0.01, 64 prompts; fastest of 3):
 
 | model | edges | edges tested | edges kept | batched (s) | one at a time (s) | speed-up | identical |
 |---|---|---|---|---|---|---|---|
 {full_md}
 
-Goal: >= {GOAL:.0f}x with identical output. Where it holds and where not, stated plainly: the engine gains by
-not computing what a candidate cannot change (layers below the receiver, nodes the receiver does not feed, the
-unembedding outside the readout positions) and by holding the outputs shared by all candidates once. Near the
-logits a candidate is a few nodes and the gain is large; deep in the model the receiver feeds most of the
-circuit above it and a candidate costs most of a forward. On a CPU a pass of C circuits costs about C times
-one, so batching itself adds little here (the default pass width on CPU shrinks with the nodes a candidate
-recomputes); on a GPU, where a pass of C small circuits costs about one, it multiplies the gains above.
-Each form is timed once per layer (a one-at-a-time pass is minutes), so on a shared machine a per-layer
-ratio moves with the load (layer 11 read 9.0x and 15.8x in two runs); the complete runs are the fastest of 3.
+Goal: >= {GOAL:.0f}x with identical output, on the GPT-2-small shape (table 1). The engine gains by not computing
+what a candidate cannot change: layers below the receiver and nodes the receiver does not feed in the circuit
+(it holds every other node's output in the circuit as it stood when the receiver's tests began). Near the logits a candidate is a node or two (table 2, layer 11); deep in a
+dense circuit it is most of a forward (layers 2 and 0), but ACDC's circuit is sparse by then, so over a
+complete run most tests are cheap. On a CPU a pass of C circuits costs about C times one, so batching adds
+little here (the default pass width on CPU shrinks with the nodes a candidate recomputes); on a GPU, where a
+pass of C small circuits costs about one, it multiplies these gains. Table 2 times each form once per layer,
+so on a shared machine its ratios move with the load.
 """
-    command = (f"python benchmarks/acdc_batching.py --n {args.n} --layers {args.layers} --top-k {args.top_k}"
-               + (f" --threads {args.threads}" if args.threads else ""))
+    command = (f"python benchmarks/acdc_batching.py --n {args.n} --quantile {args.quantile} --layers {args.layers} "
+               f"--top-k {args.top_k}" + (f" --threads {args.threads}" if args.threads else ""))
     paths = write("acdc_batching", result, md, command)
     print(md)
     print("wrote", *paths)

@@ -31,12 +31,12 @@ The pass width adapts (at most ``circuits_per_pass``): it doubles after a pass p
 twice the decisions a mispredicted pass made, so mixed receivers waste few evaluations.
 
 Two more savings, both exact. Only what a candidate changes is recomputed: the evaluator holds every
-sender's output in the current circuit (at first one recorded clean run), and a candidate differs from it only
-in one receiver's edges, so only that receiver's node and the nodes it feeds in the circuit are computed; every
-other sender writes its held output (:class:`CandidateEvaluator`). Deep in the model, with the circuit above
-already pruned, a candidate then costs a few nodes instead of a forward. And the unembedding is computed only
-at the task's readout positions. ``one_at_a_time=True`` is the plain reference: one full patched forward per
-tested edge. The two agree up to floating-point rounding (scores within ~1e-6), hence in every decision unless
+sender's output in the circuit as it was when the receiver's tests began (at first one recorded clean run), and
+a candidate differs from it only in that receiver's edges, so only the receiver's node and the nodes it feeds in
+the circuit are computed; every other sender writes its held output (:class:`CandidateEvaluator`). Deep in the model, with the circuit above
+already pruned, a candidate then costs a few nodes instead of a forward. ``one_at_a_time=True`` is the plain
+reference: one full patched forward per tested edge (it too unembeds only the positions the metric reads, and
+computes the last MLP there only: what the engine saves over it is ACDC's own work, not the metric's). The two agree up to floating-point rounding (scores within ~1e-6), hence in every decision unless
 an effect lies within rounding of ``threshold``.
 """
 
@@ -58,7 +58,7 @@ from circuits.graph.pruning import prune, receiver_node
 _receiver_hook = None
 
 # Who evaluates candidate circuits: ``factory(ctx, metric, fast)`` -> an object with ``objective(masks [C, S, R],
-# current [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
+# anchor [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
 # :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
 EVALUATOR: ContextVar = ContextVar("acdc_evaluator", default=None)
 
@@ -113,23 +113,28 @@ def objective_metric(ctx: DiscoveryContext, metric: str):
 @dataclass
 class _Batch:
     prepared: object  # PreparedBatch
-    full: Tensor | None  # full model's logits for KL: [B, P, V] (plain) or [B, Rp, V] (fast)
+    full: Tensor | None  # full model's logits for KL at the read positions: [B, K, V]
     readout: object  # TaskBatch whose positions index the logits the evaluator produces
     outputs: Tensor | None  # [S, B, P, d] every sender's output in the evaluator's reference circuit (fast path)
-    gather: Tensor | None  # [B, Rp] readout positions (fast path)
+    clean: Tensor | None  # [S, B, P, d] every sender's output in the full model (fast path; = outputs at first)
+    gather: Tensor  # [B, K] the read positions
 
 
 class CandidateEvaluator:
-    """``objective(masks [C, S, R], current [S, R] | None)`` -> ``[C]`` mean objective (float64), higher = better.
+    """``objective(masks [C, S, R], anchor [S, R] | None)`` -> ``[C]`` mean objective (float64), higher = better.
 
-    The fast form keeps every sender's output in a *reference circuit* (at first the full model: one recorded
+    The fast form holds every sender's output in a *reference circuit* (at first the full model: one recorded
     clean run). A batch of candidates is run computing only the nodes whose incoming edges differ from the
     reference, and everything those nodes feed (their descendants in the union of the circuits); every other
-    sender writes its cached output. ACDC's candidates differ in one receiver's edges, and once the circuit
-    above is pruned that receiver's node feeds few others, so a candidate costs a few nodes, not a forward.
-    ``current`` (the search's circuit, optional) lets the reference follow the search: the nodes whose edges
-    were removed since are recomputed once, in one run of ``current``, unless the candidates recompute them
-    anyway.
+    sender writes its held output. ``anchor`` moves the reference: the search passes its circuit as it was when
+    the receiver's tests began, so all the candidates of a receiver differ from the reference in that receiver's
+    edges only, and a candidate costs its receiver's node and what that node feeds (deep in the model, with the
+    circuit above already pruned, a few nodes instead of a forward).
+
+    A moved reference is always recomputed from the full model's outputs (every node whose edges differ from
+    the full model's, and their descendants), never from the previous reference: the held outputs, hence every
+    objective, depend only on ``anchor``, not on the path the search took to it, so a search resumed from a
+    checkpoint evaluates bit for bit what the uninterrupted one did.
     """
 
     def __init__(self, ctx: DiscoveryContext, metric, fast: bool):
@@ -142,57 +147,49 @@ class CandidateEvaluator:
         self.node_of = receiver_node(s)  # [R] receiver -> node (sender index; logits = S)
         with torch.no_grad():
             for p in ctx.cached_batches:
-                full = None
-                if fast:
-                    gather = p.positions.to(self.model.device)
-                    run = self.model.run(p.clean, p.attention_mask, record=True, logit_positions=gather)
-                    full = run.logits if metric.needs_full_logits else None
-                    self.batches.append(_Batch(p, full, p.readout, run.sender_outputs, gather))
-                else:
-                    if metric.needs_full_logits:
-                        full = self.model.logits(p.clean, p.attention_mask)
-                    self.batches.append(_Batch(p, full, p.batch, None, None))
+                gather = p.positions.to(self.model.device)  # both forms unembed the read positions only
+                run = self.model.run(p.clean, p.attention_mask, record=fast, logit_positions=gather)
+                full = run.logits if metric.needs_full_logits else None
+                outputs = run.sender_outputs if fast else None
+                self.batches.append(_Batch(p, full, p.readout, outputs, outputs, gather))
 
     def _descendants(self, changed: Tensor, edges: Tensor) -> Tensor:
         return descendants(self.node_of, changed, edges)
 
-    def _changed_nodes(self, masks: Tensor) -> Tensor:
-        """``[S + 1]`` bool: nodes with an incoming edge whose mask differs from the reference's in ``masks``."""
-        cols = (masks != self.reference[None]).any(0).any(0)  # [R]
-        changed = torch.zeros(self.reference.shape[0] + 1, dtype=torch.bool)
+    def _changed_nodes(self, masks: Tensor, against: Tensor | None = None) -> Tensor:
+        """``[S + 1]`` bool: nodes with an incoming edge whose mask in ``masks`` differs from ``against``'s
+        (default: the reference's)."""
+        against = self.reference if against is None else against
+        cols = (masks != against[None]).any(0).any(0)  # [R]
+        changed = torch.zeros(against.shape[0] + 1, dtype=torch.bool)
         changed[self.node_of[cols]] = True
         return changed
 
-    def _run(self, b: _Batch, masks: Tensor, computed: Tensor, record: bool = False):
+    def _run(self, b: _Batch, masks: Tensor, computed: Tensor, record: bool = False, cached: Tensor | None = None):
         p = b.prepared
         return self.model.run(p.clean, p.attention_mask, masks=masks, ablated=p.ablated, logit_positions=b.gather,
-                              cached=b.outputs, computed=computed, record=record,
+                              cached=b.outputs if cached is None else cached, computed=computed, record=record,
                               ablated_is_a_run=self.ctx.ablation == "corrupted")
 
-    def _follow(self, current: Tensor, masks: Tensor) -> None:
-        """Move the reference to ``current`` when the candidates would not recompute all it changed."""
-        moved = self._changed_nodes(current[None])
-        if not moved.any():
+    def _follow(self, anchor: Tensor) -> None:
+        """Make ``anchor`` the reference, recomputed from the full model's outputs (path-independent)."""
+        if torch.equal(anchor, self.reference):
             return
-        edges = (self.reference != 0) | (current != 0) | (masks != 0).any(0)
-        edges = edges & self.model.structure.edge_mask
-        stale = self._descendants(moved, edges)
-        if not (stale & ~self._descendants(self._changed_nodes(masks), edges)).any():
-            return  # the candidates recompute everything the move changed: it can wait
-        mask = current.to(device=self.model.device, dtype=self.model.dtype)
+        full = self.model.structure.edge_mask
+        stale = self._descendants(self._changed_nodes(anchor[None], against=full.float()), (anchor != 0) & full)
+        mask = anchor.to(device=self.model.device, dtype=self.model.dtype)
         for b in self.batches:
-            rec = self._run(b, mask, stale, record=True).sender_outputs  # [S, B, P, d]
-            b.outputs[stale.to(b.outputs.device)] = rec[stale.to(rec.device)]
-        self.reference = current.clone()
+            b.outputs = self._run(b, mask, stale, record=True, cached=b.clean).sender_outputs  # [S, B, P, d]
+        self.reference = anchor.clone()
 
     @torch.no_grad()
-    def objective(self, masks: Tensor, current: Tensor | None = None) -> Tensor:
+    def objective(self, masks: Tensor, anchor: Tensor | None = None) -> Tensor:
         masks = masks.detach().cpu().float()
         C = masks.shape[0]
         computed = None
         if self.fast:
-            if current is not None:
-                self._follow(current.detach().cpu().float(), masks)
+            if anchor is not None:
+                self._follow(anchor.detach().cpu().float())
             edges = ((self.reference != 0) | (masks != 0).any(0)) & self.model.structure.edge_mask
             computed = self._descendants(self._changed_nodes(masks), edges)
         device_masks = masks.to(device=self.model.device, dtype=self.model.dtype)
@@ -202,7 +199,8 @@ class CandidateEvaluator:
             if self.fast:
                 logits = self._run(b, device_masks, computed).logits
             else:
-                logits = self.model.patched_logits(p.clean, device_masks, p.ablated, attention_mask=p.attention_mask)
+                logits = self.model.patched_logits(p.clean, device_masks, p.ablated, attention_mask=p.attention_mask,
+                                                   logit_positions=b.gather)
             full = None
             if b.full is not None:
                 full = b.full[None].expand(C, *b.full.shape).flatten(0, 1)
@@ -274,6 +272,7 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
             if current is None:
                 current = float(evaluator.objective(mask[None], mask)[0])
             cands = list(range(n_up[r] - 1, -1, -1))
+            anchor = mask.clone()  # the circuit before this receiver's tests: the evaluator's reference
             stale: dict[int, float] = {}
             widest = circuits_per_pass or _auto_width(ctx, mask, node_of, node)
             width = widest  # adapts to the length of correctly predicted runs
@@ -294,7 +293,7 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
                     trials[t, snd, r] = 0.0
                     if predicted[t]:  # the later candidates assume this one removed
                         trials[t + 1:, snd, r] = 0.0
-                values = evaluator.objective(trials, mask).tolist()
+                values = evaluator.objective(trials, anchor).tolist()
                 for t, snd in enumerate(batch):
                     stale[snd] = current - values[t]
                 for t, snd in enumerate(batch):

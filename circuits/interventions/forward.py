@@ -47,7 +47,9 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     :class:`~circuits.interventions.residual.GradientProbe`) makes the run an attribution run: the backward
     pass of anything computed from its logits accumulates edge scores. ``logit_positions [B, K]`` unembeds
     only those positions (logits ``[B, K, V]``): a task reads a few positions, and the unembedding of a large
-    vocabulary is otherwise a third of the forward.
+    vocabulary is otherwise a third of the forward. In runs that record nothing and need no gradient, the last
+    layer's MLP, which only the logits read, is computed at those positions too (its outputs elsewhere are
+    never read; a recorded or differentiated run computes it everywhere).
 
     Idle nodes are skipped in patched runs without gradients: a head or MLP with no outgoing edge in any of the
     C circuits is never computed (its output is never read), and with ``ablated_is_a_run`` (``ablated`` are the
@@ -95,6 +97,9 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     else:
         resid = PlainResidual(first, structure.n_senders, record=record)
     per_head = masks is not None or record or probe is not None  # else heads are summed inside W_O
+    readout_rows = None  # [N, K]: the only positions the last MLP computes (its outputs feed only the logits)
+    if logit_positions is not None and not record and probe is None and not torch.is_grad_enabled():
+        readout_rows = logit_positions.to(first.device).repeat(C, 1)
     recording = None  # patched run of one circuit, recorded: [S, B, P, d], skipped senders at their ablated output
     if record and masks is not None:
         recording = ablated.to(first.dtype).expand(structure.n_senders, B, P, first.shape[-1]).clone()
@@ -158,7 +163,11 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             continue
         if mlp_work and not spec.parallel_attn_mlp:
             mlp_in = resid.read(mlp_r)
-        if mlp_work:
+        if mlp_work and readout_rows is not None and layer_idx == len(spec.layers) - 1:
+            index = readout_rows[None, ..., None].expand(1, *readout_rows.shape, mlp_in.shape[-1])  # [1, N, K, d]
+            out = torch.zeros_like(mlp_in).scatter_(2, index, layer.mlp(layer.mlp_norm(mlp_in.gather(2, index))))
+            resid.write(out)  # [1, N, P, d], zero outside the readout positions (read by nothing)
+        elif mlp_work:
             out = layer.mlp(layer.mlp_norm(mlp_in))  # [1, N, P, d]
             note([structure.mlp_sender(layer_idx)], out)
             resid.write(out)

@@ -65,8 +65,8 @@ class _Replica:
         ctx = DiscoveryContext(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
         self.acdc_evaluators = {key: CandidateEvaluator(ctx, objective_metric(ctx, metric), fast)}
 
-    def acdc_objective(self, key: int, masks: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
-        return self.acdc_evaluators[key].objective(masks, current)
+    def acdc_objective(self, key: int, masks: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        return self.acdc_evaluators[key].objective(masks, anchor)
 
 
 class EvaluatorPool:
@@ -157,11 +157,11 @@ class EvaluatorPool:
                 pool.ray.get([a.acdc_setup.remote(self.key, task, ref, ctx.ablation, ctx.batch_size, name, fast)
                               for a in pool.actors])
 
-            def objective(self, masks: torch.Tensor, current: torch.Tensor | None = None) -> torch.Tensor:
+            def objective(self, masks: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
                 masks = masks.detach().cpu()
-                current = None if current is None else current.detach().cpu().clone()
+                anchor = None if anchor is None else anchor.detach().cpu().clone()
                 chunks = pool._chunks(masks.shape[0])
-                parts = pool.ray.get([a.acdc_objective.remote(self.key, masks[c].clone(), current)
+                parts = pool.ray.get([a.acdc_objective.remote(self.key, masks[c].clone(), anchor)
                                       for a, c in zip(pool.actors, chunks)])
                 self.n_forward += masks.shape[0]
                 return torch.cat(parts)

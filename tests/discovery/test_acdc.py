@@ -120,6 +120,33 @@ def test_fast_forward_matches_patched_logits_across_architectures():
         torch.testing.assert_close(fast.objective(masks), plain.objective(masks), rtol=1e-4, atol=1e-5)
 
 
+@torch.no_grad()
+def test_reference_depends_only_on_the_anchor(setup):
+    """The evaluator's held outputs follow the search, and are the same bits whichever path led to the anchor
+    (what makes a resumed search evaluate exactly what the uninterrupted one did)."""
+    ctx = _ctx(setup)
+    s = ctx.model.structure
+    kl = acdc_mod.objective_metric(ctx, "kl")
+    gen = torch.Generator().manual_seed(1)
+    cut = (torch.rand(s.n_senders, s.n_receivers, generator=gen) < 0.5) & s.edge_mask
+    late, r = s.mlp_receiver(1), s.qkv_receiver(1, 2, "v")
+    halfway = s.edge_mask.float() * ~(cut & (torch.arange(s.n_receivers) > late))  # edges into the logits cut
+    anchor = halfway * ~(cut & (torch.arange(s.n_receivers) > r))  # then the edges into m1 too
+    masks = anchor[None].repeat(4, 1, 1)
+    masks[torch.arange(4), torch.arange(4), r] = 0.0
+    stepwise = acdc_mod.CandidateEvaluator(ctx, kl, fast=True)
+    stepwise.objective(halfway[None], halfway)
+    direct = acdc_mod.CandidateEvaluator(ctx, kl, fast=True)
+    values = [e.objective(masks, anchor) for e in (stepwise, direct)]
+    assert torch.equal(stepwise.reference, anchor) and torch.equal(direct.reference, anchor)
+    for a, b in zip(stepwise.batches, direct.batches):
+        assert torch.equal(a.outputs, b.outputs)
+        assert not torch.equal(a.outputs, a.clean)  # the reference really moved off the full model
+    assert torch.equal(values[0], values[1])
+    plain = acdc_mod.CandidateEvaluator(ctx, kl, fast=False)
+    torch.testing.assert_close(values[0], plain.objective(masks), rtol=1e-4, atol=1e-6)
+
+
 def test_checkpoint_resume_gives_the_same_result(setup, tmp_path, monkeypatch):
     ctx = _ctx(setup)
     full_scores, full_graph = acdc_mod.acdc(ctx, threshold=0.003)
