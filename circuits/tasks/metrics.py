@@ -51,7 +51,7 @@ def _logits_tensor(logits: Any) -> torch.Tensor:
     return logits
 
 
-def _read(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def read_positions(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """logits [n, seq, V], positions [n, R] -> logits at those positions [n, R, V] (float32)."""
     index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])  # [n, R, V], a view
     return logits.gather(1, index).float()
@@ -109,7 +109,7 @@ class Metric:
         device = logits.device
         positions = batch.positions.to(device)            # [n, R]
         pos_mask = batch.position_mask.to(device)         # [n, R]
-        read = _read(logits, positions)                   # [n, R, V]
+        read = read_positions(logits, positions)                 # [n, R, V]
 
         if self.name == "kl":
             if full_logits is None:
@@ -119,7 +119,7 @@ class Metric:
             if full.shape != logits.shape:
                 raise TaskError(f"metric 'kl': full_logits shape {tuple(full.shape)} differs from logits "
                                 f"shape {tuple(logits.shape)}; fix: pass the full model's logits on the same batch")
-            full_logp = _read(full.to(device), positions).log_softmax(-1)   # [n, R, V]
+            full_logp = read_positions(full.to(device), positions).log_softmax(-1)   # [n, R, V]
             logp = read.log_softmax(-1)                                        # [n, R, V]
             per_pos = (full_logp.exp() * (full_logp - logp)).sum(-1)          # [n, R]
             return _masked_mean(per_pos, pos_mask)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from circuits.tasks import Metric
+from circuits.tasks.metrics import read_positions
 
 ZOO_ROOT = Path(__file__).resolve().parent
 META_FILE = "zoo.json"  # metadata next to each bundled model (read by `circuits zoo list`)
@@ -32,7 +33,7 @@ def readout_loss(logits: Tensor, batch) -> Tensor:
 def top1_accuracy(logits: Tensor, batch) -> Tensor:
     """``[n]``: per example, the fraction of read positions whose arg-max token is an answer (for IOI: the IO
     name; greater-than: a year above YY; induction: the token after the first occurrence)."""
-    read = logits.gather(1, batch.positions.to(logits.device).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    read = read_positions(logits, batch.positions.to(logits.device))  # [n, R, V]
     top = read.argmax(-1)  # [n, R]
     hit = ((batch.answers.to(top.device) == top.unsqueeze(-1)) & batch.answer_mask.to(top.device)).any(-1)
     mask = batch.position_mask.to(top.device).float()

@@ -48,6 +48,7 @@ import time
 import torch
 
 from circuits.tasks import load_task
+from circuits.tasks.metrics import read_positions
 from circuits.zoo.common import held_out, seed_everything, top1_accuracy
 from circuits.zoo.induction import lr_factor, sinusoidal_positions
 
@@ -267,7 +268,7 @@ def answer_set_loss(logits, batch):
     putting all mass on "99", a shortcut that passes the top-1 and pairwise checks but ignores YY (the clean and
     corrupted metrics then coincide and the task has no circuit). Spreading the mass over every year above YY
     makes the prediction depend on YY."""
-    read = logits.gather(1, batch.positions[..., None].expand(-1, -1, logits.shape[-1]))  # [n, R, V]
+    read = read_positions(logits, batch.positions)  # [n, R, V]
     logp = read.log_softmax(-1).gather(2, batch.answers)  # [n, R, A]
     mask = batch.answer_mask & batch.position_mask[..., None]
     return -(logp * mask).sum() / mask.sum()
