@@ -30,14 +30,15 @@ last decision made. Mostly-kept and mostly-removed runs both finish in about ``k
 The pass width adapts (at most ``circuits_per_pass``): it doubles after a pass predicted right and shrinks to
 twice the decisions a mispredicted pass made, so mixed receivers waste few evaluations.
 
-Two more savings, both exact. Only what a candidate changes is recomputed: the evaluator holds every
-sender's output in the circuit as it was when the receiver's tests began (at first one recorded clean run), and
-a candidate differs from it only in that receiver's edges, so only the receiver's node and the nodes it feeds in
-the circuit are computed; every other sender writes its held output (:class:`CandidateEvaluator`). Deep in the model, with the circuit above
-already pruned, a candidate then costs a few nodes instead of a forward. ``one_at_a_time=True`` is the plain
-reference: one full patched forward per tested edge (it too unembeds only the positions the metric reads, and
-computes the last MLP there only: what the engine saves over it is ACDC's own work, not the metric's). The two agree up to floating-point rounding (scores within ~1e-6), hence in every decision unless
-an effect lies within rounding of ``threshold``.
+Two more savings, both exact. Only what a candidate changes is recomputed: the evaluator holds every sender's
+output in the circuit as it was when the receiver's tests began (at first one recorded clean run), and a
+candidate differs from it only in that receiver's edges, so only the receiver's node and the nodes it feeds in
+the circuit are computed; every other sender writes its held output (:class:`CandidateEvaluator`). Deep in the
+model, with the circuit above already pruned, a candidate then costs a few nodes instead of a forward.
+``one_at_a_time=True`` is the plain reference: one full patched forward per tested edge (it too unembeds only
+the positions the metric reads, and computes the last MLP there only: what the engine saves over it is ACDC's
+own work, not the metric's). The two agree up to floating-point rounding (scores within ~1e-6), hence in every
+decision unless an effect lies within rounding of ``threshold``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from circuits.graph.pruning import prune, receiver_node
 _receiver_hook = None
 
 # Who evaluates candidate circuits: ``factory(ctx, metric, fast)`` -> an object with ``objective(masks [C, S, R],
-# anchor [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a block with
-# :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
+# anchor [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a
+# block with :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
 EVALUATOR: ContextVar = ContextVar("acdc_evaluator", default=None)
 
 
