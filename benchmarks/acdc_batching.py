@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--layers", default="11,8,5,2,0", help="mid-run states to time ('' to skip)")
     parser.add_argument("--top-k", type=int, default=1000, help="EAP edges standing in for the circuit above")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--name", default="acdc_batching", help="results/NAME.{md,json}")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -241,9 +242,10 @@ little here (the default pass width on CPU shrinks with the nodes a candidate re
 pass of C small circuits costs about one, it multiplies these gains. Table 2 times each form once per layer,
 so on a shared machine its ratios move with the load.
 """
-    command = (f"python benchmarks/acdc_batching.py --n {args.n} --quantile {args.quantile} --layers {args.layers} "
-               f"--top-k {args.top_k}" + (f" --threads {args.threads}" if args.threads else ""))
-    paths = write("acdc_batching", result, md, command)
+    command = (f"python benchmarks/acdc_batching.py --n {args.n} --quantile {args.quantile} --layers '{args.layers}' "
+               f"--top-k {args.top_k}" + (f" --threads {args.threads}" if args.threads else "")
+               + (f" --name {args.name}" if args.name != "acdc_batching" else ""))
+    paths = write(args.name, result, md, command)
     print(md)
     print("wrote", *paths)
 
