@@ -239,9 +239,10 @@ what a candidate cannot change: layers below the receiver and nodes the receiver
 dense circuit it is most of a forward (layers 2 and 0), but ACDC's circuit is sparse by then, so over a
 complete run most tests are cheap. On a CPU a pass of C circuits costs about C times one, so batching adds
 little here (the default pass width on CPU shrinks with the nodes a candidate recomputes); on a GPU, where a
-pass of C small circuits costs about one, it multiplies these gains. Table 2 times each form once per layer,
-so on a shared machine its ratios move with the load.
+pass of C small circuits costs about one, it multiplies these gains.
 """
+    if rows:
+        md += "Table 2 times each form once per layer, so on a shared machine its ratios move with the load.\n"
     command = (f"python benchmarks/acdc_batching.py --n {args.n} --quantile {args.quantile} --layers '{args.layers}' "
                f"--top-k {args.top_k}" + (f" --threads {args.threads}" if args.threads else "")
                + (f" --name {args.name}" if args.name != "acdc_batching" else ""))
