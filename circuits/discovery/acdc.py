@@ -117,7 +117,7 @@ class _Batch:
     full: Tensor | None  # full model's logits for KL at the read positions: [B, K, V]
     readout: object  # TaskBatch whose positions index the logits the evaluator produces
     outputs: Tensor | None  # [S, B, P, d] every sender's output in the evaluator's reference circuit (fast path)
-    clean: Tensor | None  # [S, B, P, d] every sender's output in the full model (fast path; = outputs at first)
+    full_outputs: Tensor | None  # [S, B, P, d] every sender's output in the full model (fast path; = outputs at first)
     gather: Tensor  # [B, K] the read positions
 
 
@@ -180,7 +180,7 @@ class CandidateEvaluator:
         stale = self._descendants(self._changed_nodes(anchor[None], against=full.float()), (anchor != 0) & full)
         mask = anchor.to(device=self.model.device, dtype=self.model.dtype)
         for b in self.batches:
-            b.outputs = self._run(b, mask, stale, record=True, cached=b.clean).sender_outputs  # [S, B, P, d]
+            b.outputs = self._run(b, mask, stale, record=True, cached=b.full_outputs).sender_outputs  # [S, B, P, d]
         self.reference = anchor.clone()
 
     @torch.no_grad()

@@ -97,9 +97,9 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
     else:
         resid = PlainResidual(first, structure.n_senders, record=record)
     per_head = masks is not None or record or probe is not None  # else heads are summed inside W_O
-    readout_rows = None  # [N, K]: the only positions the last MLP computes (its outputs feed only the logits)
-    if logit_positions is not None and not record and probe is None and not torch.is_grad_enabled():
-        readout_rows = logit_positions.to(first.device).repeat(C, 1)
+    read_rows = None if logit_positions is None else logit_positions.to(first.device).repeat(C, 1)  # [N, K]
+    # the last MLP feeds only the logits: runs that record nothing and need no gradient compute it at read_rows only
+    readout_only = read_rows is not None and not record and probe is None and not torch.is_grad_enabled()
     recording = None  # patched run of one circuit, recorded: [S, B, P, d], skipped senders at their ablated output
     if record and masks is not None:
         recording = ablated.to(first.dtype).expand(structure.n_senders, B, P, first.shape[-1]).clone()
@@ -163,8 +163,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             continue
         if mlp_work and not spec.parallel_attn_mlp:
             mlp_in = resid.read(mlp_r)
-        if mlp_work and readout_rows is not None and layer_idx == len(spec.layers) - 1:
-            index = readout_rows[None, ..., None].expand(1, *readout_rows.shape, mlp_in.shape[-1])  # [1, N, K, d]
+        if mlp_work and readout_only and layer_idx == len(spec.layers) - 1:
+            index = read_rows[None, ..., None].expand(1, *read_rows.shape, mlp_in.shape[-1])  # [1, N, K, d]
             out = torch.zeros_like(mlp_in).scatter_(2, index, layer.mlp(layer.mlp_norm(mlp_in.gather(2, index))))
             resid.write(out)  # [1, N, P, d], zero outside the readout positions (read by nothing)
         elif mlp_work:
@@ -175,9 +175,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             resid.write(None, group=1)
 
     final = resid.read(structure.logits_receiver)[0]  # [N, P, d]
-    if logit_positions is not None:  # [B, K] -> [N, K, d]
-        index = logit_positions.to(final.device).repeat(C, 1)
-        final = final.gather(1, index[..., None].expand(*index.shape, final.shape[-1]))
+    if read_rows is not None:  # [N, P, d] -> [N, K, d]
+        final = final.gather(1, read_rows[..., None].expand(*read_rows.shape, final.shape[-1]))
     final = spec.final_norm(final)
     logits = final @ spec.W_U
     if spec.b_U is not None:
