@@ -285,9 +285,10 @@ def evaluate(model, n: int = 600, seed: int = 12345, pairwise: bool = True) -> d
         batch = task.data if name == "induction" else split_task(task, want_held_out=True)
         with torch.no_grad():
             logits = model.hf(batch.clean, attention_mask=batch.attention_mask).logits
-            corrupted = model.hf(batch.corrupted, attention_mask=batch.attention_mask).logits
         out[name] = round(top1_accuracy(logits, batch).mean().item(), 4)
         if pairwise and name != "induction":
+            with torch.no_grad():
+                corrupted = model.hf(batch.corrupted, attention_mask=batch.attention_mask).logits
             metric = task.metric(logits, batch)
             out[f"{name}_pairwise"] = round((metric > 0).float().mean().item(), 4)
             out[f"{name}_gap"] = round((metric - task.metric(corrupted, batch)).mean().item(), 4)
