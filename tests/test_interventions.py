@@ -50,8 +50,9 @@ def test_batch_of_circuits_equals_one_at_a_time(arch):
 def test_skipping_idle_nodes_changes_nothing(arch):
     """Sparse binary circuits (a few random edges each; some nodes with no input, some with no output) run
     with idle nodes skipped equal the same circuits with every node computed (masks that require grad
-    disable skipping), also when the forward starts from cached clean outputs."""
-    from circuits.interventions.forward import active_senders
+    disable skipping), also when the forward starts from held clean outputs."""
+    from circuits.interventions.ablation import Ablated
+    from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual, active_senders
 
     model = tiny_model(arch)
     s = model.structure
@@ -64,31 +65,65 @@ def test_skipping_idle_nodes_changes_nothing(arch):
     assert 1 < int(active.sum()) < s.n_senders  # the sparse circuits really leave nodes idle
     ref = model.patched_logits(clean, masks.clone().requires_grad_(True), ablated).detach()
     for with_run in (False, True):
-        skipped = model.run(clean, masks=masks[:3], ablated=ablated, ablated_is_a_run=with_run).logits
+        kind = "corrupted" if with_run else "given"
+        skipped = model.run(clean, residual=MaskedResidual(masks[:3], Ablated(ablated, kind))).logits
         assert torch.allclose(skipped, ref[:3], atol=1e-5), (with_run, (skipped - ref[:3]).abs().max())
-    # ACDC's state: every edge into receivers before layer 1 kept; the rest sparse; start from the cache
+    # ACDC's state: every edge into receivers before layer 1 kept; the rest sparse; start from the held outputs
     start = s.attn_receivers(1).start
     acdc_masks = masks.clone()
     acdc_masks[:, :, :start] = s.edge_mask[:, :start].float()
     ref = model.patched_logits(clean, acdc_masks.clone().requires_grad_(True), ablated).detach()
-    cached = model.sender_outputs(clean)
-    later = torch.arange(s.n_senders) >= s.head_sender(1, 0)  # the senders from layer 1 on are computed
-    fast = model.run(clean, masks=acdc_masks, ablated=ablated, ablated_is_a_run=True, cached=cached,
-                     computed=later).logits
+    cached = HeldCircuit.of_model(s, model.sender_outputs(clean))
+    run = IncrementalResidual(acdc_masks, Ablated(ablated, "corrupted"), cached)
+    fast = model.run(clean, residual=run).logits
+    later = torch.arange(s.n_senders) >= s.head_sender(1, 0)  # at most the senders from layer 1 on are computed
+    assert not bool((run.computed & ~later).any())
     assert torch.allclose(fast, ref, atol=1e-5)
     # a recorded run of one circuit gives the reference circuit's outputs: with them, a circuit that differs only
     # in one node's incoming edges needs that node and its descendants computed, nothing else
     one = acdc_masks[0]
-    held = model.run(clean, masks=one, ablated=ablated, record=True).sender_outputs  # [S, B, P, d]
+    recording = MaskedResidual(one, Ablated(ablated, "corrupted"), record=True)
+    held = model.run(clean, residual=recording).sender_outputs  # [S, B, P, d]
     node = s.head_sender(1, 2)
     variant = one.clone()
     variant[: s.head_sender(1, 0), s.qkv_receiver(1, 2, "v")] = 0.0
     ref = model.patched_logits(clean, variant.clone().requires_grad_(True), ablated).detach()
     computed = torch.arange(s.n_senders) >= node  # the node and everything after it (a superset of its descendants)
     computed[s.head_sender(1, 0):node] = False
-    fast = model.run(clean, masks=variant, ablated=ablated, ablated_is_a_run=True, cached=held,
-                     computed=computed).logits
+    exact = torch.tensor(recording.active)
+    run = IncrementalResidual(variant, Ablated(ablated, "corrupted"), HeldCircuit(one, held, exact))
+    fast = model.run(clean, residual=run).logits
+    assert not bool((run.computed & ~computed).any())
     assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
+
+
+def test_strategy_preconditions_fail_loudly():
+    """What the old flags let a caller get wrong now fails when the strategy is built, or cannot be said."""
+    from circuits.interventions.ablation import Ablated, build_ablation
+    from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
+
+    model = tiny_model("gpt2")
+    s = model.structure
+    clean, reference = _ids(5), _ids(7, (8, P))
+    mean = build_ablation(model, "mean", clean, reference_ids=reference)
+    assert mean.kind == "mean" and not mean.is_a_run  # means are never treated as a run
+    with pytest.raises(AblationError, match="unknown ablation kind"):
+        Ablated(mean.values, "mean-but-a-run")
+    # mean ablation with sparse circuits: a node with no kept input is still computed (its output is not its mean)
+    gen = torch.Generator().manual_seed(3)
+    masks = (torch.rand(3, s.n_senders, s.n_receivers, generator=gen) < 0.2).float() * s.edge_mask
+    ref = model.patched_logits(clean, masks.clone().requires_grad_(True), mean.values).detach()
+    out = model.run(clean, residual=MaskedResidual(masks, mean)).logits
+    assert torch.allclose(out, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="records one run"):
+        MaskedResidual(masks, mean, record=True)
+    with pytest.raises(ValueError, match="without gradients"):
+        IncrementalResidual(masks.clone().requires_grad_(True), mean,
+                            HeldCircuit.of_model(s, model.sender_outputs(clean)))
+    with pytest.raises(ValueError, match="not of this batch"):
+        model.run(clean[:2], residual=IncrementalResidual(masks, mean, HeldCircuit.of_model(s, model.sender_outputs(clean))))
+    with pytest.raises(TypeError):
+        model.run(clean, masks=masks, ablated=mean.values, ablated_is_a_run=True)  # the old flag is gone
 
 
 # ---- an independent reference: recompute one receiver's input with one sender swapped -------------------------

@@ -46,26 +46,28 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from circuits.discovery.checkpoint import Checkpoint
-from circuits.discovery.context import DiscoveryContext, DiscoveryError, _repeat_batch
 from circuits.discovery.progress import progress
-from circuits.graph.pruning import prune, receiver_node
+from circuits.discovery.registry import DiscoveryError, register
+from circuits.graph.pruning import prune
+from circuits.interventions.ablation import Ablated
+from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
+from circuits.session import CircuitSession, SessionBatch
+from circuits.tasks.metrics import Metric
 
-# Called as ``_receiver_hook(n_done)`` after each receiver is finished and checkpointed (tests interrupt here).
-_receiver_hook = None
-
-# Who evaluates candidate circuits: ``factory(ctx, metric, fast)`` -> an object with ``objective(masks [C, S, R],
+# Who evaluates candidate circuits: ``factory(session, metric, fast)`` -> an object with ``objective(masks [C, S, R],
 # anchor [S, R] | None) -> [C]`` and ``n_forward``. Unset: this process (:class:`CandidateEvaluator`). Set it for a
 # block with :func:`evaluated_by` (the Ray pool does, ``circuits.sweeps.actors.EvaluatorPool.acdc``).
 EVALUATOR: ContextVar = ContextVar("acdc_evaluator", default=None)
 
 
 @contextmanager
-def evaluated_by(factory):
+def evaluated_by(factory: Callable) -> Iterator[None]:
     """ACDC runs inside this block evaluate their candidates with ``factory`` (see :data:`EVALUATOR`)."""
     token = EVALUATOR.set(factory)
     try:
@@ -74,149 +76,99 @@ def evaluated_by(factory):
         EVALUATOR.reset(token)
 
 
-def register_methods(register) -> None:
-    register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, "
-             "threshold tau", checkpoints=True)(acdc)
-
-
-# ---- the graph below a receiver -------------------------------------------------------------------------------
-def descendants(node_of: Tensor, changed: Tensor, edges: Tensor) -> Tensor:
-    """``[S]`` bool: the senders among ``changed [S + 1]`` (nodes; logits = S) and every sender they reach
-    through ``edges [S, R]`` (``node_of [R]``: each receiver's node, :func:`circuits.graph.pruning.receiver_node`)."""
-    S = edges.shape[0]
-    src, rcv = edges.nonzero(as_tuple=True)
-    feeds = torch.zeros(S, S + 1, dtype=torch.bool)  # [S, S + 1]: sender -> node it has an edge into
-    feeds[src, node_of[rcv]] = True
-    succ = [row.nonzero().flatten().tolist() for row in feeds]
-    reach = changed[:S].tolist()
-    todo = [v for v in range(S) if reach[v]]
-    while todo:
-        for v in succ[todo.pop()]:
-            if v < S and not reach[v]:
-                reach[v] = True
-                todo.append(v)
-    return torch.tensor(reach, dtype=torch.bool)
-
-
 # ---- objective -----------------------------------------------------------------------------------------------
-def objective_metric(ctx: DiscoveryContext, metric: str):
-    """The metric ACDC compares (``kl``: KL to the full model; ``task``: the context's objective)."""
-    from circuits.tasks.metrics import Metric
-
+def objective_metric(session: CircuitSession, metric: str) -> Metric:
+    """The metric ACDC compares (``kl``: KL to the full model; ``task``: the session's own metric)."""
     if metric == "kl":
         return Metric("kl")
     if metric == "task":
-        return ctx.metric
+        return session.metric
     raise DiscoveryError(f"metric must be 'kl' (KL divergence to the full model, ACDC's default) or 'task' "
-                         f"(the task's own metric, {ctx.metric.name}), got {metric!r}")
+                         f"(the task's own metric, {session.metric.name}), got {metric!r}")
 
 
 @dataclass
-class _Batch:
-    prepared: object  # PreparedBatch
-    full: Tensor | None  # full model's logits for KL at the read positions: [B, K, V]
-    readout: object  # TaskBatch whose positions index the logits the evaluator produces
-    outputs: Tensor | None  # [S, B, P, d] every sender's output in the evaluator's reference circuit (fast path)
-    full_outputs: Tensor | None  # [S, B, P, d] every sender's output in the full model (fast path; = outputs at first)
-    gather: Tensor  # [B, K] the read positions
+class HeldBatch:
+    """One session batch's held outputs: the full model's, and those of the evaluator's reference circuit."""
+
+    full: HeldCircuit
+    reference: HeldCircuit
+
+    @property
+    def outputs(self) -> Tensor:  # [S, B, P, d]
+        return self.reference.outputs
+
+    @property
+    def full_outputs(self) -> Tensor:  # [S, B, P, d]
+        return self.full.outputs
 
 
 class CandidateEvaluator:
     """``objective(masks [C, S, R], anchor [S, R] | None)`` -> ``[C]`` mean objective (float64), higher = better.
 
     The fast form holds every sender's output in a *reference circuit* (at first the full model: one recorded
-    clean run). A batch of candidates is run computing only the nodes whose incoming edges differ from the
-    reference, and everything those nodes feed (their descendants in the union of the circuits); every other
-    sender writes its held output. ``anchor`` moves the reference: the search passes its circuit as it was when
-    the receiver's tests began, so all the candidates of a receiver differ from the reference in that receiver's
-    edges only, and a candidate costs its receiver's node and what that node feeds (deep in the model, with the
-    circuit above already pruned, a few nodes instead of a forward).
+    clean run per batch) and runs candidates with :class:`IncrementalResidual`, which computes only the nodes
+    whose inputs differ from the reference and what they feed. ``anchor`` moves the reference: the search passes
+    its circuit as it was when the receiver's tests began, so all the candidates of a receiver differ from the
+    reference in that receiver's edges only, and a candidate costs its receiver's node and what that node feeds.
 
-    A moved reference is always recomputed from the full model's outputs (every node whose edges differ from
-    the full model's, and their descendants), never from the previous reference: the held outputs, hence every
-    objective, depend only on ``anchor``, not on the path the search took to it, so a search resumed from a
-    checkpoint evaluates bit for bit what the uninterrupted one did.
+    A moved reference is always recomputed from the full model's outputs, never from the previous reference: the
+    held outputs, hence every objective, depend only on ``anchor``, not on the path the search took to it, so a
+    search resumed from a checkpoint evaluates bit for bit what the uninterrupted one did.
+
+    The plain form (``fast=False``) is the reference: one patched forward per candidate computing every node an
+    edge reads (no incremental recompute, and no node skipped for having no kept input).
     """
 
-    def __init__(self, ctx: DiscoveryContext, metric, fast: bool):
-        self.ctx, self.metric, self.fast = ctx, metric, fast
-        self.model = ctx.model
-        s = self.model.structure
+    def __init__(self, session: CircuitSession, metric: Metric, fast: bool):
+        self.session, self.metric, self.fast = session, metric, fast
+        s = session.structure
         self.n_forward = 0  # circuits evaluated (one circuit on the whole data = 1)
-        self.batches: list[_Batch] = []
         self.reference = s.edge_mask.float()  # the circuit whose sender outputs the batches hold: [S, R]
-        self.node_of = receiver_node(s)  # [R] receiver -> node (sender index; logits = S)
-        with torch.no_grad():
-            for p in ctx.cached_batches:
-                gather = p.positions.to(self.model.device)  # both forms unembed the read positions only
-                run = self.model.run(p.clean, p.attention_mask, record=fast, logit_positions=gather)
-                full = run.logits if metric.needs_full_logits else None
-                outputs = run.sender_outputs if fast else None
-                self.batches.append(_Batch(p, full, p.readout, outputs, outputs, gather))
+        self.batches: list[HeldBatch] = []
+        if fast:
+            with torch.no_grad():
+                for b in session.batches:
+                    full = HeldCircuit.of_model(s, session.model.sender_outputs(b.clean, b.attention_mask))
+                    self.batches.append(HeldBatch(full, full))
 
-    def _descendants(self, changed: Tensor, edges: Tensor) -> Tensor:
-        return descendants(self.node_of, changed, edges)
+    def _incremental(self, b: SessionBatch, masks: Tensor) -> IncrementalResidual:
+        return IncrementalResidual(masks, self.session.ablated(b), self.batches[b.number].reference)
 
-    def _changed_nodes(self, masks: Tensor, against: Tensor | None = None) -> Tensor:
-        """``[S + 1]`` bool: nodes with an incoming edge whose mask in ``masks`` differs from ``against``'s
-        (default: the reference's)."""
-        against = self.reference if against is None else against
-        cols = (masks != against[None]).any(0).any(0)  # [R]
-        changed = torch.zeros(against.shape[0] + 1, dtype=torch.bool)
-        changed[self.node_of[cols]] = True
-        return changed
-
-    def _run(self, b: _Batch, masks: Tensor, computed: Tensor, record: bool = False, cached: Tensor | None = None):
-        p = b.prepared
-        return self.model.run(p.clean, p.attention_mask, masks=masks, ablated=p.ablated, logit_positions=b.gather,
-                              cached=b.outputs if cached is None else cached, computed=computed, record=record,
-                              ablated_is_a_run=self.ctx.ablation == "corrupted")
+    def _plain(self, b: SessionBatch, masks: Tensor) -> MaskedResidual:
+        return MaskedResidual(masks, Ablated(self.session.ablated(b).values, "given"))
 
     def _follow(self, anchor: Tensor) -> None:
         """Make ``anchor`` the reference, recomputed from the full model's outputs (path-independent)."""
         if torch.equal(anchor, self.reference):
             return
-        full = self.model.structure.edge_mask
-        stale = self._descendants(self._changed_nodes(anchor[None], against=full.float()), (anchor != 0) & full)
-        mask = anchor.to(device=self.model.device, dtype=self.model.dtype)
-        for b in self.batches:
-            b.outputs = self._run(b, mask, stale, record=True, cached=b.full_outputs).sender_outputs  # [S, B, P, d]
+        mask = anchor.to(device=self.session.device, dtype=self.session.model.dtype)
+        with torch.no_grad():
+            for b in self.session.batches:
+                held = self.batches[b.number]
+                run = IncrementalResidual(mask, self.session.ablated(b), held.full, record=True)
+                self.session.run(b, run)
+                held.reference = run.held_circuit()
         self.reference = anchor.clone()
 
     @torch.no_grad()
     def objective(self, masks: Tensor, anchor: Tensor | None = None) -> Tensor:
         masks = masks.detach().cpu().float()
-        C = masks.shape[0]
-        computed = None
-        if self.fast:
-            if anchor is not None:
-                self._follow(anchor.detach().cpu().float())
-            edges = ((self.reference != 0) | (masks != 0).any(0)) & self.model.structure.edge_mask
-            computed = self._descendants(self._changed_nodes(masks), edges)
-        device_masks = masks.to(device=self.model.device, dtype=self.model.dtype)
-        total = torch.zeros(C, dtype=torch.float64)
-        for b in self.batches:
-            p = b.prepared
-            if self.fast:
-                logits = self._run(b, device_masks, computed).logits
-            else:
-                logits = self.model.patched_logits(p.clean, device_masks, p.ablated, attention_mask=p.attention_mask,
-                                                   logit_positions=b.gather)
-            full = None
-            if b.full is not None:
-                full = b.full[None].expand(C, *b.full.shape).flatten(0, 1)
-            value = self.metric(logits.flatten(0, 1), _repeat_batch(b.readout, C), full).view(C, -1)
-            if not self.metric.higher_is_better:
-                value = -value
-            total += value.double().sum(1).cpu()
-        self.n_forward += C
-        return total / self.ctx.n_examples
+        if self.fast and anchor is not None:
+            self._follow(anchor.detach().cpu().float())
+        values = self.session.objective_of(masks, metric=self.metric, circuits_per_pass=masks.shape[0],
+                                           strategy=self._incremental if self.fast else self._plain)  # [C, n]
+        self.n_forward += masks.shape[0]
+        return values.sum(1) / self.session.n_examples
 
 
 # ---- the search ----------------------------------------------------------------------------------------------
-def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
+@register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, threshold tau",
+          checkpoints=True)
+def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
          circuits_per_pass: int | None = None, one_at_a_time: bool = False, max_receivers: int | None = None,
-         checkpoint: Checkpoint | None = None) -> tuple[Tensor, Tensor]:
+         checkpoint: Checkpoint | None = None,
+         on_progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """ACDC's circuit: ``(scores [S, R], in_graph [S, R] bool)``.
 
     ``threshold``: tau; an edge is removed when removing it changes the objective by less than tau (for
@@ -231,6 +183,8 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
     for benchmarking only, stop after this many receivers from the logits backwards (edges into the receivers
     not visited stay in the circuit, untested, scored above every tested edge).
 
+    ``on_progress(n_done)`` is called after each receiver is finished and checkpointed (e.g. to stop a run).
+
     ``in_graph`` is ACDC's kept edge set, pruned to input -> logits paths (ACDC's traversal already drops nodes
     that reach no logits; pruning also drops edges out of senders left with no input, which under corrupted
     ablation carry exactly their ablated value).
@@ -241,12 +195,12 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
         raise DiscoveryError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}")
     if max_receivers is not None and max_receivers < 1:
         raise DiscoveryError(f"max_receivers must be positive (or None for the full run), got {max_receivers}")
-    m = objective_metric(ctx, metric)
-    s = ctx.model.structure
+    m = objective_metric(session, metric)
+    s = session.structure
     S, R = s.n_senders, s.n_receivers
     n_up = s.n_upstream.tolist()
-    node_of = receiver_node(s).tolist()  # receiver -> node (sender index; logits = S)
-    evaluator = (EVALUATOR.get() or CandidateEvaluator)(ctx, m, fast=not one_at_a_time)
+    node_of = s.receiver_node.tolist()  # receiver -> node (sender index; logits = S)
+    evaluator = (EVALUATOR.get() or CandidateEvaluator)(session, m, fast=not one_at_a_time)
 
     state = checkpoint.load() if checkpoint is not None else None
     if state:
@@ -275,7 +229,7 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
             cands = list(range(n_up[r] - 1, -1, -1))
             anchor = mask.clone()  # the circuit before this receiver's tests: the evaluator's reference
             stale: dict[int, float] = {}
-            widest = circuits_per_pass or _auto_width(ctx, mask, node_of, node)
+            widest = circuits_per_pass or _auto_width(session, mask, node)
             width = widest  # adapts to the length of correctly predicted runs
             j = 0
             while j < len(cands):
@@ -310,8 +264,8 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
         if checkpoint is not None:
             checkpoint.save({"mask": mask, "effects": effects, "tested": tested, "done": done, "prior": prior,
                              "current": current})
-        if _receiver_hook is not None:
-            _receiver_hook(done)
+        if on_progress is not None:
+            on_progress(done)
 
     kept = mask.bool() & s.edge_mask
     visited = torch.zeros(R, dtype=torch.bool)
@@ -325,20 +279,19 @@ def acdc(ctx: DiscoveryContext, threshold: float = 0.01, metric: str = "kl", abs
     scores[untested & ~visited[None, :]] = hi  # never reached (max_receivers)
     scores[~s.edge_mask] = 0.0
     in_graph, _ = prune(s, kept)
-    ctx.extras["acdc"] = {"n_kept": int(kept.sum()), "n_tested": int(tested.sum()),
+    session.extras["acdc"] = {"n_kept": int(kept.sum()), "n_tested": int(tested.sum()),
                           "n_circuits_evaluated": evaluator.n_forward, "final_objective": current}
     return scores.float(), in_graph
 
 
-def _auto_width(ctx: DiscoveryContext, mask: Tensor, node_of: list[int], node: int, widest: int = 16) -> int:
+def _auto_width(session: CircuitSession, mask: Tensor, node: int, widest: int = 16) -> int:
     """The default pass width at a receiver of ``node``: ``widest`` on an accelerator; on a CPU ``widest``
     divided by the number of senders a candidate recomputes (the node and what it feeds in ``mask``)."""
-    if ctx.model.device.type != "cpu" or node >= mask.shape[0]:
+    if session.device.type != "cpu" or node >= mask.shape[0]:
         return widest
     changed = torch.zeros(mask.shape[0] + 1, dtype=torch.bool)
     changed[node] = True
-    edges = (mask != 0) & ctx.model.structure.edge_mask
-    k = int(descendants(torch.as_tensor(node_of), changed, edges).sum())
+    k = int(session.structure.descendants(changed, (mask != 0) & session.structure.edge_mask).sum())
     return max(1, widest // k)
 
 

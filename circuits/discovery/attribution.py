@@ -27,8 +27,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.discovery.context import DiscoveryContext, PreparedBatch
 from circuits.discovery.progress import progress
+from circuits.discovery.registry import register
+from circuits.interventions.probe import GradientProbe
+from circuits.session import CircuitSession, SessionBatch
 
 
 # Rows (stacked steps x examples) of one attribution pass: beyond ~100 rows a CPU pass gets slower per row and
@@ -36,52 +38,47 @@ from circuits.discovery.progress import progress
 MAX_ROWS_PER_PASS = 96
 
 
-def _scores_buffer(ctx: DiscoveryContext) -> Tensor:
-    s = ctx.model.structure
-    return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=ctx.model.device)
+def _scores_buffer(session: CircuitSession) -> Tensor:
+    s = session.structure
+    return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=session.device)
 
 
-def _backward_objective(ctx: DiscoveryContext, prepared: PreparedBatch, probe: dict, repeats: int = 1) -> None:
-    """One forward and backward of the objective; ``repeats``: the run stacks that many copies of the batch."""
-    ids, mask, at = prepared.clean, prepared.attention_mask, prepared.positions
-    if repeats > 1:
-        ids, mask, at = ids.repeat(repeats, 1), mask.repeat(repeats, 1), at.repeat(repeats, 1)
-    with torch.enable_grad():
-        logits = ctx.model.run(ids, mask, probe=probe, logit_positions=at).logits  # [T*B, K, V]
-        if repeats > 1:
-            logits = logits.view(repeats, len(prepared), *logits.shape[1:])
-        ctx.objective(logits, prepared, readout=True).sum().backward()
+def _finish(session: CircuitSession, scores: Tensor, n_steps: int = 1) -> Tensor:
+    scores /= session.n_examples * n_steps
+    return scores.masked_fill_(~session.structure.edge_mask.to(scores.device), 0.0)
 
 
-def _finish(ctx: DiscoveryContext, scores: Tensor, n_steps: int = 1) -> Tensor:
-    scores /= ctx.n_examples * n_steps
-    return scores.masked_fill_(~ctx.model.structure.edge_mask.to(scores.device), 0.0)
+def _batches(session: CircuitSession, description: str):
+    return progress(session.batches, description, total=len(session.batches))
 
 
-def eap(ctx: DiscoveryContext) -> Tensor:
+@register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1")
+def eap(session: CircuitSession) -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``."""
-    scores = _scores_buffer(ctx)
-    for prepared in progress(ctx.batches(), "eap", total=ctx.n_batches):
-        _backward_objective(ctx, prepared, dict(ablated=prepared.ablated, scores=scores))
-    return _finish(ctx, scores)
+    scores = _scores_buffer(session)
+    for b in _batches(session, "eap"):
+        session.backward_objective(b, GradientProbe(session.ablated(b).values, scores))
+    return _finish(session, scores)
 
 
-def node_ap(ctx: DiscoveryContext) -> Tensor:
+@register("node-ap", "node", "attribution patching on heads and MLPs")
+def node_ap(session: CircuitSession) -> Tensor:
     """``[n_nodes]`` node attribution: each sender's summed outgoing EAP scores (``logits`` gets NaN)."""
-    edge_scores = eap(ctx)
-    nodes = torch.full((ctx.model.structure.n_nodes,), float("nan"), device=edge_scores.device)
+    edge_scores = eap(session)
+    nodes = torch.full((session.structure.n_nodes,), float("nan"), device=edge_scores.device)
     nodes[:-1] = edge_scores.sum(1)
     return nodes
 
 
-def _clean_diffs(ctx: DiscoveryContext, prepared: PreparedBatch) -> tuple[Tensor, Tensor]:
+def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> tuple[Tensor, Tensor]:
     """Clean sender outputs ``[S, B, P, d]`` and their differences from the ablated ones."""
     with torch.no_grad():
-        clean = ctx.model.sender_outputs(prepared.clean, prepared.attention_mask)
-    return clean, clean - prepared.ablated
+        clean = session.model.sender_outputs(b.clean, b.attention_mask)
+    return clean, clean - ablated
 
 
-def eap_ig(ctx: DiscoveryContext, steps: int = 5, steps_per_pass: int | None = None) -> Tensor:
+@register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)")
+def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None) -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
 
     ``steps_per_pass``: interpolation steps stacked into one forward/backward (default: as many as keep a pass
@@ -92,42 +89,44 @@ def eap_ig(ctx: DiscoveryContext, steps: int = 5, steps_per_pass: int | None = N
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps_per_pass is not None and steps_per_pass < 1:
         raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
-    scores = _scores_buffer(ctx)
-    for prepared in progress(ctx.batches(), f"eap-ig ({steps} steps)", total=ctx.n_batches):
-        clean, diffs = _clean_diffs(ctx, prepared)
-        start = prepared.ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-        per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(prepared)))
+    scores = _scores_buffer(session)
+    for b in _batches(session, f"eap-ig ({steps} steps)"):
+        ablated = session.ablated(b).values
+        clean, diffs = _clean_diffs(session, b, ablated)
+        start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+        per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(b)))
         for k0 in range(0, steps, per_pass):
             alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
             T = len(alphas)
             embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
             embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
-            probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={0: embedding[None]},
-                         repeats=T)
-            _backward_objective(ctx, prepared, probe, repeats=T)
-    return _finish(ctx, scores, steps)
+            probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T)
+            session.backward_objective(b, probe, repeats=T)
+    return _finish(session, scores, steps)
 
 
-def eap_ig_activations(ctx: DiscoveryContext, steps: int = 5) -> Tensor:
+@register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)")
+def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    s = ctx.model.structure
+    s = session.structure
     groups = [slice(0, 1)]
     for layer in range(s.n_layers):
         heads = s.layer_senders(layer)
         groups.append(slice(heads.start, heads.start + s.n_heads))
         if s.has_mlp:
             groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
-    scores = _scores_buffer(ctx)
-    for prepared in progress(ctx.batches(), f"eap-ig-activations ({steps} steps)", total=ctx.n_batches):
-        clean, diffs = _clean_diffs(ctx, prepared)
+    scores = _scores_buffer(session)
+    for b in _batches(session, f"eap-ig-activations ({steps} steps)"):
+        ablated = session.ablated(b).values
+        clean, diffs = _clean_diffs(session, b, ablated)
         for group in groups:
-            abl = prepared.ablated[group].expand_as(clean[group])
+            abl = ablated[group].expand_as(clean[group])
             for k in range(1, steps + 1):
                 value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
                 if group.start == 0:
                     value = value.detach().requires_grad_(True)
-                probe = dict(ablated=prepared.ablated, scores=scores, diffs=diffs, overrides={group.start: value})
-                _backward_objective(ctx, prepared, probe)
-    return _finish(ctx, scores, steps * len(groups))
+                session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs,
+                                                            overrides={group.start: value}))
+    return _finish(session, scores, steps * len(groups))

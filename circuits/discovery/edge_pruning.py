@@ -26,24 +26,24 @@ import warnings
 import torch
 from torch import Tensor
 
+from typing import Callable
+
 from circuits.discovery import hard_concrete as hc
+from circuits.discovery.acdc import objective_metric
 from circuits.discovery.checkpoint import Checkpoint
-from circuits.discovery.context import DiscoveryContext, DiscoveryError
 from circuits.discovery.progress import progress
+from circuits.discovery.registry import DiscoveryError, register
 from circuits.graph.pruning import prune
-
-# Called as ``_step_hook(step_done)`` after each optimizer step (tests interrupt training here).
-_step_hook = None
-
-
-def register_methods(register) -> None:
-    register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low "
-             "KL at a target sparsity", checkpoints=True)(edge_pruning)
+from circuits.interventions.masked import MaskedResidual
+from circuits.session import CircuitSession
 
 
-def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: int = 500, lr: float = 0.1,
+@register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low KL "
+          "at a target sparsity", checkpoints=True)
+def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: int = 500, lr: float = 0.1,
                  seed: int = 0, metric: str = "kl", init_log_alpha: float = 3.0,
-                 checkpoint: Checkpoint | None = None) -> tuple[Tensor, Tensor]:
+                 checkpoint: Checkpoint | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """``(scores [S, R] = softplus(log_alpha), in_graph [S, R] bool)``.
 
     ``target_sparsity``: fraction of edges removed (0.95 keeps 5%). ``steps``: Adam steps, one data batch
@@ -60,13 +60,11 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
         raise DiscoveryError(f"steps must be at least 1, got {steps}")
     if not lr > 0:
         raise DiscoveryError(f"lr must be positive, got {lr}")
-    m = objective_metric(ctx, metric)
-    model, s = ctx.model, ctx.model.structure
+    m = objective_metric(session, metric)
+    model, s = session.model, session.structure
     order = s.edge_order.to(model.device)  # [E, 2]
     E = order.shape[0]
-    batches = ctx.cached_batches
-    with torch.no_grad():
-        full = [model.logits(p.clean, p.attention_mask) if m.needs_full_logits else None for p in batches]
+    batches = session.batches
 
     gen = torch.Generator().manual_seed(seed)
     log_alpha = (init_log_alpha + 0.01 * torch.randn(E, generator=gen, dtype=torch.float32)).to(model.device)
@@ -89,14 +87,12 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
     history = []
     bar = progress(range(start, steps), "edge pruning", total=steps, initial=start, unit="step")
     for step in bar:
-        p, f = batches[step % len(batches)], full[step % len(batches)]
+        b = batches[step % len(batches)]
         target = target_sparsity * min(1.0, (step + 1) / warmup)
         z = hc.sample(log_alpha, gen)
         masks = torch.zeros(s.n_senders, s.n_receivers, dtype=model.dtype, device=model.device)
         masks = masks.index_put((order[:, 0], order[:, 1]), z.to(model.dtype))
-        logits = model.patched_logits(p.clean, masks, p.ablated, attention_mask=p.attention_mask)
-        value = m(logits, p.batch, f).mean()
-        task_loss = value if not m.higher_is_better else -value
+        task_loss = -session.objective(session.run(b, MaskedResidual(masks, session.ablated(b))), b, m).mean()
         sparsity = 1.0 - hc.prob_nonzero(log_alpha).mean()
         gap = sparsity - target
         loss = task_loss + lambdas[0] * gap + lambdas[1] * gap ** 2
@@ -112,8 +108,8 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
             checkpoint.maybe_save({"log_alpha": log_alpha.detach().cpu(), "lambdas": lambdas.detach().cpu(),
                                    "opt": opt.state_dict(), "opt_lambda": opt_lambda.state_dict(),
                                    "rng": gen.get_state(), "step": step + 1})
-        if _step_hook is not None:
-            _step_hook(step + 1)
+        if on_progress is not None:
+            on_progress(step + 1)
 
     la = log_alpha.detach().float().cpu()
     k = int(round((1.0 - target_sparsity) * E))
@@ -130,7 +126,7 @@ def edge_pruning(ctx: DiscoveryContext, target_sparsity: float = 0.95, steps: in
     open_gates = int((hc.expected_gate(la) > 0.5).sum())
     achieved = 1.0 - open_gates / E
     expected = float(1.0 - hc.prob_nonzero(la).mean())
-    ctx.extras["edge-pruning"] = {"n_selected": k, "n_edges_pruned_circuit": int(in_graph.sum()),
+    session.extras["edge-pruning"] = {"n_selected": k, "n_edges_pruned_circuit": int(in_graph.sum()),
                                   "sparsity_of_open_gates": achieved,
                                   "expected_sparsity": expected,
                                   "final_loss": history[-1] if history else None}

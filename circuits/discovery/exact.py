@@ -11,39 +11,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuits.graph.structure import GraphStructure
+
 from circuits.discovery.checkpoint import Checkpoint
-from circuits.discovery.context import DiscoveryContext
 from circuits.discovery.progress import progress
+from circuits.discovery.registry import register
+from circuits.session import CircuitSession
 
 
-def single_cut_effects(ctx: DiscoveryContext, cuts: Tensor, *, circuits_per_pass: int = 32,
+def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, circuits_per_pass: int = 32,
                        checkpoint: Checkpoint | None = None, description: str = "exact") -> Tensor:
-    """``[n_cuts]``: mean objective drop when each cut alone is applied.
-
-    ``cuts`` is ``[n_cuts, S, R]`` bool (True = ablate this edge in that cut) or a callable-free dense tensor;
-    every cut is one circuit of a batched patched forward.
-    """
-    model, s = ctx.model, ctx.model.structure
+    """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass)."""
     n = cuts.shape[0]
     state = checkpoint.load() if checkpoint is not None else None
     effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
     start = state["next"] if state else 0
-    batches = ctx.cached_batches
-    with torch.no_grad():
-        full = [ctx.objective(model.logits(p.clean, p.attention_mask, logit_positions=p.positions), p,
-                              readout=True).double() for p in batches]
-        starts = range(start, n, circuits_per_pass)
-        for i in progress(starts, description, total=len(starts), unit="pass"):
-            chunk = cuts[i:i + circuits_per_pass].to(model.device)
-            masks = (~chunk).to(model.dtype)  # [C, S, R]
-            total = torch.zeros(chunk.shape[0], dtype=torch.float64)
-            for prepared, base in zip(batches, full):
-                logits = model.patched_logits(prepared.clean, masks, prepared.ablated,
-                                              attention_mask=prepared.attention_mask, logit_positions=prepared.positions)
-                total += (base[None] - ctx.objective(logits, prepared, readout=True).double()).sum(1).cpu()
-            effects[i:i + chunk.shape[0]] = total / ctx.n_examples
-            if checkpoint is not None:
-                checkpoint.maybe_save({"effects": effects, "next": i + chunk.shape[0]})
+    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
+    starts = range(start, n, circuits_per_pass)
+    for i in progress(starts, description, total=len(starts), unit="pass"):
+        chunk = cuts[i:i + circuits_per_pass]
+        cut = session.objective_of(~chunk, circuits_per_pass=circuits_per_pass)  # [c, n]
+        effects[i:i + chunk.shape[0]] = (full[None] - cut).sum(1) / session.n_examples
+        if checkpoint is not None:
+            checkpoint.maybe_save({"effects": effects, "next": i + chunk.shape[0]})
     return effects
 
 
@@ -52,7 +42,7 @@ class EdgeCuts:
 
     ``edges [E, 2]`` (sender, receiver) defaults to every edge in MIB order."""
 
-    def __init__(self, structure, edges: Tensor | None = None):
+    def __init__(self, structure: GraphStructure, edges: Tensor | None = None):
         self.order = structure.edge_order if edges is None else torch.as_tensor(edges)  # [E, 2]
         self.shape = (self.order.shape[0], structure.n_senders, structure.n_receivers)
 
@@ -63,10 +53,10 @@ class EdgeCuts:
         return out
 
 
-class _NodeCuts:
+class NodeCuts:
     """Cut every outgoing edge of one sender node."""
 
-    def __init__(self, structure):
+    def __init__(self, structure: GraphStructure):
         self.edge_mask = structure.edge_mask
         self.shape = (structure.n_senders, *self.edge_mask.shape)
 
@@ -77,20 +67,23 @@ class _NodeCuts:
         return out
 
 
-def exact(ctx: DiscoveryContext, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
+@register("exact", "edge", "each edge's exact effect, patched alone (batched)", checkpoints=True)
+def exact(session: CircuitSession, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
     """``[S, R]`` exact single-edge effects."""
-    s = ctx.model.structure
-    effects = single_cut_effects(ctx, EdgeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
+    s = session.structure
+    effects = single_cut_effects(session, EdgeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
                                  description="exact (edges)")
     scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32)
     scores[s.edge_order[:, 0], s.edge_order[:, 1]] = effects.float()
     return scores
 
 
-def node_patching(ctx: DiscoveryContext, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
+@register("node-patching", "node", "each head's / MLP's exact effect, ablated alone", checkpoints=True)
+def node_patching(session: CircuitSession, circuits_per_pass: int = 32,
+                  checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""
-    s = ctx.model.structure
-    effects = single_cut_effects(ctx, _NodeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
+    s = session.structure
+    effects = single_cut_effects(session, NodeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
                                  description="node patching")
     nodes = torch.full((s.n_nodes,), float("nan"))
     nodes[:-1] = effects.float()

@@ -7,10 +7,9 @@ and the published circuits of the literature.
     circuits.evaluation.auroc(scored, circuits.evaluation.published_circuit("ioi"))
 
 Conventions (normalization, where f is computed, the empty circuit) are in
-:mod:`circuits.evaluation.faithfulness`; the batched engine in :mod:`circuits.evaluation.engine`.
+:mod:`circuits.evaluation.faithfulness`; circuits run through :class:`circuits.session.CircuitSession`.
 """
 
-from circuits.evaluation.engine import CircuitRunner
 from circuits.evaluation.faithfulness import (MIB_FRACTIONS, EvaluationResult, FaithfulnessCurve, FaithfulnessWarning,
                                               area_under_curve, cmd, cpr, evaluate, evaluate_many, faithfulness_curve,
                                               mib_scores, minimal_circuit)
@@ -21,7 +20,7 @@ from circuits.evaluation.published import list_published, published_circuit, wri
 
 __all__ = [
     "evaluate", "evaluate_many", "faithfulness_curve", "mib_scores", "minimal_circuit", "EvaluationResult", "FaithfulnessCurve",
-    "FaithfulnessWarning", "MIB_FRACTIONS", "area_under_curve", "cpr", "cmd", "CircuitRunner",
+    "FaithfulnessWarning", "MIB_FRACTIONS", "area_under_curve", "cpr", "cmd",
     "auroc", "roc_curve", "compare", "precision_recall_at_size", "node_auroc", "node_precision_recall_at_size",
     "node_scores_from_edges", "select_at_size", "published_circuit", "list_published", "write_published",
 ]

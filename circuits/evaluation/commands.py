@@ -121,7 +121,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     import circuits
     from circuits.evaluation import auroc, evaluate_many, precision_recall_at_size, published_circuit, select_at_size
 
-    from circuits.evaluation.engine import check_ablation
+    from circuits.interventions.ablation import check_ablation
 
     start = time.perf_counter()
     name = args.circuit

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 
-from circuits.evaluation.engine import CircuitRunner, check_ablation, normalized, undefined
 from circuits.graph.graph import Graph
 from circuits.graph.io import check_model
 from circuits.graph.pruning import prune as prune_mask
 from circuits.graph.selection import edges_between, fraction_to_k
+from circuits.session import CircuitSession, undefined
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -55,6 +55,13 @@ class FaithfulnessWarning(UserWarning):
 
 
 # ---- shared helpers --------------------------------------------------------------------------------------------
+def normalized(metric: float, full: float, empty: float) -> float:
+    """``(M(C) - M(empty)) / (M(full) - M(empty))``, NaN when the denominator is (numerically) zero."""
+    if undefined(full, empty):
+        return math.nan
+    return (metric - empty) / (full - empty) + 0.0  # + 0.0: no -0.0 for the empty circuit
+
+
 def check_circuit(model, circuit: Any, what: str = "circuit") -> Graph:
     """``circuit`` as a :class:`Graph` of ``model``'s shape; :class:`GraphMismatchError` if made for another."""
     if not isinstance(circuit, Graph):
@@ -88,7 +95,7 @@ def _warn_undefined(full: float, empty: float, task: str, ablation: str, stackle
 
 def _per_example_f(metric: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     denom = full - empty
-    tiny = denom.abs() <= 1e-6 + 1e-5 * torch.maximum(full.abs(), empty.abs())
+    tiny = undefined(full, empty)
     return torch.where(tiny, torch.full_like(denom, math.nan), (metric - empty) / denom.masked_fill(tiny, 1.0))
 
 
@@ -174,8 +181,10 @@ def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corru
                           ": every edge is ablated, so f = 0 by definition. If this is not what you meant, select "
                           "more edges (a selection may prune to nothing), or pass level='node' for a circuit given "
                           "by its nodes.", FaithfulnessWarning, stacklevel=_stacklevel + 1)
-    runner = CircuitRunner(model, task, ablation, split, batch_size)
-    metric, kl = runner.run(torch.stack(masks))
+    runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size)
+    values = runner.circuit_metrics(torch.stack(masks), kl=True)
+    metric, kl = values.metric, values.kl
+    assert kl is not None
     full, empty, kl_empty = runner.metric_full, runner.metric_empty, runner.kl_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())
     if undefined(m_full, m_empty):
@@ -183,14 +192,14 @@ def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corru
     results = []
     for i, (c, mask) in enumerate(zip(circuits, masks)):
         m_c = float(metric[i].mean())
-        frame = pd.DataFrame({"example": range(runner.n), "metric": metric[i].numpy(), "metric_full": full.numpy(),
+        frame = pd.DataFrame({"example": range(runner.n_examples), "metric": metric[i].numpy(), "metric_full": full.numpy(),
                               "metric_empty": empty.numpy(), "kl": kl[i].numpy(),
                               "faithfulness": _per_example_f(metric[i], full, empty).numpy()})
         _, nodes = prune_mask(c.structure, mask)
         results.append(EvaluationResult(
             faithfulness=normalized(m_c, m_full, m_empty), metric=m_c, metric_full=m_full, metric_empty=m_empty,
             kl=float(kl[i].mean()), kl_empty=float(kl_empty.mean()), n_edges=int(mask.sum()),
-            n_nodes=int(nodes.sum()), n_examples=runner.n, ablation=runner.ablation,
+            n_nodes=int(nodes.sum()), n_examples=runner.n_examples, ablation=runner.ablation,
             metric_name=runner.metric.name, task=runner.task_name, split=runner.split, per_example=frame))
     return results
 
@@ -313,7 +322,8 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
 
     if runner is None:
         scored = check_circuit(model, scored, "scored graph")
-        runner = CircuitRunner(model, task, check_ablation(ablation), split, batch_size, circuits_per_pass)
+        runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
+                                circuits_per_pass=circuits_per_pass)
     else:
         scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
@@ -322,7 +332,8 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
     _warn_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
-    metric, kl = runner.run(masks)  # every point of every curve: one batched pass over the examples
+    values = runner.circuit_metrics(masks, kl=True)  # every point of every curve: one batched pass over the examples
+    metric, kl = values.metric, values.kl
     full, empty = runner.metric_full, runner.metric_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())
     if undefined(m_full, m_empty):
@@ -331,14 +342,14 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
     for a, (absolute, row) in enumerate(zip(absolutes, picks)):
         rows = slice(a * len(fractions), (a + 1) * len(fractions))
         m, d = metric[rows], kl[rows]
-        frames = [pd.DataFrame({"fraction": fr, "example": range(runner.n), "metric": m[i].numpy(),
+        frames = [pd.DataFrame({"fraction": fr, "example": range(runner.n_examples), "metric": m[i].numpy(),
                                 "kl": d[i].numpy()}) for i, fr in enumerate(fractions)]
         curves.append(FaithfulnessCurve(
             fractions=fractions, k=[k for k, _ in row], n_edges=[c.n_edges for _, c in row],
             n_nodes=[c.n_nodes for _, c in row], faithfulness=[normalized(float(x.mean()), m_full, m_empty) for x in m],
             metric=[float(x.mean()) for x in m], kl=[float(x.mean()) for x in d], metric_full=m_full,
             metric_empty=m_empty, absolute=absolute, ablation=runner.ablation, level=level, selection=selection,
-            metric_name=runner.metric.name, task=runner.task_name, split=runner.split, n_examples=runner.n,
+            metric_name=runner.metric.name, task=runner.task_name, split=runner.split, n_examples=runner.n_examples,
             log_scale=log_scale, circuits=[c for _, c in row], per_example=pd.concat(frames, ignore_index=True)))
     return curves
 
@@ -355,7 +366,7 @@ def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float]
     and the full and empty circuits come from cached runs. ``absolute=False`` ranks raw scores (MIB's CPR runs),
     ``True`` ranks ``|score|`` (MIB's CMD runs). ``log_scale`` integrates over log(fraction) instead (older MIB
     scripts); the default is the linear axis of MIB's released evaluation. ``runner``: evaluate the circuits
-    with this engine instead of a new :class:`~circuits.evaluation.engine.CircuitRunner` (e.g. a Ray
+    with this engine instead of a new :class:`~circuits.session.CircuitSession` (e.g. a Ray
     :class:`~circuits.sweeps.actors.EvaluatorPool`; ``model``, ``task``, ``ablation``, ``split`` are then its).
 
     >>> curve = faithfulness_curve(model, task, scored)    # doctest: +SKIP
@@ -408,7 +419,8 @@ def minimal_circuit(model, task, scored: Graph, target: float = 0.9, *, absolute
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     scored = check_circuit(model, scored, "scored graph")
     _warn_uninformative(scored, "edge")
-    runner = CircuitRunner(model, task, check_ablation(ablation), split, batch_size, circuits_per_pass)
+    runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
+                            circuits_per_pass=circuits_per_pass)
     m_full, m_empty = float(runner.metric_full.mean()), float(runner.metric_empty.mean())
     if undefined(m_full, m_empty):
         _warn_undefined(m_full, m_empty, runner.task_name, runner.ablation)
@@ -429,7 +441,7 @@ def minimal_circuit(model, task, scored: Graph, target: float = 0.9, *, absolute
     while hi - lo > 1:
         p = min(points_per_pass, hi - lo - 1)
         ks = sorted({lo + (hi - lo) * (i + 1) // (p + 1) for i in range(p)} - {lo, hi})
-        metric, _ = runner.run(torch.stack([select(k).in_graph.cpu() for k in ks]))
+        metric = runner.circuit_metrics(torch.stack([select(k).in_graph.cpu() for k in ks])).metric
         for k, row in zip(ks, metric):
             found[k] = normalized(float(row.mean()), m_full, m_empty)
         reached = [k for k in ks if found[k] >= target]
@@ -444,5 +456,5 @@ def minimal_circuit(model, task, scored: Graph, target: float = 0.9, *, absolute
         "target": target, "k": hi, "faithfulness": found[hi], "n_edges": circuit.n_edges,
         "faithfulness_at_k_minus_1": found[lo] if lo == hi - 1 else None, "absolute": bool(absolute),
         "selection": selection, "ablation": runner.ablation, "task": runner.task_name, "split": runner.split,
-        "n_examples": runner.n, "evaluated": sorted([k, f] for k, f in found.items())}
+        "n_examples": runner.n_examples, "evaluated": sorted([k, f] for k, f in found.items())}
     return circuit

@@ -17,42 +17,24 @@ Llama-3-8B-sized graph (1.6M edges) prunes in milliseconds on CPU or GPU.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from circuits.graph.structure import GraphStructure
 
 
-@lru_cache(maxsize=64)
 def receiver_node(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``[n_receivers]`` long: the node index each receiver belongs to (``a3.h2<k>`` -> ``a3.h2``).
-
-    Node indices are sender indices, with ``logits`` = ``n_senders`` (MIB's node order).
-    """
-    out = torch.empty(structure.n_receivers, dtype=torch.long)
-    H = structure.n_heads
-    for layer in range(structure.n_layers):
-        heads = torch.arange(H) + structure.head_sender(layer, 0)
-        out[structure.attn_receivers(layer)] = heads.repeat(3)  # q (all heads), k (all heads), v (all heads)
-        if structure.has_mlp:
-            out[structure.mlp_receiver(layer)] = structure.mlp_sender(layer)
-    out[structure.logits_receiver] = structure.n_senders
-    return out.to(device) if device is not None else out
+    """``structure.receiver_node`` on ``device``."""
+    return structure.on(device).receiver_node
 
 
-@lru_cache(maxsize=64)
 def edge_mask(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``structure.edge_mask`` ([n_senders, n_receivers] bool) on ``device``, cached so GPU graphs copy it once."""
-    mask = structure.edge_mask
-    return mask.to(device) if device is not None else mask
+    """``structure.edge_mask`` on ``device``."""
+    return structure.on(device).edge_mask
 
 
-@lru_cache(maxsize=64)
 def edge_order(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``structure.edge_order`` ([n_edges, 2] long, MIB file order) on ``device``, cached."""
-    order = structure.edge_order
-    return order.to(device) if device is not None else order
+    """``structure.edge_order`` on ``device``."""
+    return structure.on(device).edge_order
 
 
 def node_mask(structure: GraphStructure, in_graph: torch.Tensor) -> torch.Tensor:

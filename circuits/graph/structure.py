@@ -57,6 +57,15 @@ class Receiver:
 
 
 @dataclass(frozen=True)
+class StructureTensors:
+    """A structure's index tensors on one device (see :meth:`GraphStructure.on`)."""
+
+    edge_mask: torch.Tensor  # [n_senders, n_receivers] bool
+    edge_order: torch.Tensor  # [n_edges, 2] long, MIB file order
+    receiver_node: torch.Tensor  # [n_receivers] long
+
+
+@dataclass(frozen=True)
 class GraphStructure:
     """The node and edge layout of one model shape, in MIB's convention.
 
@@ -160,6 +169,45 @@ class GraphStructure:
     def edge_mask(self) -> torch.Tensor:
         """``[n_senders, n_receivers]`` bool: True where an edge exists."""
         return torch.arange(self.n_senders)[:, None] < self.n_upstream[None, :]
+
+    @cached_property
+    def receiver_node(self) -> torch.Tensor:
+        """``[n_receivers]`` long: the node each receiver belongs to (``a3.h2<k>`` -> ``a3.h2``); node indices are
+        sender indices, with ``logits`` = ``n_senders`` (MIB's node order)."""
+        out = torch.empty(self.n_receivers, dtype=torch.long)
+        for layer in range(self.n_layers):
+            heads = torch.arange(self.n_heads) + self.head_sender(layer, 0)
+            out[self.attn_receivers(layer)] = heads.repeat(3)  # q (all heads), k (all heads), v (all heads)
+            if self.has_mlp:
+                out[self.mlp_receiver(layer)] = self.mlp_sender(layer)
+        out[self.logits_receiver] = self.n_senders
+        return out
+
+    def on(self, device: torch.device | str | None) -> StructureTensors:
+        """The index tensors of this structure on ``device`` (copied once per device, kept with the structure)."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        copies: dict[torch.device, StructureTensors] = self.__dict__.setdefault("_copies", {})
+        if device not in copies:
+            copies[device] = StructureTensors(self.edge_mask.to(device), self.edge_order.to(device),
+                                              self.receiver_node.to(device))
+        return copies[device]
+
+    def descendants(self, changed: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """``[n_senders]`` bool: the senders among ``changed [n_nodes]`` (logits last) and every sender they reach
+        through ``edges [n_senders, n_receivers]`` (bool): what must be recomputed when ``changed`` nodes change."""
+        S = self.n_senders
+        src, rcv = edges.nonzero(as_tuple=True)
+        feeds = torch.zeros(S, S + 1, dtype=torch.bool)  # [S, S + 1]: sender -> node it has an edge into
+        feeds[src, self.receiver_node[rcv]] = True
+        successors = [row.nonzero().flatten().tolist() for row in feeds]
+        reach = changed[:S].tolist()
+        todo = [v for v in range(S) if reach[v]]
+        while todo:
+            for v in successors[todo.pop()]:
+                if v < S and not reach[v]:
+                    reach[v] = True
+                    todo.append(v)
+        return torch.tensor(reach, dtype=torch.bool)
 
     # ---- names -------------------------------------------------------------------------------------------
     @cached_property

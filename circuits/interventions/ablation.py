@@ -7,34 +7,83 @@ Three ablations, one shape contract (``[S, B|1, P|1, d]``, broadcast by the patc
 * ``mean`` - each sender's mean output over a reference set, per position (templated tasks align
   positions; a position the reference never fills falls back to the mean over all its tokens).
 * ``zero`` - nothing at all; biases, which belong to no node, stay.
+
+:class:`Ablated` carries the outputs with the kind that made them, because one saving is exact for one kind
+only: under ``corrupted`` a node none of whose incoming edges is kept writes exactly its ablated output (it
+*is* the corrupted run there), so a patched forward need not compute it. The kind is set by whoever built the
+outputs, never claimed by a caller, so the saving cannot be applied to means or zeros.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
+
 ABLATIONS = ("corrupted", "mean", "zero")
+#: Other tools' names for the same ablations: MIB calls the corrupted ablation "patching".
+ABLATION_ALIASES = {"patching": "corrupted"}
 
 
 class AblationError(ValueError):
     """The ablation cannot be built from what was given."""
 
 
-@torch.no_grad()
-def ablated_outputs(model, ablation: str, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                    corrupted_ids: Tensor | None = None, reference_ids: Tensor | None = None,
-                    reference_mask: Tensor | None = None, batch_size: int = 32) -> Tensor:
-    """Sender outputs that replace cut edges, for a batch ``input_ids [B, P]``.
+def check_ablation(ablation: str) -> str:
+    """The canonical ablation name (the one rule every entry point applies); MIB's ``patching`` is ``corrupted``."""
+    key = str(ablation).strip().lower()
+    key = ABLATION_ALIASES.get(key, key)
+    if key not in ABLATIONS:
+        raise AblationError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)} "
+                            "(MIB's 'patching' is 'corrupted')")
+    return key
 
-    >>> from circuits.models.random import random_model
-    >>> m = random_model("gpt2", n_layers=1, n_heads=2, d_model=8)
-    >>> ablated_outputs(m, "zero", torch.zeros(3, 5, dtype=torch.long)).shape
-    torch.Size([4, 1, 1, 8])
+
+@dataclass(frozen=True)
+class Ablated:
+    """Sender outputs that replace cut edges, ``values [S, B|1, P|1, d]``, and the ablation that made them.
+
+    ``kind`` is one of :data:`ABLATIONS`, or ``"given"`` for outputs a caller computed itself (any tensor):
+    only ``corrupted`` outputs are a run of the model on these very positions (:attr:`is_a_run`).
     """
-    S, d = model.structure.n_senders, model.structure.d_model
+
+    values: Tensor
+    kind: str = "given"
+
+    def __post_init__(self) -> None:
+        if self.kind not in (*ABLATIONS, "given"):
+            raise AblationError(f"unknown ablation kind {self.kind!r}; choose one of {', '.join(ABLATIONS)} or 'given'")
+        if self.values.dim() != 4:
+            raise AblationError(f"ablated sender outputs must be [S, B|1, P|1, d], got {tuple(self.values.shape)}")
+
+    @property
+    def is_a_run(self) -> bool:
+        """True when a node with no kept incoming edge writes exactly its ablated output (corrupted only)."""
+        return self.kind == "corrupted"
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Ablated:
+        return Ablated(self.values.to(device=device, dtype=dtype), self.kind)
+
+
+def as_ablated(ablated: Ablated | Tensor) -> Ablated:
+    """A tensor someone computed is ``given``: nothing is assumed about where it came from."""
+    return ablated if isinstance(ablated, Ablated) else Ablated(ablated, "given")
+
+
+@torch.no_grad()
+def build_ablation(model: CircuitModel, ablation: str, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                   corrupted_ids: Tensor | None = None, reference_ids: Tensor | None = None,
+                   reference_mask: Tensor | None = None, batch_size: int = 32) -> Ablated:
+    """The :class:`Ablated` outputs of ``ablation`` for a batch ``input_ids [B, P]``."""
+    ablation = check_ablation(ablation)
+    S, d = model.structure.n_senders, model.spec.d_model
     if ablation == "zero":
-        return torch.zeros(S, 1, 1, d, dtype=model.dtype, device=model.device)
+        return Ablated(torch.zeros(S, 1, 1, d, dtype=model.dtype, device=model.device), "zero")
     if ablation == "corrupted":
         if corrupted_ids is None:
             raise AblationError("ablation='corrupted' needs the corrupted prompts (corrupted_ids=...); "
@@ -44,23 +93,33 @@ def ablated_outputs(model, ablation: str, input_ids: Tensor, attention_mask: Ten
                 f"clean {tuple(input_ids.shape)} and corrupted {tuple(corrupted_ids.shape)} prompts differ in "
                 "shape: every pair must have the same token length so positions line up. Rewrite the pairs "
                 "(or pad both to one length with one attention mask).")
-        return model.sender_outputs(corrupted_ids, attention_mask)
-    if ablation == "mean":
-        if reference_ids is None:
-            raise AblationError("ablation='mean' needs a reference set (reference_ids=...), e.g. the task's "
-                                "training split")
-        return mean_outputs(model, reference_ids, reference_mask, n_positions=input_ids.shape[1],
-                            batch_size=batch_size)
-    raise AblationError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+        return Ablated(model.sender_outputs(corrupted_ids, attention_mask), "corrupted")
+    if reference_ids is None:
+        raise AblationError("ablation='mean' needs a reference set (reference_ids=...), e.g. the task's training split")
+    return Ablated(mean_outputs(model, reference_ids, reference_mask, n_positions=input_ids.shape[1],
+                                batch_size=batch_size), "mean")
+
+
+def ablated_outputs(model: CircuitModel, ablation: str, input_ids: Tensor, attention_mask: Tensor | None = None,
+                    **options: Tensor | int | None) -> Tensor:
+    """Sender outputs that replace cut edges, for a batch ``input_ids [B, P]`` (the values of
+    :func:`build_ablation`; options as there).
+
+    >>> from circuits.models.random import random_model
+    >>> m = random_model("gpt2", n_layers=1, n_heads=2, d_model=8)
+    >>> ablated_outputs(m, "zero", torch.zeros(3, 5, dtype=torch.long)).shape
+    torch.Size([4, 1, 1, 8])
+    """
+    return build_ablation(model, ablation, input_ids, attention_mask, **options).values  # type: ignore[arg-type]
 
 
 @torch.no_grad()
-def mean_outputs(model, reference_ids: Tensor, reference_mask: Tensor | None = None, *,
+def mean_outputs(model: CircuitModel, reference_ids: Tensor, reference_mask: Tensor | None = None, *,
                  n_positions: int | None = None, batch_size: int = 32) -> Tensor:
     """``[S, 1, P, d]``: per-position mean of every sender's output over the real tokens of a reference set."""
     if reference_mask is None:
         reference_mask = torch.ones_like(reference_ids)
-    S, d = model.structure.n_senders, model.structure.d_model
+    S, d = model.structure.n_senders, model.spec.d_model
     P_ref = reference_ids.shape[1]
     P = n_positions or P_ref
     total = torch.zeros(S, P_ref, d, dtype=torch.float32, device=model.device)

@@ -11,7 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from circuits.graph.structure import GraphStructure
+from circuits.interventions.ablation import Ablated, as_ablated
 from circuits.interventions.forward import ForwardResult, decomposed_forward
+from circuits.interventions.masked import MaskedResidual
+from circuits.interventions.residual import PlainResidual, ResidualStrategy
 from circuits.models.architectures import TransformerSpec, read_transformer
 
 
@@ -88,31 +91,34 @@ class CircuitModel:
         (``[B, K, V]`` at ``logit_positions [B, K]`` only, when given)."""
         return self.run(input_ids, attention_mask, logit_positions=logit_positions).logits
 
-    def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, masks: Tensor | None = None,
-            ablated: Tensor | None = None, record: bool = False, probe: dict | None = None,
-            logit_positions: Tensor | None = None, **options) -> ForwardResult:
-        """The decomposed forward; see :func:`circuits.interventions.forward.decomposed_forward` (``options``:
-        ``ablated_is_a_run``, ``cached``, ``start_receiver``)."""
+    def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+            residual: ResidualStrategy | None = None, record: bool = False,
+            logit_positions: Tensor | None = None) -> ForwardResult:
+        """The decomposed forward with one residual strategy (default: the plain model; ``record=True``: the plain
+        model recording every sender's output); see :func:`circuits.interventions.forward.decomposed_forward`."""
+        if record and residual is not None:
+            raise ValueError("record=True is the plain recorded run; a strategy records itself (record= of its own)")
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        if masks is not None:
-            masks = masks.to(self.device)
-        if ablated is not None:
-            ablated = ablated.to(self.device)
-        return decomposed_forward(self.spec, input_ids, attention_mask, masks=masks, ablated=ablated, record=record,
-                                  probe=probe, logit_positions=logit_positions, **options)
+        if record:
+            residual = PlainResidual(record=True)
+        return decomposed_forward(self.spec, input_ids, attention_mask, residual=residual,
+                                  logit_positions=logit_positions)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[S, B, P, d]``: what every sender writes on these inputs (the cache ablations are built from)."""
-        return self.run(input_ids, attention_mask, record=True).sender_outputs
+        outputs = self.run(input_ids, attention_mask, record=True).sender_outputs
+        assert outputs is not None
+        return outputs
 
-    def patched_logits(self, input_ids: Tensor, masks: Tensor, ablated: Tensor,
+    def patched_logits(self, input_ids: Tensor, masks: Tensor, ablated: Ablated | Tensor,
                        attention_mask: Tensor | None = None, *, logit_positions: Tensor | None = None) -> Tensor:
         """Logits with every edge mixed by ``masks`` (``[S, R]`` or ``[C, S, R]``) between this run and
         ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]`` (``P`` -> ``K`` with ``logit_positions``)."""
-        return self.run(input_ids, attention_mask, masks=masks, ablated=ablated,
-                        logit_positions=logit_positions).logits
+        ablated = as_ablated(ablated).to(self.device)
+        residual = MaskedResidual(masks.to(self.device), ablated)
+        return self.run(input_ids, attention_mask, residual=residual, logit_positions=logit_positions).logits
 
     def __repr__(self) -> str:
         s = self.structure

@@ -2,7 +2,7 @@
 exist), that evaluates batches of circuits (edge masks) with the result of one process.
 
     pool = EvaluatorPool("zoo:planted-ioi", task, n_actors=2)      # or a loaded CircuitModel
-    metric, kl = pool.run(masks)                  # [C, S, R] -> [C, n] each, as CircuitRunner.run
+    values = pool.circuit_metrics(masks, kl=True) # [C, S, R] -> [C, n] each, as CircuitSession.circuit_metrics
     curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
     scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
     with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
@@ -10,7 +10,7 @@ exist), that evaluates batches of circuits (edge masks) with the result of one p
 
 Why the result is the same as one process: a circuit's metric on an example depends only on that circuit's mask,
 the example and the model (each circuit is its own rows of the batched forward; nothing is reduced across
-circuits), and every actor builds the same :class:`~circuits.evaluation.engine.CircuitRunner` (same split, batch
+circuits), and every actor builds the same :class:`~circuits.session.CircuitSession` (same split, batch
 plan, ablation and cached clean / ablated runs) from the same model weights. The pool splits the circuits into
 contiguous chunks, one per actor, and concatenates the answers in order. The numbers agree with one process to
 floating-point rounding (tested to 1e-5): the batched matmuls, and which nodes a patched pass skips (a node idle
@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
+from circuits.session import CircuitMetrics
+
 
 class _Replica:
-    """The actor: one model replica and one CircuitRunner (and, on demand, an ACDC evaluator)."""
+    """The actor: one model replica and one CircuitSession (and, on demand, an ACDC evaluator)."""
 
     def __init__(self, model: Any, task: Any, ablation: str, split: str, batch_size: int,
                  circuits_per_pass: int | None, threads: int | None, task_options: dict | None,
@@ -43,27 +45,29 @@ class _Replica:
             from circuits.tasks import load_task
 
             task = load_task(task, model, **(task_options or {}))
-        from circuits.evaluation.engine import CircuitRunner
+        from circuits.session import CircuitSession
 
         self.model, self.task = model, task
-        self.runner = CircuitRunner(model, task, ablation, split, batch_size, circuits_per_pass)
+        self.session = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
+                                      circuits_per_pass=circuits_per_pass)
         self.acdc_evaluators: dict = {}
 
-    def run(self, masks: torch.Tensor):
-        return self.runner.run(masks)
+    def circuit_metrics(self, masks: torch.Tensor, kl: bool):
+        return self.session.circuit_metrics(masks, kl=kl)
 
     def baselines(self):
-        r = self.runner
-        return r.metric_full, r.metric_empty, r.n, r.ablation, r.split, r.task_name, r.metric.name, r.structure
+        r = self.session
+        return (r.metric_full, r.metric_empty, r.n_examples, r.ablation, r.split, r.task_name, r.metric.name,
+                r.structure)
 
     def acdc_setup(self, key: int, task: Any, reference: Any, ablation: str, batch_size: int, metric: str,
                    fast: bool) -> None:
         """Build ACDC's evaluator on this replica from the driver's discovery split (the same examples)."""
         from circuits.discovery.acdc import CandidateEvaluator, objective_metric
-        from circuits.discovery.context import DiscoveryContext
+        from circuits.session import CircuitSession
 
-        ctx = DiscoveryContext(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
-        self.acdc_evaluators = {key: CandidateEvaluator(ctx, objective_metric(ctx, metric), fast)}
+        session = CircuitSession(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
+        self.acdc_evaluators = {key: CandidateEvaluator(session, objective_metric(session, metric), fast)}
 
     def acdc_objective(self, key: int, masks: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
         return self.acdc_evaluators[key].objective(masks, anchor)
@@ -98,11 +102,11 @@ class EvaluatorPool:
         task_ref = task if isinstance(task, str) else ray.put(task)
         self.actors = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
                                     max(1, int(cpus)), task_options, device, dtype) for _ in range(n_actors)]
-        (self.metric_full, self.metric_empty, self.n, self.ablation, self.split, self.task_name,
+        (self.metric_full, self.metric_empty, self.n_examples, self.ablation, self.split, self.task_name,
          metric_name, self.structure) = ray.get(self.actors[0].baselines.remote())
         from circuits.tasks.metrics import Metric
 
-        self.metric = Metric(metric_name)  # the CircuitRunner interface: curves can run on the pool
+        self.metric = Metric(metric_name)  # the CircuitSession interface: curves can run on the pool
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -112,14 +116,15 @@ class EvaluatorPool:
         bounds = [round(i * C / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
-    def run(self, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``masks [C, S, R]`` -> ``(metric [C, n], kl [C, n])``, the circuits split across the actors."""
+    def circuit_metrics(self, masks: torch.Tensor, *, kl: bool = False) -> CircuitMetrics:
+        """``masks [C, S, R]`` -> metric (and KL) ``[C, n]``, as one session's, the circuits split across actors."""
         if masks.dim() == 2:
             masks = masks[None]
         masks = masks.detach().cpu()
         chunks = self._chunks(masks.shape[0])
-        parts = self.ray.get([a.run.remote(masks[c].clone()) for a, c in zip(self.actors, chunks)])
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        parts = self.ray.get([a.circuit_metrics.remote(masks[c].clone(), kl) for a, c in zip(self.actors, chunks)])
+        return CircuitMetrics(torch.cat([p.metric for p in parts]),
+                              torch.cat([p.kl for p in parts]) if kl else None)
 
     # ---- the evaluation API over the pool -------------------------------------------------------------------
     def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",
@@ -148,14 +153,14 @@ class EvaluatorPool:
         pool = self
 
         class PooledEvaluator:
-            def __init__(self, ctx, metric, fast):
-                self.ctx, self.fast = ctx, fast
+            def __init__(self, session, metric, fast):
+                self.session, self.fast = session, fast
                 self.n_forward = 0
                 self.key = id(self)
-                name = "task" if metric is ctx.metric else "kl"
-                task, ref = pool.ray.put(ctx.task), pool.ray.put(ctx.reference)
-                pool.ray.get([a.acdc_setup.remote(self.key, task, ref, ctx.ablation, ctx.batch_size, name, fast)
-                              for a in pool.actors])
+                name = "task" if metric is session.metric else "kl"
+                task, ref = pool.ray.put(session.data), pool.ray.put(session.reference)
+                pool.ray.get([a.acdc_setup.remote(self.key, task, ref, session.ablation, session.batch_size, name,
+                                                  fast) for a in pool.actors])
 
             def objective(self, masks: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
                 masks = masks.detach().cpu()

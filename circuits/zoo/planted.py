@@ -47,16 +47,16 @@ def single_edge_effects(model, task, *, ablation: str = "corrupted", chunk: int 
     with ``effects [E]``, ``edges [E, 2]``, ``scores [S, R]`` (the effects as a score matrix, MIB's sign),
     ``full``, ``ablated`` (the metric with every edge cut) and ``gap = full - ablated``.
     """
-    from circuits.discovery.context import DiscoveryContext
     from circuits.discovery.exact import EdgeCuts, single_cut_effects
+    from circuits.session import CircuitSession
 
     data = task if n is None else task[:n]
     if not task.base_metric.higher_is_better:
         raise ValueError("the ground-truth check reads a task metric (higher = better), not a divergence")
-    ctx = DiscoveryContext(model, data, ablation=ablation, batch_size=len(data))
-    full, cut_all = ctx.full_and_empty()
+    session = CircuitSession(model, data, ablation=ablation, batch_size=len(data))
+    full, cut_all = session.full_and_empty()
     cuts = EdgeCuts(model.structure, edges)
-    effects = single_cut_effects(ctx, cuts, circuits_per_pass=chunk, description="ground-truth check")
+    effects = single_cut_effects(session, cuts, circuits_per_pass=chunk, description="ground-truth check")
     structure = model.structure
     scores = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.float64)
     scores[cuts.order[:, 0], cuts.order[:, 1]] = effects

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import circuits
-from circuits.discovery.context import DiscoveryContext
+from circuits.session import CircuitSession
 from circuits.models.random import random_model
 from circuits.tasks import task_vocabulary, word_level_tokenizer
 
@@ -21,6 +21,6 @@ def setup():
 
 
 def make_ctx(setup, ablation="corrupted"):
-    """The discovery context on the task's training split, batches of 8."""
+    """The session on the task's training split, batches of 8."""
     m, task = setup
-    return DiscoveryContext(m, task.train, ablation=ablation, batch_size=8)
+    return CircuitSession(m, task.train, ablation=ablation, batch_size=8)

@@ -8,7 +8,7 @@ import torch
 import circuits
 from circuits.discovery import acdc as acdc_mod
 from circuits.discovery.checkpoint import Checkpoint
-from circuits.discovery.context import DiscoveryContext
+from circuits.session import CircuitSession
 from circuits.graph.graph import Graph
 from circuits.graph.pruning import prune
 from circuits.models.random import random_model
@@ -59,12 +59,13 @@ def test_threshold_semantics_and_scores(setup):
     kept &= s.edge_mask
     kl = Metric("kl")
     total_kept, total_pruned = 0.0, 0.0
-    for p in ctx.cached_batches:
-        full = ctx.model.logits(p.clean, p.attention_mask)
+    for p in ctx.batches:
+        full = ctx.model.logits(p.clean, p.attention_mask, logit_positions=p.positions)
         masks = torch.stack([kept, in_graph]).float()
-        logits = ctx.model.patched_logits(p.clean, masks, p.ablated, attention_mask=p.attention_mask)
-        total_kept += float(kl(logits[0], p.batch, full).sum())
-        total_pruned += float(kl(logits[1], p.batch, full).sum())
+        logits = ctx.model.patched_logits(p.clean, masks, ctx.ablated(p), attention_mask=p.attention_mask,
+                                          logit_positions=p.positions)
+        total_kept += float(kl(logits[0], p.readout, full).sum())
+        total_pruned += float(kl(logits[1], p.readout, full).sum())
     kl_kept, kl_pruned = total_kept / ctx.n_examples, total_pruned / ctx.n_examples
     assert abs(-info["final_objective"] - kl_kept) < 1e-5
     assert abs(kl_pruned - kl_kept) < 1e-5  # corrupted ablation: pruned-away edges carried their ablated value
@@ -100,7 +101,7 @@ def test_fast_forward_matches_patched_logits_across_architectures():
     for family, extra in [("gpt_neox", {}), ("llama", {"n_kv_heads": 2}), ("gpt2", {})]:
         m = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, **extra)
         task = circuits.load_task("ioi", m, n=4, seed=0)
-        ctx = DiscoveryContext(m, task, ablation="corrupted", batch_size=4)
+        ctx = CircuitSession(m, task, ablation="corrupted", batch_size=4)
         s = m.structure
         fast = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=True)
         plain = acdc_mod.CandidateEvaluator(ctx, ctx.metric, fast=False)
@@ -159,11 +160,9 @@ def test_checkpoint_resume_gives_the_same_result(setup, tmp_path, monkeypatch):
             raise Stop
 
     ckpt = Checkpoint(tmp_path / "acdc.pt", key="k")
-    monkeypatch.setattr(acdc_mod, "_receiver_hook", hook)
     with pytest.raises(Stop):
-        acdc_mod.acdc(ctx, threshold=0.003, checkpoint=ckpt)
+        acdc_mod.acdc(ctx, threshold=0.003, checkpoint=ckpt, on_progress=hook)
     assert ckpt.load()["done"] == 12
-    monkeypatch.setattr(acdc_mod, "_receiver_hook", None)
     scores, in_graph = acdc_mod.acdc(ctx, threshold=0.003, checkpoint=Checkpoint(tmp_path / "acdc.pt", key="k"))
     assert torch.equal(scores, full_scores) and torch.equal(in_graph, full_graph)
 

@@ -7,7 +7,7 @@ import torch
 
 import circuits
 from circuits.discovery import METHODS, DiscoveryError, discover
-from circuits.discovery.context import DiscoveryContext
+from circuits.session import CircuitSession
 from circuits.models.random import random_model
 from circuits.tasks import task_vocabulary, word_level_tokenizer
 
@@ -245,11 +245,12 @@ def test_bad_input_is_named(tokenizer):
 def test_context_objective_for_batched_circuits(tokenizer):
     model = small_model(tokenizer, dtype=torch.float32)
     task = circuits.load_task("ioi", model, n=4, seed=10)
-    ctx = DiscoveryContext(model, task)
-    prepared = ctx.cached_batches[0]
+    ctx = CircuitSession(model, task)
+    prepared = ctx.batches[0]
     s = model.structure
     masks = torch.stack([torch.ones(s.n_senders, s.n_receivers), torch.zeros(s.n_senders, s.n_receivers)])
-    logits = model.patched_logits(prepared.clean, masks, prepared.ablated, attention_mask=prepared.attention_mask)
+    logits = model.patched_logits(prepared.clean, masks, ctx.ablated(prepared), attention_mask=prepared.attention_mask,
+                                  logit_positions=prepared.positions)
     both = ctx.objective(logits, prepared)
     assert both.shape == (2, len(task))
     assert torch.allclose(both[0], ctx.objective(logits[0], prepared))

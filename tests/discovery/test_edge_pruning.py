@@ -73,10 +73,9 @@ def test_checkpoint_resume_gives_the_same_result(setup, tmp_path, monkeypatch):
         if step == 7:
             raise Stop
 
-    monkeypatch.setattr(ep, "_step_hook", hook)
     with pytest.raises(Stop):
-        ep.edge_pruning(ctx, target_sparsity=0.8, steps=16, seed=1, checkpoint=Checkpoint(tmp_path / "ep.pt", "k", every=0))
-    monkeypatch.setattr(ep, "_step_hook", None)
+        ep.edge_pruning(ctx, target_sparsity=0.8, steps=16, seed=1, checkpoint=Checkpoint(tmp_path / "ep.pt", "k", every=0),
+                        on_progress=hook)
     assert torch.load(tmp_path / "ep.pt", weights_only=False)["step"] == 7
     out = ep.edge_pruning(ctx, target_sparsity=0.8, steps=16, seed=1, checkpoint=Checkpoint(tmp_path / "ep.pt", "k"))
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])

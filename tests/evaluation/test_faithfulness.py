@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import circuits
-from circuits.evaluation import (MIB_FRACTIONS, CircuitRunner, FaithfulnessCurve, FaithfulnessWarning, cmd, cpr,
+from circuits.evaluation import (MIB_FRACTIONS, FaithfulnessCurve, FaithfulnessWarning, cmd, cpr,
                                  evaluate, faithfulness_curve, mib_scores, minimal_circuit)
 from circuits.graph.io import GraphMismatchError
 from circuits.interventions.ablation import ablated_outputs
+from circuits.session import CircuitSession
 from circuits.tasks import Metric
 
 from .conftest import tiny_task
@@ -139,13 +140,13 @@ def test_all_points_run_in_one_patched_forward_per_batch(model, task, scored):
     masks = torch.stack([scored.top_k(k).in_graph for k in (20, 30, 40, 60)] +
                         [scored.top_k(30).in_graph, model.graph.in_graph,
                          torch.zeros_like(model.graph.in_graph)])  # a duplicate, the full and the empty circuit
-    runner = CircuitRunner(model, task, "corrupted", batch_size=64)
-    metric, kl = runner.run(masks)
+    runner = CircuitSession(model, task, ablation="corrupted", split="validation", batch_size=64)
+    metric = runner.circuit_metrics(masks, kl=True).metric
     assert runner.forwards == 1  # 4 distinct circuits, one batch of examples: one patched forward
     assert torch.equal(metric[1], metric[4])
     assert torch.allclose(metric[5], runner.metric_full) and torch.allclose(metric[6], runner.metric_empty)
-    chunked = CircuitRunner(model, task, "corrupted", batch_size=3, circuits_per_pass=2)
-    metric2, _ = chunked.run(masks)
+    chunked = CircuitSession(model, task, ablation="corrupted", split="validation", batch_size=3, circuits_per_pass=2)
+    metric2 = chunked.circuit_metrics(masks, kl=True).metric
     assert chunked.forwards == 3 * 2  # 3 batches x 2 chunks of circuits
     assert torch.allclose(metric, metric2, atol=1e-5)
 

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("ray")
 
 import circuits  # noqa: E402
-from circuits.evaluation.engine import CircuitRunner  # noqa: E402
+from circuits.session import CircuitSession  # noqa: E402
 from circuits.sweeps.actors import EvaluatorPool  # noqa: E402
 from circuits.sweeps.job import resolve_model  # noqa: E402
 
@@ -33,9 +33,9 @@ def test_run_equals_one_process(setup):
     gen = torch.Generator().manual_seed(0)
     s = model.structure
     masks = torch.rand(7, s.n_senders, s.n_receivers, generator=gen) > 0.5
-    runner = CircuitRunner(model, task, "corrupted", "validation", 6, circuits_per_pass=4)
-    metric, kl = runner.run(masks)
-    p_metric, p_kl = pool.run(masks)
+    runner = CircuitSession(model, task, ablation="corrupted", split="validation", batch_size=6, circuits_per_pass=4)
+    one, spread = runner.circuit_metrics(masks, kl=True), pool.circuit_metrics(masks, kl=True)
+    metric, kl, p_metric, p_kl = one.metric, one.kl, spread.metric, spread.kl
     assert torch.equal(metric, p_metric) and torch.equal(kl, p_kl)  # bitwise, in the same order
     assert torch.equal(runner.metric_full, pool.metric_full) and torch.equal(runner.metric_empty, pool.metric_empty)
 

@@ -1,0 +1,121 @@
+"""Attention, one head at a time: projections (grouped keys/values by weight index, never copied), rotary
+embeddings, causal and sliding-window masks, and the per-head attention of the decomposed forward.
+
+Shapes: ``H`` query heads, ``K`` key/value groups (or H), ``N`` rows, ``P`` positions, ``d`` model width,
+``e`` head width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.architectures import Attention, Norm
+
+
+def head_subset(attn: Attention, heads: list[int]) -> Attention:
+    """The attention of ``heads`` only (each with its own key/value weights, grouped or not)."""
+    idx = torch.tensor(heads, dtype=torch.long, device=attn.W_Q.device)
+    kv = idx // (attn.n_heads // attn.n_kv_heads)
+    pick = (lambda t, i: None if t is None else t.index_select(0, i))
+    return dataclasses.replace(attn, W_Q=pick(attn.W_Q, idx), W_K=pick(attn.W_K, kv), W_V=pick(attn.W_V, kv),
+                               W_O=pick(attn.W_O, idx), b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv),
+                               b_V=pick(attn.b_V, kv))
+
+
+def allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch.device,
+                  sliding_window: int | None) -> Tensor:
+    """``[N, P, P]`` bool: query position q may attend to key position k (causal, real keys, window)."""
+    N, P = shape
+    q = torch.arange(P, device=device)
+    allowed = q[None, :] <= q[:, None]  # [P(q), P(k)]
+    if sliding_window is not None:
+        allowed = allowed & (q[:, None] - q[None, :] < sliding_window)
+    allowed = allowed[None].expand(N, P, P)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.bool()[:, None, :]
+    return allowed
+
+
+def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, allowed: Tensor,
+                              qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each) or ``[1, N, P, d]``
+    (one stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (``[H, N, P, e]`` each)."""
+    H = attn.n_heads
+    if qkv is not None:
+        q, k, v = qkv
+    elif x.shape[0] == 1:
+        xn = norm(x)
+        q, k, v = (project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
+    elif x.dtype in (torch.float32, torch.float64):
+        # 3H separate inputs: fold the norm into the projections instead of materialising 3H normalised copies
+        q, k, v = (project_folded(x[i * H:(i + 1) * H], norm, W, b, H)
+                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
+    else:  # half precision: normalise exactly as the model does, the order of roundings matters there
+        xn = norm(x)
+        q, k, v = (project(xn[i * H:(i + 1) * H], W, b, H)
+                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
+    if attn.rotary is not None:
+        cos, sin = attn.rotary(q, positions)  # [N, P, r]
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P, P]
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    # softmax in at least fp32 (as HF does for bf16/fp16 models), never below the model's own precision
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    return torch.matmul(pattern, v)
+
+
+def project_folded(x: Tensor, norm: Norm, W: Tensor, b: Tensor | None, n_heads: int) -> Tensor:
+    """``project(norm(x))`` for per-head inputs ``x [H, N, P, d]`` without writing ``norm(x)``.
+
+    LayerNorm: ``((x - mu) / sigma * w + beta) @ W + b = (x @ (w W) - mu (1 @ w W)) / sigma + (beta @ W + b)``;
+    RMSNorm: ``(x / rms * w) @ W = (x @ (w W)) / rms``. Only per-token statistics are computed from ``x``.
+    """
+    K = W.shape[0]
+    folded = norm.weight[None, :, None] * W  # [K, d, e]
+    out = project(x, folded, None, n_heads)  # [H, N, P, e]
+    per_head = (lambda t: t) if K == n_heads else (lambda t: t.repeat_interleave(n_heads // K, dim=0))
+    d = x.shape[-1]
+    mean_square = torch.linalg.vector_norm(x, dim=-1).square() / d  # [H, N, P]; one fast pass (var_mean is slow)
+    if norm.kind == "layernorm":
+        mean = x.mean(-1)
+        var = (mean_square - mean.square()).clamp(min=0)
+        out = (out - mean[..., None] * per_head(folded.sum(1))[:, None, None]) * torch.rsqrt(var + norm.eps)[..., None]
+        bias = torch.einsum("d,kde->ke", norm.bias, W) if norm.bias is not None else None
+        bias = bias if b is None else b if bias is None else bias + b
+    else:
+        out = out * torch.rsqrt(mean_square + norm.eps)[..., None]
+        bias = b
+    return out if bias is None else out + per_head(bias)[:, None, None]
+
+
+def project(x: Tensor, W: Tensor, b: Tensor | None, n_heads: int) -> Tensor:
+    """Each query head's projection of its own input. ``x [H | 1, N, P, d]``, ``W [K, d, e]`` with ``K`` = H
+    (queries) or G (grouped keys/values: head h uses group ``h // (H / G)``'s weight, never a copied one)."""
+    K = W.shape[0]
+    if x.shape[0] == 1:  # one shared input: project once per weight, then give each query head its group's
+        out = torch.einsum("npd,kde->knpe", x[0], W)
+        if b is not None:
+            out = out + b[:, None, None]
+        return out if K == n_heads else out.repeat_interleave(n_heads // K, dim=0)
+    group = n_heads // K
+    xg = x.view(K, group, *x.shape[1:])  # [K, H/K, N, P, d]
+    out = torch.matmul(xg.flatten(1, 3), W).view(K, group, *x.shape[1:3], W.shape[-1])  # [K, H/K, N, P, e]
+    if b is not None:
+        out = out + b[:, None, None, None]
+    return out.flatten(0, 1)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on the first ``r`` dims of each head (all of them, or Pythia's partial fraction)."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    out = rot * cos + rotated * sin
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out

@@ -1,0 +1,184 @@
+"""Attribution: the plain residual stream whose backward pass scores every edge (EAP, EAP-IG, node-AP).
+
+Every receiver gets its own gradient: q, k and v of each head from :meth:`GradientProbe.project_qkv`'s backward,
+each MLP and the logits from hooks on their input. Each gradient is turned into edge scores at once,
+``scores[S, R] += diff_S . dM/d input_R`` summed over batch and positions (one matrix product per receiver
+group), so no gradient tensor outlives its layer's backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from circuits.interventions.attention import project
+from circuits.interventions.residual import Receivers, ResidualStrategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.graph.structure import GraphStructure
+    from circuits.models.architectures import Attention, Norm
+
+
+class GradientProbe(ResidualStrategy):
+    """The plain residual stream, plus attribution: every receiver gets its own gradient (module docstring).
+
+    ``ablated [S, B|1, P|1, d]``: the ablated sender outputs; ``scores [S, R]``: the accumulator the backward
+    adds to. ``diffs [S, B, P, d]`` are the sender differences the scores weigh (clean - ablated for EAP-IG);
+    when not given they are this run's own outputs minus ``ablated`` (EAP). ``overrides`` maps a sender index to
+    the output it must write instead of its own (``[k, B, P, d]``: integrated gradients over activations; sender
+    0, the input, ``[1, B, P, d]``). ``repeats``: the run holds T stacked copies of the batch (``T * B`` rows,
+    e.g. EAP-IG's interpolation steps) that share ``diffs``; their gradients are summed before the score
+    products, so T steps cost one.
+    """
+
+    keeps_every_position = True
+
+    def __init__(self, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
+                 overrides: dict[int, Tensor] | None = None, repeats: int = 1):
+        if repeats != 1 and diffs is None:
+            raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
+        self.repeats = int(repeats)
+        self.overrides = overrides or {}
+        self.ablated = ablated  # [S, B|1, P|1, d]
+        self.scores = scores  # [S, R] accumulator
+        self.diffs = diffs
+
+    def begin(self, first: Tensor, structure: GraphStructure) -> Tensor:
+        super().begin(first, structure)
+        if 0 in self.overrides:
+            first = self.overrides[0][0]
+        elif not first.requires_grad:
+            first = first.detach().requires_grad_(torch.is_grad_enabled())
+        S = self.scores.shape[0]
+        self.own_diffs = self.diffs is None
+        self.buffer = first.new_empty(S, first.numel()) if self.diffs is None else self.diffs.reshape(S, -1)
+        self.stream = first
+        self.n_written = 0
+        self._record(first[None])
+        self.n_written = 1
+        return first
+
+    def _record(self, outputs: Tensor) -> None:  # [k, B, P, d]
+        if self.own_diffs:
+            n, k = self.n_written, outputs.shape[0]
+            self.buffer[n:n + k] = (outputs.detach() - self.ablated[n:n + k]).reshape(k, -1)
+
+    def _write(self, outputs: Tensor) -> None:  # [k, B, P, d]: the next k senders
+        if self.n_written in self.overrides:
+            outputs = self.overrides[self.n_written]
+        self._record(outputs)
+        self.stream = self.stream + outputs.sum(0)
+        self.n_written += outputs.shape[0]
+
+    def write_heads(self, layer: int, heads: list[int], outputs: Tensor | None) -> None:
+        assert outputs is not None, "attribution computes every head"
+        self._write(outputs)
+
+    def write_mlp(self, layer: int, output: Tensor | None) -> None:
+        assert output is not None, "attribution computes every MLP"
+        self._write(output)
+
+    def add_constant(self, bias: Tensor) -> None:
+        self.stream = self.stream + bias
+
+    def read(self, receivers: Receivers, then: int | None = None) -> Tensor:
+        """``[1, B, P, d]``: the stream. A single receiver (an MLP, the logits) gets its gradient from a hook
+        here; a layer's q/k/v receivers share one normalised input, and :meth:`project_qkv` scores them."""
+        if isinstance(receivers, int):
+            receivers = slice(receivers, receivers + 1)
+        assert isinstance(receivers, slice), "attribution reads whole receiver groups"
+        x = self.stream[None]
+        self.last_read = (self.n_written, receivers)
+        if receivers.stop - receivers.start == 1 and x.requires_grad:
+            x = x.view_as(x)  # a node of its own, so the hook sees this receiver's gradient only
+            n = self.n_written
+            x.register_hook(lambda grad, n=n, rs=receivers: self._score(grad, n, rs))
+        return x
+
+    def project_qkv(self, x: Tensor, attn: Attention, norm: Norm) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``q, k, v [H, B, P, e]`` of the heads that just read ``x [1, B, P, d]`` (one shared stream).
+
+        The forward is the plain model's (one norm, one projection per weight). The backward gives every q, k
+        and v receiver its own input gradient, ``norm_vjp(x, grad_h @ W_h^T)``, scores it at once, and hands
+        upstream the sum of those gradients, which *is* the gradient of the shared stream: so autograd never
+        differentiates the norm and the projections a second time (:class:`_ProbedProjection`).
+        """
+        if not x.requires_grad:  # no gradient to score (a probe run under torch.no_grad)
+            return None
+        n, receivers = self.last_read
+        if any(t is not None and t.requires_grad for t in (attn.W_Q, attn.W_K, attn.W_V, norm.weight)):
+            raise RuntimeError("attribution runs differentiate activations only: build the spec through "
+                               "CircuitModel.spec, whose weight views carry no autograd history")
+        return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm)
+
+    def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
+        R = grad.shape[0]
+        flat = grad.reshape(R, self.repeats, -1)  # T stacked copies of the batch (EAP-IG steps): sum them first
+        flat = flat[:, 0] if self.repeats == 1 else flat.sum(1)
+        contribution = self.buffer[:n] @ flat.T  # [n, R]
+        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
+
+class _ProbedProjection(torch.autograd.Function):
+    """``norm(x) @ W_{Q,K,V}`` for all heads, whose backward scores each head's q/k/v receiver (see
+    :meth:`GradientProbe.project_qkv`). Weights are constants here (attribution freezes them)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, probe: "GradientProbe", n: int, r0: int, attn, norm):  # x [1, B, P, d]
+        H = attn.n_heads
+        xn = norm(x)
+        qkv = [project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))]
+        ctx.probe, ctx.n, ctx.r0, ctx.attn, ctx.norm = probe, n, r0, attn, norm
+        ctx.save_for_backward(x)
+        return tuple(qkv)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # each [H, B, P, e] (None when unused)
+        (x,) = ctx.saved_tensors
+        attn, norm, probe = ctx.attn, ctx.norm, ctx.probe
+        H = attn.n_heads
+        x_hat, inv = _norm_stats(norm, x[0])  # [B, P, d], [B, P, 1]
+        total = torch.zeros_like(x_hat)
+        for i, (g, W) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V))):
+            if g is None:
+                continue
+            g_x = _norm_vjp_heads(norm, x_hat, inv, g, W)  # [H, B, P, d]: each head's own input gradient
+            probe._score(g_x, ctx.n, slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H))
+            total += g_x.sum(0)
+        return total[None].to(x.dtype), None, None, None, None, None
+
+
+def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x_hat, inv)`` of the norm at ``x [B, P, d]``: normalised input and 1/sigma (or 1/rms), ``[B, P, 1]``."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    if norm.kind == "layernorm":
+        mu = xf.mean(-1, keepdim=True)
+        inv = torch.rsqrt(((xf - mu) ** 2).mean(-1, keepdim=True) + norm.eps)
+        return (xf - mu) * inv, inv
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return xf * inv, inv
+
+
+def _norm_vjp_heads(norm, x_hat: Tensor, inv: Tensor, g: Tensor, W: Tensor) -> Tensor:
+    """Each head's gradient at the norm's input, from its projection gradient ``g [H, B, P, e]`` through
+    ``norm(x) @ W_h`` (``W [K, d, e]``; head h uses ``W[h // (H / K)]``, grouped keys/values): ``[H, B, P, d]``.
+
+    LayerNorm: ``inv * (gw - mean(gw) - x_hat * mean(gw * x_hat))`` with ``gw = (g @ W_h^T) * w``. The norm
+    weight is folded into ``W``, and ``mean(gw)`` is a product with ``W``'s column sums, so the only passes over
+    ``[H, B, P, d]`` are the projection, one reduction and two in-place updates. RMSNorm has no mean term.
+    """
+    K, d = W.shape[0], W.shape[1]
+    H = g.shape[0]
+    Ww = norm.weight.to(x_hat.dtype)[None, :, None] * W.to(x_hat.dtype)  # [K, d, e]
+    gk = g.to(x_hat.dtype).reshape(K, H // K, *g.shape[1:])  # [K, H/K, B, P, e]
+    gw = torch.einsum("kjbpe,kde->kjbpd", gk, Ww).reshape(H, *g.shape[1:3], d)  # [H, B, P, d]
+    proj = torch.einsum("hbpd,bpd->hbp", gw, x_hat) / d  # mean(gw * x_hat)
+    gw.addcmul_(x_hat[None], proj[..., None], value=-1.0)
+    if norm.kind == "layernorm":
+        mean = torch.einsum("kjbpe,ke->kjbp", gk, Ww.sum(1)).reshape(H, *g.shape[1:3]) / d  # mean(gw)
+        gw.sub_(mean[..., None])
+    return gw.mul_(inv[None]).to(g.dtype)
+
+

@@ -1,0 +1,9 @@
+"""Running circuits on a task: one :class:`CircuitSession` per model x task split x ablation x metric, shared by
+every discovery method and every evaluation (:mod:`circuits.session.session`)."""
+
+from circuits.session.batches import SessionBatch
+from circuits.session.session import (Baselines, CircuitMetrics, CircuitSession, SessionError, check_task_fits_model,
+                                      resolve_split, undefined)
+
+__all__ = ["CircuitSession", "SessionBatch", "SessionError", "Baselines", "CircuitMetrics", "resolve_split",
+           "check_task_fits_model", "undefined"]

@@ -1,0 +1,407 @@
+"""``CircuitSession``: a model, the examples of one task split, an ablation and a metric.
+
+Every algorithm that runs circuits on a task (discovery methods, faithfulness, curves, minimal circuits, the Ray
+pool) runs them through one session, so what they share is decided once:
+
+* the ablation (one validation rule and one set of aliases) and the reference set of mean ablation;
+* which examples run (the split) and how they are batched (:mod:`circuits.session.batches`);
+* what is the same for every circuit, computed once per batch: the ablated sender outputs, the full model's
+  logits at the read positions, and the baselines M(full) and M(empty) (under ``corrupted`` the empty circuit
+  *is* the corrupted run, so it costs one plain forward);
+* the objective of a batch of C circuits, ``[C, n_examples]``: the metric with MIB's sign (higher = the model
+  does the task more like itself: a task metric as is, a divergence negated);
+* attribution probing: the backward of the objective through a gradient probe.
+
+Memory: a patched pass of C circuits on b examples holds about C * b rows of activations; passes are sized so
+they fit in :attr:`CircuitSession.memory_budget` (and, on CPU, at most ``CPU_ROWS_PER_PASS`` rows, beyond which
+a memory-bound pass only gets slower per row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable, overload
+
+import torch
+from torch import Tensor
+
+from circuits.interventions.ablation import Ablated, AblationError, build_ablation, check_ablation, mean_outputs
+from circuits.interventions.masked import MaskedResidual
+from circuits.interventions.residual import ResidualStrategy
+from circuits.session.batches import SessionBatch, plan_batches
+from circuits.tasks.metrics import Metric
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.interventions.probe import GradientProbe
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks.task import Task
+
+SPLITS = ("validation", "train", "all")
+CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations one patched pass may use on CPU
+# On CPU a patched pass is memory-bound: beyond a few dozen rows (circuits x examples) per pass the buffers leave
+# the caches and each row gets slower (GPT-2 small, 1 thread: 16-48 rows per pass ~10-20% faster than 128).
+CPU_ROWS_PER_PASS = 48
+CUDA_MEMORY_FRACTION = 0.5  # of the free GPU memory
+
+#: Builds the residual strategy that runs ``masks [c, S, R]`` on one batch (default: :class:`MaskedResidual`).
+StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
+
+
+class SessionError(ValueError):
+    """A circuit run cannot start as asked: the message names the problem and the fix."""
+
+
+UNDEFINED_ATOL, UNDEFINED_RTOL = 1e-6, 1e-5  # |M(full) - M(empty)| below this: nothing to normalise by
+
+
+@overload
+def undefined(full: float, empty: float) -> bool: ...
+@overload
+def undefined(full: Tensor, empty: Tensor) -> Tensor: ...
+def undefined(full, empty):  # noqa: E301
+    """True when M(full) and M(empty) are too close (or not finite) for faithfulness, or attribution, to mean
+    anything; elementwise for tensors (per-example values)."""
+    if isinstance(full, Tensor):
+        close = (full - empty).abs() <= UNDEFINED_ATOL + UNDEFINED_RTOL * torch.maximum(full.abs(), empty.abs())
+        return close | ~(torch.isfinite(full) & torch.isfinite(empty))
+    return not (math.isfinite(full) and math.isfinite(empty)) or \
+        abs(full - empty) <= UNDEFINED_ATOL + UNDEFINED_RTOL * max(abs(full), abs(empty))
+
+
+def resolve_split(task: Task, split: str) -> tuple[Task, Task, str]:
+    """``(examples to run, reference set for mean ablation, split name)``.
+
+    ``validation`` runs the task's validation part with means over its training part (so discovery, means and
+    evaluation never see the same examples twice); ``train`` the training part, means over it; ``all`` every
+    example, means over all of them.
+    """
+    key = str(split).strip().lower()
+    if key not in SPLITS:
+        raise SessionError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if key == "all":
+        return task, task, "all"
+    if len(task) < 2:
+        raise SessionError(f"task {task.name!r} has {len(task)} example(s): too few to split into train and "
+                           "validation; build it with more examples (n=...) or pass split='all'")
+    train, validation = task.split()
+    data = validation if key == "validation" else train
+    if len(data) == 0:
+        raise SessionError(f"the {key} split of task {task.name!r} is empty; use more examples or split='all'")
+    return data, train, key
+
+
+def check_task_fits_model(task: Task, model: CircuitModel) -> None:
+    """Refuse a task built with another tokenizer than the model's, before any compute is spent."""
+    vocab = model.spec.token_embed.shape[0]
+    top = int(max(task.clean.max(), task.corrupted.max()))
+    if top >= vocab:
+        raise SessionError(
+            f"task {task.name!r} uses token id {top} but model {model.name!r} has {vocab} embeddings: the task was "
+            "built with another tokenizer. Build it for this model: circuits.load_task(NAME, model, ...)")
+    mt, tt = getattr(model, "tokenizer", None), getattr(task, "tokenizer", None)
+    if mt is None or tt is None or mt is tt:
+        return
+    probe = " When Mary and John went to the store, 1732 years"
+    if len(mt) != len(tt) or mt(probe)["input_ids"] != tt(probe)["input_ids"]:
+        raise SessionError(
+            f"task {task.name!r} was tokenized with a different tokenizer ({type(tt).__name__}, {len(tt)} tokens) "
+            f"than model {model.name!r} uses ({type(mt).__name__}, {len(mt)} tokens). "
+            "Build the task for this model: circuits.load_task(NAME, model, ...)")
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Per example (float64, CPU, split order): the metric of the full model and of the empty circuit, and the
+    empty circuit's KL divergence from the full model (the full model's is 0)."""
+
+    metric_full: Tensor  # [n]
+    metric_empty: Tensor  # [n]
+    kl_empty: Tensor  # [n]
+
+
+@dataclass(frozen=True)
+class CircuitMetrics:
+    """What a batch of C circuits scores on the session's examples (float64, CPU, split order)."""
+
+    metric: Tensor  # [C, n]
+    kl: Tensor | None  # [C, n] KL(full || circuit) at the read positions, when asked for
+
+
+@dataclass(eq=False)
+class CircuitSession:
+    """Run circuits of ``model`` on the ``split`` of ``task`` under one ablation and metric (module docstring).
+
+    ``metric``: the task's own by default (``task.base_metric``); e.g. ``"kl"`` for KL to the full model.
+    ``reference``: the examples whose clean runs define mean ablation (default: see :func:`resolve_split`).
+    ``circuits_per_pass`` / ``memory_budget`` (bytes): how many circuits one patched forward runs (default:
+    as many as the budget allows). ``extras`` collects what a discovery method reports besides its scores.
+    """
+
+    model: CircuitModel
+    task: Task
+    ablation: str = "corrupted"
+    split: str = "all"
+    reference: Task | None = None
+    metric: Metric | str | None = None
+    batch_size: int = 16
+    circuits_per_pass: int | None = None
+    memory_budget: int | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.ablation = check_ablation(self.ablation)
+        except AblationError as err:
+            raise SessionError(str(err)) from None
+        if int(self.batch_size) < 1:
+            raise SessionError(f"batch_size must be positive, got {self.batch_size}")
+        if self.circuits_per_pass is not None and int(self.circuits_per_pass) < 1:
+            raise SessionError(f"circuits_per_pass must be at least 1 (or None), got {self.circuits_per_pass}")
+        self.task_name = self.task.name
+        data, reference, self.split = resolve_split(self.task, self.split)
+        self.data: Task = data
+        self.reference = reference if self.reference is None else self.reference
+        name = self.task.base_metric.name if self.metric is None else getattr(self.metric, "name", self.metric)
+        self.metric = Metric(str(name))
+        check_task_fits_model(self.data, self.model)
+        self.batches: list[SessionBatch] = plan_batches(self.data, int(self.batch_size), self.model.device)
+        self.forwards = 0  # patched forwards run (benchmarks count them)
+        self._ablated: dict[int, Ablated] = {}
+        self._full: dict[int, Tensor] = {}
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.data)
+
+    @property
+    def structure(self):
+        return self.model.structure
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---- what is the same for every circuit --------------------------------------------------------------------
+    @cached_property
+    def _mean(self) -> Tensor:  # [S, 1, P, d]: per-position means over the reference set, to the longest batch
+        ref = self.reference.as_batch()
+        P = max(int(b.clean.shape[1]) for b in self.batches)
+        return mean_outputs(self.model, ref.clean, ref.attention_mask, n_positions=P, batch_size=int(self.batch_size))
+
+    def ablated(self, batch: SessionBatch) -> Ablated:
+        """What cut edges carry on ``batch`` (corrupted runs are kept when they fit half the memory budget)."""
+        if batch.number in self._ablated:
+            return self._ablated[batch.number]
+        if self.ablation == "mean":
+            return Ablated(self._mean[:, :, :batch.clean.shape[1]], "mean")
+        ablated = build_ablation(self.model, self.ablation, batch.clean, batch.attention_mask,
+                                 corrupted_ids=batch.corrupted)
+        self._keep(batch, ablated)
+        return ablated
+
+    def _keep(self, batch: SessionBatch, ablated: Ablated) -> None:
+        size = ablated.values.numel() * ablated.values.element_size() * len(self.batches)
+        if ablated.kind == "zero" or size <= self.memory_budget_bytes // 2:
+            self._ablated[batch.number] = ablated
+
+    def full_logits(self, batch: SessionBatch) -> Tensor:
+        """``[b, K, V]``: the full model's logits at the read positions (cached)."""
+        if batch.number not in self._full:
+            with torch.no_grad():
+                self._full[batch.number] = self.model.logits(batch.clean, batch.attention_mask,
+                                                             logit_positions=batch.positions)
+        return self._full[batch.number]
+
+    # ---- metrics -----------------------------------------------------------------------------------------------
+    def metric_values(self, logits: Tensor, batch: SessionBatch, metric: Metric | None = None) -> Tensor:
+        """``[b]``, or ``[C, b]`` for logits ``[C, b, K, V]``: the metric of logits read at the batch's positions."""
+        metric = self.metric if metric is None else metric
+        full = self.full_logits(batch) if metric.needs_full_logits else None
+        if logits.dim() == 3:
+            return metric(logits, batch.readout, full)
+        C = logits.shape[0]
+        if full is not None:
+            full = full[None].expand(C, *full.shape).flatten(0, 1)
+        return metric(logits.flatten(0, 1), batch.repeated(C), full).view(C, -1)
+
+    def objective(self, logits: Tensor, batch: SessionBatch, metric: Metric | None = None) -> Tensor:
+        """:meth:`metric_values` with MIB's sign: higher = more like the full model (a divergence is negated)."""
+        metric = self.metric if metric is None else metric
+        value = self.metric_values(logits, batch, metric)
+        return value if metric.higher_is_better else -value
+
+    # ---- baselines -----------------------------------------------------------------------------------------------
+    @cached_property
+    def baselines(self) -> Baselines:
+        """M(full), M(empty) and KL(full || empty) per example, for the session's metric."""
+        kl = Metric("kl")
+        full_m, empty_m, empty_kl = (torch.empty(self.n_examples, dtype=torch.float64) for _ in range(3))
+        S, R = self.structure.n_senders, self.structure.n_receivers
+        with torch.no_grad():
+            for b in self.batches:
+                if self.ablation == "corrupted":
+                    run = self.model.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.positions)
+                    self._keep(b, Ablated(run.sender_outputs, "corrupted"))
+                    empty = run.logits
+                    del run
+                else:
+                    empty = self.model.patched_logits(b.clean, torch.zeros(S, R), self.ablated(b),
+                                                      b.attention_mask, logit_positions=b.positions)
+                    self.forwards += 1
+                full_m[b.index] = self.metric_values(self.full_logits(b), b).double().cpu()
+                empty_m[b.index] = self.metric_values(empty, b).double().cpu()
+                empty_kl[b.index] = self.metric_values(empty, b, kl).double().cpu()
+        return Baselines(full_m, empty_m, empty_kl)
+
+    @property
+    def metric_full(self) -> Tensor:
+        return self.baselines.metric_full
+
+    @property
+    def metric_empty(self) -> Tensor:
+        return self.baselines.metric_empty
+
+    @property
+    def kl_empty(self) -> Tensor:
+        return self.baselines.kl_empty
+
+    def full_and_empty(self) -> tuple[float, float]:
+        """Mean objective of the full model and of the empty circuit."""
+        sign = 1.0 if self.metric.higher_is_better else -1.0
+        return sign * float(self.metric_full.mean()), sign * float(self.metric_empty.mean())
+
+    def check_signal(self) -> tuple[float, float]:
+        """:meth:`full_and_empty`, refused when they are equal (there is nothing to attribute)."""
+        full, empty = self.full_and_empty()
+        if undefined(full, empty):
+            raise SessionError(
+                f"the {self.metric.name} metric is the same for the full model ({full:.4g}) and with every edge "
+                f"ablated ({empty:.4g}) on this data: there is nothing to attribute. Check that the corrupted "
+                "prompts really change the answer, or use another ablation or metric.")
+        return full, empty
+
+    # ---- running circuits ----------------------------------------------------------------------------------------
+    def run(self, batch: SessionBatch, residual: ResidualStrategy) -> Tensor:
+        """Logits at the read positions of one forward with ``residual`` (``[C, b, K, V]`` for C circuits)."""
+        return self.model.run(batch.clean, batch.attention_mask, residual=residual,
+                              logit_positions=batch.positions).logits
+
+    def backward_objective(self, batch: SessionBatch, probe: GradientProbe, repeats: int = 1) -> None:
+        """Attribution: one forward through ``probe`` and the backward of the summed objective, whose receiver
+        gradients the probe turns into scores. ``repeats``: the run stacks that many copies of the batch."""
+        ids, mask, at = batch.clean, batch.attention_mask, batch.positions
+        if repeats > 1:
+            ids, mask, at = ids.repeat(repeats, 1), mask.repeat(repeats, 1), at.repeat(repeats, 1)
+        with torch.enable_grad():
+            logits = self.model.run(ids, mask, residual=probe, logit_positions=at).logits  # [T*b, K, V]
+            if repeats > 1:
+                logits = logits.view(repeats, len(batch), *logits.shape[1:])
+            self.objective(logits, batch).sum().backward()
+
+    def circuit_metrics(self, masks: Tensor, *, metric: Metric | None = None, kl: bool = False,
+                        circuits_per_pass: int | None = None, strategy: StrategyFactory | None = None
+                        ) -> CircuitMetrics:
+        """The metric (and, with ``kl``, the KL to the full model) of every circuit in ``masks [C, S, R]``
+        (bool, or floats in [0, 1]) on every example.
+
+        Circuits equal to the full or the empty graph are not run (the baselines are theirs), identical masks run
+        once, and each batch runs its circuits in as few patched passes as memory allows (``circuits_per_pass``
+        overrides). ``strategy`` builds the residual strategy of a pass (default: :class:`MaskedResidual`).
+        """
+        metric = self.metric if metric is None else metric
+        if masks.dim() == 2:
+            masks = masks[None]
+        S, R = self.structure.n_senders, self.structure.n_receivers
+        if tuple(masks.shape[1:]) != (S, R):
+            raise SessionError(f"masks must be [C, {S}, {R}] for this model, got {tuple(masks.shape)}")
+        kinds, unique = self._dedupe(masks.detach().cpu())
+        C = len(kinds)
+        out_m = torch.empty(C, self.n_examples, dtype=torch.float64)
+        out_kl = torch.empty(C, self.n_examples, dtype=torch.float64) if kl else None
+        known = metric == self.metric or metric.name == "kl"
+        if not known and any(k != "run" for k, _ in kinds):  # no baseline for this metric: run those too
+            kinds, unique = [("run", j) for j in range(C)], list(masks.detach().cpu().float())
+        for b in self.batches:
+            u_m = torch.empty(len(unique), len(b), dtype=torch.float64)
+            u_kl = torch.empty(len(unique), len(b), dtype=torch.float64)
+            if unique:
+                per_pass = circuits_per_pass or self.circuits_per_pass or self._circuits_per_pass(b)
+                with torch.no_grad():
+                    for start in range(0, len(unique), per_pass):
+                        chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
+                        residual = MaskedResidual(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
+                        logits = self.run(b, residual)  # [c, b, K, V]
+                        self.forwards += 1
+                        u_m[start:start + len(chunk)] = self.metric_values(logits, b, metric).double().cpu()
+                        if kl:
+                            u_kl[start:start + len(chunk)] = self.metric_values(logits, b, Metric("kl")).double().cpu()
+            for c, (kind, j) in enumerate(kinds):
+                if kind == "run":
+                    out_m[c, b.index] = u_m[j]
+                    if out_kl is not None:
+                        out_kl[c, b.index] = u_kl[j]
+                    continue
+                empty = kind == "empty"
+                if metric.name == "kl" and metric != self.metric:
+                    out_m[c, b.index] = self.kl_empty[b.index] if empty else 0.0
+                else:
+                    out_m[c, b.index] = (self.metric_empty if empty else self.metric_full)[b.index]
+                if out_kl is not None:
+                    out_kl[c, b.index] = self.kl_empty[b.index] if empty else 0.0
+        return CircuitMetrics(out_m, out_kl)
+
+    def objective_of(self, masks: Tensor, *, metric: Metric | None = None, circuits_per_pass: int | None = None,
+                     strategy: StrategyFactory | None = None) -> Tensor:
+        """``[C, n]`` (float64): the objective (metric with MIB's sign) of every circuit on every example."""
+        metric = self.metric if metric is None else metric
+        values = self.circuit_metrics(masks, metric=metric, circuits_per_pass=circuits_per_pass,
+                                      strategy=strategy).metric
+        return values if metric.higher_is_better else -values
+
+    def _dedupe(self, masks: Tensor) -> tuple[list[tuple[str, int]], list[Tensor]]:
+        """Per circuit ``("full" | "empty" | "run", index into the unique masks to run)``."""
+        edges = self.structure.edge_mask
+        kinds: list[tuple[str, int]] = []
+        unique: list[Tensor] = []
+        seen: dict[bytes, int] = {}
+        for m in masks:
+            m = m.float() * edges
+            if bool((m[edges] == 1).all()):
+                kinds.append(("full", -1))
+            elif not bool(m.any()):
+                kinds.append(("empty", -1))
+            else:
+                key = hashlib.blake2b(m.numpy().tobytes(), digest_size=16).digest()
+                if key not in seen:
+                    seen[key] = len(unique)
+                    unique.append(m)
+                kinds.append(("run", seen[key]))
+        return kinds, unique
+
+    # ---- memory --------------------------------------------------------------------------------------------------
+    @property
+    def memory_budget_bytes(self) -> int:
+        if self.memory_budget is not None:
+            return int(self.memory_budget)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * CUDA_MEMORY_FRACTION)
+        return CPU_MEMORY_BUDGET
+
+    def _bytes_per_row(self, P: int, K: int) -> int:
+        s, spec = self.structure, self.model.spec
+        itemsize = torch.finfo(self.model.dtype).bits // 8
+        # the patched residual buffer (1 + S rows), the 3H per-head receiver inputs and norms, a few temporaries
+        activations = (s.n_senders + 1 + 6 * s.n_heads + 8) * P * spec.d_model * itemsize
+        readout = K * spec.W_U.shape[1] * (itemsize + 8)  # readout logits and the metric's float32 softmax copies
+        return activations + readout
+
+    def _circuits_per_pass(self, batch: SessionBatch) -> int:
+        b = len(batch)
+        fit = self.memory_budget_bytes // (self._bytes_per_row(batch.clean.shape[1], batch.positions.shape[1]) * b)
+        if self.device.type == "cpu":
+            fit = min(fit, CPU_ROWS_PER_PASS // b)
+        return max(1, int(fit))
