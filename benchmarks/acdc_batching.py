@@ -33,7 +33,7 @@ import circuits  # noqa: E402
 from circuits.discovery import acdc as acdc_mod  # noqa: E402
 from circuits.discovery.attribution import eap  # noqa: E402
 from circuits.discovery.checkpoint import Checkpoint  # noqa: E402
-from circuits.discovery.context import DiscoveryContext  # noqa: E402
+from circuits.session import CircuitSession  # noqa: E402
 from circuits.graph.pruning import prune  # noqa: E402
 from circuits.graph.selection import top_k_edges  # noqa: E402
 from circuits.models.random import random_model  # noqa: E402
@@ -59,7 +59,7 @@ def bundled_full_runs() -> list[dict]:
         model = circuits.load_model(f"zoo:{name}")
         task = (circuits.load_task(circuits.zoo.task_file(name), model, n=64, seed=1) if name.startswith("planted")
                 else circuits.load_task("induction", model, n=64, seed=1))
-        ctx = DiscoveryContext(model, task, batch_size=64)
+        ctx = CircuitSession(model, task, batch_size=64)
         res = {}
         for _ in range(3):
             for form, kw in (("batched", {}), ("one_at_a_time", {"one_at_a_time": True})):
@@ -109,7 +109,7 @@ def mid_run(ctx, tau: float, layers: list[int], top_k: int) -> list[dict]:
 def gpt2_setup(n: int):
     model = random_model("gpt2-small")
     task = circuits.load_task("ioi", model, n=n, seed=0)
-    return model, task, DiscoveryContext(model, task, ablation="corrupted", batch_size=n)
+    return model, task, CircuitSession(model, task, ablation="corrupted", batch_size=n)
 
 
 def logits_threshold(ctx, quantile: float) -> float:
@@ -142,8 +142,7 @@ def complete_run(form: str, n: int, tau: float, threads: int | None) -> dict:
         if done % 25 == 0:
             print(f"  [{form}] {done} receivers, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
-    acdc_mod._receiver_hook = report
-    scores, in_graph = acdc_mod.acdc(ctx, threshold=tau, one_at_a_time=form == "one_at_a_time")
+    scores, in_graph = acdc_mod.acdc(ctx, threshold=tau, one_at_a_time=form == "one_at_a_time", on_progress=report)
     return {"seconds": time.perf_counter() - t0, "scores": scores, "in_graph": in_graph, **ctx.extras["acdc"]}
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, write  # noqa: E402
 
 from circuits.discovery.attribution import eap, eap_ig  # noqa: E402
-from circuits.discovery.context import DiscoveryContext  # noqa: E402
+from circuits.session import CircuitSession  # noqa: E402
 from circuits.models.random import random_model  # noqa: E402
 from circuits.tasks.metrics import Metric  # noqa: E402
 from circuits.tasks.task import Task, build_batch  # noqa: E402
@@ -60,7 +60,7 @@ def frozen_weights(model):
 def setup(batch: int, seq: int):
     model = random_model("gpt2-small")
     task = random_pairs_task(model, batch, seq)
-    ctx = DiscoveryContext(model, task, batch_size=batch)
+    ctx = CircuitSession(model, task, batch_size=batch)
     data = task.as_batch()
 
     def hf_forward():

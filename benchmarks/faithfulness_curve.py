@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_medians, write  # noqa: E402
 
 import circuits  # noqa: E402
-from circuits.evaluation import MIB_FRACTIONS, CircuitRunner, faithfulness_curve  # noqa: E402
-from circuits.graph.pruning import receiver_node  # noqa: E402
+from circuits.evaluation import MIB_FRACTIONS, faithfulness_curve  # noqa: E402
 from circuits.models.random import random_model  # noqa: E402
+from circuits.session import CircuitSession  # noqa: E402
 
 GOAL = 12.0
 
@@ -38,7 +38,7 @@ def structured_scores(model, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     w = torch.exp(1.5 * torch.randn(st.n_nodes, generator=g, dtype=torch.float64))
     w[0] = w[-1] = w.max()
-    scores = w[:st.n_senders, None] * w[receiver_node(st)][None, :] * torch.rand(st.n_senders, st.n_receivers,
+    scores = w[:st.n_senders, None] * w[st.receiver_node][None, :] * torch.rand(st.n_senders, st.n_receivers,
                                                                                    generator=g, dtype=torch.float64)
     scored = model.graph
     scored.set_scores(scores)
@@ -49,11 +49,11 @@ def profile_pass(model, task, scored, batch_size: int) -> list[dict]:
     """Top operators (self CPU time) of the patched passes of one curve, caches already warm."""
     from torch.profiler import profile
 
-    runner = CircuitRunner(model, task, "corrupted", "all", batch_size)
+    runner = CircuitSession(model, task, ablation="corrupted", split="all", batch_size=batch_size)
     masks = torch.stack([scored.top_fraction(f).in_graph for f in MIB_FRACTIONS])
     runner.metric_full  # warm the clean / corrupted caches: only the patched passes are profiled
     with profile() as prof:
-        runner.run(masks)
+        runner.circuit_metrics(masks, kl=True)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]]
@@ -83,13 +83,14 @@ def main() -> None:
         t = interleaved_medians(runs, repeats=args.repeats)
 
         # where a curve's time goes (one more run, outside the interleaved timing)
-        runner = CircuitRunner(model, task, "corrupted", "all", args.batch_size, args.circuits_per_pass)
+        runner = CircuitSession(model, task, ablation="corrupted", split="all", batch_size=args.batch_size,
+                                circuits_per_pass=args.circuits_per_pass)
         t0 = time.perf_counter()
         runner.metric_full
         t_fixed = time.perf_counter() - t0
         masks = torch.stack([scored.top_fraction(f).in_graph for f in MIB_FRACTIONS])
         t0 = time.perf_counter()
-        runner.run(masks)
+        runner.circuit_metrics(masks, kl=True)
         t_points = time.perf_counter() - t0
         curve = faithfulness_curve(model, task, scored, split="all", batch_size=args.batch_size,
                                    circuits_per_pass=args.circuits_per_pass)
