@@ -28,7 +28,9 @@ _EXPORTS = {
     "faithfulness_curve": "circuits.evaluation",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+# sorted(_EXPORTS) + ["__version__"], spelled out so linters and type checkers see the exports.
+__all__ = ["CircuitModel", "Graph", "GraphStructure", "Task", "discover", "evaluate", "faithfulness_curve",
+           "load_model", "load_task", "__version__"]
 
 
 # Subpackages, importable as attributes (`circuits.zoo.task_file(...)`) without an explicit import.
@@ -44,6 +46,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from circuits.discovery import discover
+    from circuits.evaluation import evaluate, faithfulness_curve
     from circuits.graph.graph import Graph
     from circuits.graph.structure import GraphStructure
     from circuits.models.circuit_model import CircuitModel

@@ -49,10 +49,10 @@ class GraphMismatchError(ValueError):
 
 
 class HasStructure(Protocol):
-    """What :func:`load` needs from a model: its graph layout and a name for messages."""
+    """What :func:`load` needs from a model: its graph layout (a ``name``, when it has one, goes in messages)."""
 
-    structure: GraphStructure
-    name: str
+    @property
+    def structure(self) -> GraphStructure: ...
 
 
 # ---- shared ---------------------------------------------------------------------------------------------------
@@ -289,8 +289,9 @@ def _write_graphml(graph: Graph, path: Path) -> None:
 
 
 def _read_graphml(path: Path, model: HasStructure | None) -> Graph:
-    import networkx as nx
     from xml.etree.ElementTree import ParseError
+
+    import networkx as nx
 
     from circuits.graph.graph import Graph
 

@@ -71,7 +71,7 @@ def to_networkx(graph: Graph, circuit_only: bool = True) -> nx.DiGraph:
         if node_scores is not None:
             attrs["score"] = node_scores[i]
         g.add_node(node.name, **attrs)
-        if node.kind != "head":
+        if node.kind != "head" or node.head is None:  # every head node has its head index
             continue
         for q in "qkv":
             r = st.qkv_receiver(node.layer, node.head, q)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ class UnsupportedArchitectureError(ValueError):
     """The model's architecture has no decomposed forward here."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Norm:
     """LayerNorm or RMSNorm over the last dimension, applied to any number of stacked receiver inputs."""
 
@@ -44,7 +44,7 @@ class Norm:
         return self.weight * xf.to(x.dtype)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attention:
     """One attention layer, split per head."""
 
@@ -68,7 +68,7 @@ class Attention:
         return self.W_K.shape[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mlp:
     """A dense MLP: ``W_out act(W_in x + b_in) (* (W_gate x) when gated) + b_out``."""
 
@@ -94,7 +94,7 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return out + b if b is not None else out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Layer:
     attn_norm: Norm
     attn: Attention
@@ -102,7 +102,7 @@ class Layer:
     mlp: Mlp | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerSpec:
     """Everything the decomposed forward needs, read from one Hugging Face model."""
 
@@ -129,14 +129,18 @@ class TransformerSpec:
                               has_mlp=self.layers[0].mlp is not None)
 
 
-def _act(config, name_attr: str) -> Callable[[Tensor], Tensor]:
+def _act(config: Any, name_attr: str) -> Callable[[Tensor], Tensor]:
     from transformers.activations import ACT2FN
 
     return ACT2FN[getattr(config, name_attr)]
 
 
+# The readers walk each family's module tree by attribute name (``hf.transformer.h[i].attn.c_attn``), which
+# torch types as ``Tensor | Module`` at every step; they take the model as ``Any`` for that reason.
+
+
 # ---- GPT-2 -------------------------------------------------------------------------------------------------
-def _read_gpt2(hf: nn.Module) -> TransformerSpec:
+def _read_gpt2(hf: Any) -> TransformerSpec:
     cfg = hf.config
     if getattr(cfg, "add_cross_attention", False):
         raise UnsupportedArchitectureError("GPT-2 with cross-attention is an encoder-decoder; use a causal LM")
@@ -162,8 +166,12 @@ def _read_gpt2(hf: nn.Module) -> TransformerSpec:
                            max_positions=cfg.n_positions)
 
 
-def _unembed(hf: nn.Module) -> tuple[Tensor, Tensor | None]:
-    head = hf.get_output_embeddings()  # lm_head / embed_out, whatever this transformers version calls it
+def _output_embeddings(hf: Any) -> Any:
+    return hf.get_output_embeddings()  # lm_head / embed_out, whatever this transformers version calls it
+
+
+def _unembed(hf: Any) -> tuple[Tensor, Tensor | None]:
+    head = _output_embeddings(hf)
     return head.weight.T, getattr(head, "bias", None)
 
 
@@ -171,13 +179,13 @@ def _layernorm(ln: nn.LayerNorm) -> Norm:
     return Norm("layernorm", ln.weight, ln.bias, ln.eps)
 
 
-def _rmsnorm(norm: nn.Module) -> Norm:
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps")
+def _rmsnorm(norm: Any) -> Norm:
+    eps = getattr(norm, "variance_epsilon", None) or norm.eps
     return Norm("rmsnorm", norm.weight, None, eps)
 
 
 # ---- GPT-NeoX (Pythia) ---------------------------------------------------------------------------------------
-def _read_gpt_neox(hf: nn.Module) -> TransformerSpec:
+def _read_gpt_neox(hf: Any) -> TransformerSpec:
     cfg = hf.config
     body = hf.gpt_neox
     H, d = cfg.num_attention_heads, cfg.hidden_size
@@ -204,7 +212,7 @@ def _read_gpt_neox(hf: nn.Module) -> TransformerSpec:
 
 
 # ---- Llama family (Llama, Qwen2, Mistral) ---------------------------------------------------------------------
-def _read_llama(hf: nn.Module) -> TransformerSpec:
+def _read_llama(hf: Any) -> TransformerSpec:
     cfg = hf.config
     body = hf.model
     H, G, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
@@ -243,7 +251,7 @@ def _bind_rotary(rotary_emb: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tens
 
 
 # ---- circuits' own attention-only model (circuits.models.attn_only) ---------------------------------------
-def _read_attn_only(hf: nn.Module) -> TransformerSpec:
+def _read_attn_only(hf: Any) -> TransformerSpec:
     cfg = hf.config
     H, d = cfg.n_head, cfg.d_model
     e = getattr(cfg, "head_dim", None) or d // H
@@ -277,7 +285,7 @@ def read_transformer(hf: nn.Module) -> TransformerSpec:
             f"model type {model_type!r} is not supported; supported: {', '.join(sorted(READERS))}. "
             "Use a GPT-2, GPT-NeoX (Pythia) or Llama-family (Llama, Qwen2, Mistral) causal LM, or open an issue "
             "asking for this architecture.")
-    if hf.get_output_embeddings() is None:
+    if _output_embeddings(hf) is None:
         raise UnsupportedArchitectureError(
             f"{type(hf).__name__} has no language-model head; load it with AutoModelForCausalLM")
     return READERS[model_type](hf)

@@ -9,8 +9,9 @@ unembedding. It is an ordinary ``PreTrainedModel``: ``save_pretrained`` writes `
 Weight layout follows GPT-2's ``nn.Linear`` convention in torch's orientation (``[out, in]``):
 ``attn.q_proj/k_proj/v_proj: [H*e, d]`` (rows head-major: head h owns rows ``h*e:(h+1)*e``), ``attn.o_proj:
 [d, H*e]`` (columns head-major). The head dimension ``e`` is ``head_dim`` when given, else ``d_model // n_head``
-(configs written before ``head_dim`` existed load with the latter). ``ln_eps`` is the LayerNorm epsilon of every norm (planted models set it large, which
-makes LayerNorm an almost exactly linear map; see ``circuits.zoo.planted``).
+(configs written before ``head_dim`` existed load with the latter). ``ln_eps`` is the LayerNorm epsilon of every
+norm (planted models set it large, which makes LayerNorm an almost exactly linear map; see
+``circuits.zoo.planted``).
 
 >>> cfg = AttnOnlyConfig(vocab_size=16, n_layer=2, n_head=2, d_model=8, n_ctx=12)
 >>> model = AttnOnlyForCausalLM(cfg)
@@ -45,7 +46,8 @@ class AttnOnlyConfig(PretrainedConfig):
         if head_dim is None and d_model % n_head:
             raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head} (or set head_dim)")
         self.head_dim = head_dim if head_dim is not None else d_model // n_head
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # transformers >= 5 takes tie_word_embeddings at runtime but not in PreTrainedConfig's typed signature.
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)  # type: ignore[call-arg, unused-ignore]
 
     # the names generic code (and the task package) looks for
     @property
@@ -132,7 +134,8 @@ class AttnOnlyForCausalLM(AttnOnlyPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    # transformers types the argument as any Module; the token lookup here needs an nn.Embedding.
+    def set_input_embeddings(self, value: nn.Embedding) -> None:  # type: ignore[override]
         self.wte = value
 
     def get_output_embeddings(self) -> nn.Linear:

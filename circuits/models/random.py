@@ -6,9 +6,14 @@ would, which is what tests, benchmarks and a first look at a model's graph need.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from circuits.models.circuit_model import CircuitModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PretrainedConfig
 
 # Shapes of real checkpoints, so graph sizes and costs match them (weights stay random).
 PRESETS: dict[str, dict] = {
@@ -24,20 +29,22 @@ FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2")
 
 def random_config(family: str, n_layers: int = 2, n_heads: int = 4, d_model: int = 32, *,
                   n_kv_heads: int | None = None, d_mlp: int | None = None, vocab_size: int = 64,
-                  n_ctx: int = 128, **overrides):
+                  n_ctx: int = 128, **overrides) -> PretrainedConfig:
     """A ``transformers`` config of ``family`` with the given shape (extra keys override config fields)."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     d_mlp = d_mlp or 4 * d_model
+    cfg: PretrainedConfig
     if family == "gpt2":
         cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_inner=d_mlp, vocab_size=vocab_size,
                          n_positions=n_ctx, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                          bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
     elif family == "gpt_neox":
+        # transformers >= 5 still takes v4's rotary_pct (as partial_rotary_factor), outside its typed signature.
         cfg = GPTNeoXConfig(num_hidden_layers=n_layers, num_attention_heads=n_heads, hidden_size=d_model,
                             intermediate_size=d_mlp, vocab_size=vocab_size, max_position_embeddings=n_ctx,
                             rotary_pct=0.25, use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0,
-                            bos_token_id=0, eos_token_id=0)
+                            bos_token_id=0, eos_token_id=0)  # type: ignore[call-arg, unused-ignore]
     elif family in ("llama", "qwen2"):
         cls = LlamaConfig if family == "llama" else Qwen2Config
         cfg = cls(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads or n_heads,

@@ -24,8 +24,20 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from circuits.plotting.style import (GRID, HEAD_EDGE, HEAD_FILL, IO_FILL, MLP_EDGE, MLP_FILL, NEGATIVE, NEUTRAL,
-                                     POSITIVE, QKV_STYLE, figure, save_figure)
+from circuits.plotting.style import (
+    GRID,
+    HEAD_EDGE,
+    HEAD_FILL,
+    IO_FILL,
+    MLP_EDGE,
+    MLP_FILL,
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    QKV_STYLE,
+    figure,
+    save_figure,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -225,7 +237,8 @@ def draw_circuit(graph: Graph, path: str | os.PathLike | None = None, *, circuit
         for kind, fc, ec, marker in (("a", HEAD_FILL, HEAD_EDGE, "o"), ("m", MLP_FILL, MLP_EDGE, "s")):
             pts = [pos[n] for n in nodes if n[0] == kind and n not in ("input", "logits")]
             if pts:
-                ax.scatter(*zip(*pts), s=22, marker=marker, facecolors=fc, edgecolors=ec, linewidths=0.7, zorder=6)
+                xs, ys = zip(*pts)
+                ax.scatter(xs, ys, s=22, marker=marker, facecolors=fc, edgecolors=ec, linewidths=0.7, zorder=6)
     for name in nodes:
         if not labels and name not in ("input", "logits"):
             continue

@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Mapping
 
 import numpy as np
 
@@ -131,7 +131,6 @@ def from_sweep(results: pd.DataFrame, bases: Iterable[Path] = ()) -> pd.DataFram
       the same model, task, ablation, seed and data size (read from the graph files; NaN where either is
       missing, for node-level methods, and for ``exact`` itself).
     """
-    import pandas as pd
 
     if "minimal_edges" not in results and "discover_s" not in results:
         return results
@@ -195,11 +194,12 @@ def _spearman_with_exact(frame: pd.DataFrame, bases: list[Path]) -> list[float]:
                 cache[path] = None
         return cache[path]
 
-    exact = {tuple(r[k] for k in keys): r["graph_path"] for _, r in frame[ok & (frame["method_name"] == "exact")].iterrows()}
+    exact = {tuple(r[k] for k in keys): r["graph_path"]
+             for _, r in frame[ok & (frame["method_name"] == "exact")].iterrows()}
     out = []
     for i, r in frame.iterrows():
         ref = exact.get(tuple(r[k] for k in keys))
-        if not ok[i] or ref is None or r["method_name"] in ("exact", "node-ap", "node-patching"):
+        if not ok.at[i] or ref is None or r["method_name"] in ("exact", "node-ap", "node-patching"):
             out.append(float("nan"))
             continue
         a, b = edge_scores(r["graph_path"]), edge_scores(ref)
@@ -479,7 +479,8 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
     if figures:
         bases = [Path.cwd(), out_dir] + ([Path(results_path).parent] if results_path else [])
         figs += _curves_figures(results, ok, out_dir, prov, keys)
-        for fn in (lambda: _summary_figure(summary, keys, out_dir, prov), lambda: _cost_figure(results, ok, out_dir, prov)):
+        for fn in (lambda: _summary_figure(summary, keys, out_dir, prov),
+                   lambda: _cost_figure(results, ok, out_dir, prov)):
             path = fn()
             if path is not None:
                 figs.append(({"summary.png": "CPR and CMD per task and method (mean ± std over seeds)",
@@ -514,7 +515,7 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
     present = [(c, h, f) for c, h, f in METRICS if f"{c}_mean" in summary]
     header = [k for k in keys] + ["runs"] + [h for _, h, _ in present]
     scope = [k for k in keys if k != "method"]
-    best: dict[tuple[str, int], bool] = {}
+    best: dict[tuple[str, Hashable], bool] = {}  # (column, summary row label)
     if scope and "method" in keys:
         for col, better in (("cpr", max), ("cmd", min)):
             if f"{col}_mean" not in summary:
@@ -522,14 +523,14 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
             for _, group in summary.groupby(scope, dropna=False):
                 vals = group[f"{col}_mean"].dropna()
                 if len(group) > 1 and len(vals):
-                    best[(col, int(vals.idxmax() if better is max else vals.idxmin()))] = True
+                    best[(col, vals.idxmax() if better is max else vals.idxmin())] = True
     rows = []
     for i, r in summary.iterrows():
         runs = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
         cells = [str(r[k]) for k in keys] + [runs]
         for col, _, fmt in present:
             text = _cell(r[f"{col}_mean"], r[f"{col}_std"], int(r[f"{col}_n"]), fmt)
-            cells.append(f"**{text}**" if best.get((col, int(i))) else text)
+            cells.append(f"**{text}**" if best.get((col, i)) else text)
         rows.append(cells)
     lines += ["## Results per task and method", "",
               "Mean ± sample standard deviation over the seeds whose job succeeded (failed jobs are listed below, "

@@ -173,14 +173,15 @@ def plot_method_agreement(graphs: Mapping[str, Graph], k: int, path: str | os.Pa
     size = 1.6 + 0.75 * n
     fig, axes = subplots(1, 1, size + 1.4, size + 0.4)
     ax = axes[0, 0]
-    im = ax.imshow(frame.to_numpy(), vmin=0.0, vmax=1.0, cmap="Blues")
+    values = frame.to_numpy()
+    im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="Blues")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xticklabels(frame.columns, rotation=35, ha="right", fontsize=8)
     ax.set_yticklabels(frame.index, fontsize=8)
     for i in range(n):
         for j in range(n):
-            v = frame.iat[i, j]
+            v = values[i, j]
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if v > 0.6 else "0.15")
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

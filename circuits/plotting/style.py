@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import matplotlib
 
@@ -22,8 +22,18 @@ MLP_FILL = (0.898, 0.961, 0.878)  # #e5f5e0
 MLP_EDGE = (0.192, 0.639, 0.329)  # #31a354
 IO_FILL = (0.25, 0.25, 0.25)
 GRID = "0.93"
+
+
+class PortStyle(TypedDict):
+    """How a q / k / v input is drawn: marker (matplotlib), shape (graphviz) and colour."""
+
+    marker: str
+    dot: str
+    color: tuple[float, float, float]
+
+
 # q / k / v inputs: marker (matplotlib), shape (graphviz) and colour.
-QKV_STYLE = {
+QKV_STYLE: dict[str, PortStyle] = {
     "q": {"marker": "v", "dot": "invtriangle", "color": (0.902, 0.333, 0.051)},  # orange
     "k": {"marker": "s", "dot": "square", "color": (0.459, 0.420, 0.694)},  # purple
     "v": {"marker": "D", "dot": "diamond", "color": (0.106, 0.620, 0.467)},  # teal

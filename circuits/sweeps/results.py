@@ -63,7 +63,7 @@ class ResultStore:
                             json.dumps({k: _clean(v) for k, v in row.items()}, indent=1, sort_keys=True))
 
     def rows(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         if not self.rows_dir.is_dir():
             return out
         for path in sorted(self.rows_dir.glob("*.json")):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from circuits.tasks.tokenization import batch_encode, bos_id, describe_tokens, single_token_id
 
 
-@dataclass
+@dataclass(frozen=True)
 class Span:
     """A slot occurrence in a prompt: characters [start, end) hold the value, [ws_start, start) whitespace."""
 
@@ -25,7 +25,7 @@ class Span:
     end: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextPair:
     """One contrastive pair before tokenization. The prompts end right before the answer.
 
@@ -46,7 +46,7 @@ class TextPair:
     line: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Problem:
     """Why a pair cannot be used: ``kind`` in {length, slot, context, answer}; ``slot`` when one is to blame."""
 
@@ -55,7 +55,7 @@ class Problem:
     slot: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Encoded:
     clean: list[int]
     corrupted: list[int]
@@ -98,7 +98,7 @@ def encode_pairs(pairs: Sequence[TextPair], tok, prepend_bos: bool,
     clean_ids, clean_off = batch_encode(tok, [p.clean for p in pairs])
     corr_ids, corr_off = batch_encode(tok, [p.corrupted for p in pairs])
     checks = [i for i, p in enumerate(pairs) if p.context_check is not None]
-    ctx_ids, _ = batch_encode(tok, [pairs[i].clean + pairs[i].context_check for i in checks])
+    ctx_ids, _ = batch_encode(tok, [pairs[i].clean + (pairs[i].context_check or "") for i in checks])
     ctx = dict(zip(checks, ctx_ids))
     prefix = [bos_id(tok)] if prepend_bos else []
     out: list[Encoded | None] = []
@@ -137,5 +137,8 @@ def encode_pairs(pairs: Sequence[TextPair], tok, prepend_bos: bool,
             out.append(None)
             continue
         pos = len(prefix) + len(clean_ids[i]) - 1
-        out.append(Encoded(prefix + clean_ids[i], prefix + corr_ids[i], [(pos, answer_ids, distractor_ids)]))
+        # No problem, so every answer and distractor is a known token (no None left).
+        answer_known = [a for a in answer_ids if a is not None]
+        distractor_known = [d for d in distractor_ids if d is not None]
+        out.append(Encoded(prefix + clean_ids[i], prefix + corr_ids[i], [(pos, answer_known, distractor_known)]))
     return out, problems

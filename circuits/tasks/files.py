@@ -324,7 +324,7 @@ def _tokens(value: Any, is_id: bool) -> list[Any]:
         except json.JSONDecodeError:
             pass
     items = value if isinstance(value, list) else [value]
-    out = []
+    out: list[Any] = []
     for item in items:
         if is_id or isinstance(item, int):
             out.append(int(item))
@@ -371,7 +371,8 @@ def _mib_pair(row: dict, path: Path, line: int, counterfactual: str | None) -> T
     cf = row[counterfactual]
     corrupted = cf.get("prompt") if isinstance(cf, dict) else cf
     prompt, choices = str(row["prompt"]), list(row["choices"])
-    k = int(row.get("answerKey", row.get("answer_key")))
+    answer_key: Any = row.get("answerKey", row.get("answer_key"))  # a JSON cell: int() checks it
+    k = int(answer_key)
 
     def cont(choice: str) -> str:  # MIB's choices are bare words; the model sees them after a space
         return choice if choice[:1].isspace() or prompt[-1:].isspace() else " " + choice

@@ -29,7 +29,7 @@ _TENSOR_FIELDS = ("clean", "corrupted", "attention_mask", "positions", "position
                   "answer_mask", "distractors", "distractor_mask")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class TaskBatch:
     """A batch of contrastive pairs and their readout (see the module docstring for shapes)."""
 

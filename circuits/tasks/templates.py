@@ -28,6 +28,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from circuits.tasks.build import Span, TextPair, TokenCache, encode_pairs
 from circuits.tasks.errors import TaskError, TaskFileError, TokenizationError
@@ -50,12 +51,19 @@ class Slot:
     joint: str | None = None   # name of the joint table this slot is a column of
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rule:
     """How the corruption changes a slot: ``resample``, ``copy`` (value = source slot) or ``literal``."""
 
     kind: str
     value: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The value of a ``copy`` (source slot) or ``literal`` rule; every such rule has one."""
+        if self.value is None:
+            raise TypeError(f"a {self.kind!r} rule carries no value")
+        return self.value
 
 
 @dataclass
@@ -106,12 +114,12 @@ class TemplateSpec:
                     raise self.error(f"slots.{name}", f"slot {name} copies undeclared slot {slot.copy_of!r}",
                                      f"declare {slot.copy_of} under [slots] or fix the name after '='")
                 seen, cur = {name}, slot.copy_of
-                while self.slots[cur].copy_of is not None:
+                while (source := self.slots[cur].copy_of) is not None:
                     if cur in seen:
                         raise self.error(f"slots.{name}", f"slot {name} copies itself (cycle through {cur})",
                                          "make one slot of the cycle draw from a vocabulary")
                     seen.add(cur)
-                    cur = self.slots[cur].copy_of
+                    cur = source
             elif not slot.values:
                 raise self.error(f"slots.{name}", f"slot {name} has an empty vocabulary",
                                  f'give it words, e.g. {name} = ["word1", "word2"]')
@@ -173,12 +181,12 @@ class TemplateSpec:
             key = "corrupt" if cname == "default" and len(self.corruptions) == 1 else f"corruptions.{cname}"
             if not rules:
                 raise self.error(key, f"corruption {cname!r} changes nothing", "name at least one slot to change")
-            for slot, rule in rules.items():
-                if slot not in self.slots:
-                    raise self.error(key, f"corruption {cname!r} names undeclared slot {slot!r}",
+            for sname, rule in rules.items():
+                if sname not in self.slots:
+                    raise self.error(key, f"corruption {cname!r} names undeclared slot {sname!r}",
                                      f"use declared slots only ({', '.join(self.slots)})")
                 if rule.kind == "copy" and rule.value not in self.slots:
-                    raise self.error(key, f"corruption {cname!r}: {slot} = '={rule.value}' copies an undeclared "
+                    raise self.error(key, f"corruption {cname!r}: {sname} = '={rule.value}' copies an undeclared "
                                      f"slot", f"use '=SLOT' with one of {', '.join(self.slots)}")
         for joint, rows in self.joints.items():
             resampled = any(self.slots[self.root(s)].joint == joint and r.kind == "resample"
@@ -204,8 +212,8 @@ class TemplateSpec:
     # ---- structure helpers ------------------------------------------------------------------------------
     def root(self, name: str) -> str:
         """The slot a copy ultimately copies (the slot itself if it draws its own value)."""
-        while self.slots[name].copy_of is not None:
-            name = self.slots[name].copy_of
+        while (source := self.slots[name].copy_of) is not None:
+            name = source
         return name
 
     def values_of(self, name: str) -> list[str]:
@@ -264,10 +272,11 @@ class TemplateSpec:
         for cname, rules in self.corruptions.items():
             for sname, rule in rules.items():
                 if rule.kind == "literal" and sname not in self.multi_token:
+                    literal = rule.text
                     for ws in sorted(contexts.get(sname, {""})):
-                        if not one_token(ws + rule.value):
-                            offenders.setdefault(f"corruptions.{cname}.{sname}", {})[rule.value] = \
-                                describe_tokens(tok, ws + rule.value)
+                        if not one_token(ws + literal):
+                            offenders.setdefault(f"corruptions.{cname}.{sname}", {})[literal] = \
+                                describe_tokens(tok, ws + literal)
         if self.answer_set is not None:
             for value in self.candidates or []:
                 for ws in sorted(contexts.get(self.answer, {""})):
@@ -283,7 +292,7 @@ class TemplateSpec:
                 hit = sorted(v for v in slot.values or [] if v in bad_words)
                 if hit:
                     dropped[name] = hit
-                    slot.values = [v for v in slot.values if v not in bad_words]
+                    slot.values = [v for v in slot.values or [] if v not in bad_words]
             for joint, rows in self.joints.items():
                 self.joints[joint] = [r for r in rows if not any(v in bad_words for v in r.values())]
             try:
@@ -325,6 +334,7 @@ class TemplateSpec:
         prompt, corr_prompt = clean_text[:final.ws_start], corr_text[:corr_spans[-1].ws_start]
         ws = clean_text[final.ws_start:final.start]
         answer_value = clean[self.answer]
+        shown_distractor: str | None
         if self.answer_set is not None:
             cands = self.candidates or self.values_of(self.answer)
             key = _comparison_key(cands + [answer_value])
@@ -343,8 +353,8 @@ class TemplateSpec:
                 distractors = []
             shown_answer, shown_distractor = answers[0], (distractors[0] if distractors else None)
         single = [s for s in self.slots if s not in self.multi_token]
-        record = {"clean": prompt, "corrupted": corr_prompt, "answer": shown_answer,
-                  "distractor": shown_distractor, "template": t_index}
+        record: dict[str, Any] = {"clean": prompt, "corrupted": corr_prompt, "answer": shown_answer,
+                                  "distractor": shown_distractor, "template": t_index}
         for name, value in clean.items():
             record[name if name not in record else f"slot_{name}"] = value
         changed = {k: v for k, v in corrupted.items() if v != clean[k]}
@@ -362,7 +372,7 @@ class TemplateSpec:
                 row = rng.choice(self.joints[key[6:]])
                 values.update({m: row[m] for m in members})
             else:
-                values.update(zip(members, rng.sample(self.slots[members[0]].values, len(members))))
+                values.update(zip(members, rng.sample(self.slots[members[0]].values or [], len(members))))
         for name in self.slots:
             if self.slots[name].copy_of is not None:
                 values[name] = values[self.root(name)]
@@ -375,9 +385,9 @@ class TemplateSpec:
         used: dict[str, set[str]] = {k: {clean[m] for m in ms} for k, ms in groups.items()}
         for name, rule in rules.items():
             if rule.kind == "copy":
-                out[name] = clean[rule.value]
+                out[name] = clean[rule.text]
             elif rule.kind == "literal":
-                out[name] = rule.value
+                out[name] = rule.text
             else:
                 root = self.root(name)
                 group = group_of[root]
@@ -388,7 +398,7 @@ class TemplateSpec:
                         out[m] = row[m]
                     out[name] = row[root]
                 else:
-                    choices = [v for v in self.slots[root].values if v not in used[group]]
+                    choices = [v for v in self.slots[root].values or [] if v not in used[group]]
                     out[name] = rng.choice(choices)
                     used[group].add(out[name])
 

@@ -29,7 +29,8 @@ def default_gpt2_tokenizer():
     transformers >= 5 renamed the constructor's ``vocab_file``/``merges_file`` to ``vocab``/``merges`` and
     silently ignores the old names, so pick the keywords from the signature and check the size.
     """
-    from transformers import GPT2TokenizerFast
+    # transformers >= 5 exports this name lazily (an alias of GPT2Tokenizer), out of its type stubs' sight.
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined, unused-ignore]
 
     vocab, merges = str(ASSETS / "encoder.json"), str(ASSETS / "vocab.bpe")
     params = inspect.signature(GPT2TokenizerFast.__init__).parameters
@@ -173,8 +174,8 @@ def single_token_id(tok, text: str) -> int | None:
 def describe_tokens(tok, text: str) -> str:
     """Readable tokenization for error messages: ' Kristen' -> [' K', 'risten'], or 'not in vocabulary'."""
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    unk = unk_id(tok)
-    if unk is not None and unk in ids and getattr(tok, "unk_token", None) not in text:
+    unk, unk_token = unk_id(tok), getattr(tok, "unk_token", None)
+    if unk is not None and unk in ids and (unk_token is None or unk_token not in text):
         return f"{text!r} (not in the tokenizer's vocabulary)"
     pieces = [tok.decode([i]) for i in ids]
     return f"{text!r} -> {pieces}"

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Iterable
 
 from circuits.tasks import data
-from circuits.tasks.tokenization import split_words
 from circuits.tasks.templates import TemplateSpec, parse_template
+from circuits.tasks.tokenization import split_words
 
 
 def spec_words(spec: TemplateSpec) -> list[str]:
@@ -25,7 +25,7 @@ def spec_words(spec: TemplateSpec) -> list[str]:
     for rules in spec.corruptions.values():
         for rule in rules.values():
             if rule.kind == "literal":
-                words += split_words(rule.value)
+                words += split_words(rule.text)
     return words
 
 

@@ -11,6 +11,11 @@ ship their task (``task.toml``) and ground truth (``ground_truth.json``) in thei
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.graph.graph import Graph
+    from circuits.models.circuit_model import CircuitModel
 
 ZOO_ROOT = Path(__file__).resolve().parent
 
@@ -31,7 +36,7 @@ def task_file(name: str) -> Path:
     return path
 
 
-def ground_truth(name: str, model=None):
+def ground_truth(name: str, model: CircuitModel | None = None) -> Graph:
     """The planted model's ground-truth circuit as a :class:`circuits.Graph`."""
     from circuits.graph.graph import Graph
 

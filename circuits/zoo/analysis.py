@@ -8,15 +8,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from circuits.zoo.common import top1_accuracy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks import Task
 
 DESTROYED = 0.5  # a head "matters" when ablating it alone leaves less than half of the clean accuracy
 
 
 @torch.no_grad()
-def head_scores(model, task) -> list[dict]:
+def head_scores(model: CircuitModel, task: Task) -> list[dict]:
     hf = model.hf
     out = hf(task.clean, attention_mask=task.attention_mask, output_attentions=True)
     rows = []
@@ -41,7 +47,7 @@ def head_scores(model, task) -> list[dict]:
 
 
 @torch.no_grad()
-def head_ablations(model, task, reference) -> list[dict]:
+def head_ablations(model: CircuitModel, task: Task, reference: Task) -> list[dict]:
     """Mean-ablate each head alone; accuracy and metric on ``task`` (reference: another seeded sample)."""
     from circuits.interventions.ablation import ablated_outputs
 
@@ -68,7 +74,7 @@ def head_ablations(model, task, reference) -> list[dict]:
              "destroyed": False}] + rows
 
 
-def induction_report(model, n: int = 200, seed: int = 777) -> dict:
+def induction_report(model: CircuitModel, n: int = 200, seed: int = 777) -> dict:
     """Scores and ablations on held-out periods (7, 10, 13 at length 40)."""
     from circuits.zoo.induction import HELD_OUT_PERIODS, period_task
 

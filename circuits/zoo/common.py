@@ -6,12 +6,16 @@ import json
 import random
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from circuits.tasks import Metric
 from circuits.tasks.metrics import read_positions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
 
 ZOO_ROOT = Path(__file__).resolve().parent
 META_FILE = "zoo.json"  # metadata next to each bundled model (read by `circuits zoo list`)
@@ -50,9 +54,10 @@ def held_out(*parts, fraction_denominator: int = 5) -> bool:
     return stable_hash(*parts) % fraction_denominator == 0
 
 
-def batched_logits(model, ids: Tensor, attention_mask: Tensor | None = None, batch_size: int = 256) -> Tensor:
+def batched_logits(model: CircuitModel | nn.Module, ids: Tensor, attention_mask: Tensor | None = None,
+                   batch_size: int = 256) -> Tensor:
     """Hugging Face logits of ``model`` (a CircuitModel or a transformers model) in batches, no grad."""
-    hf = getattr(model, "hf", model)
+    hf: Any = getattr(model, "hf", model)  # anything with .hf (a CircuitModel, a test's stand-in) or the model
     out = []
     with torch.no_grad():
         for i in range(0, len(ids), batch_size):
@@ -61,7 +66,7 @@ def batched_logits(model, ids: Tensor, attention_mask: Tensor | None = None, bat
     return torch.cat(out)
 
 
-def n_params(hf) -> int:
+def n_params(hf: nn.Module) -> int:
     return sum(p.numel() for p in hf.parameters())
 
 

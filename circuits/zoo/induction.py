@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuits.zoo.common import seed_everything, top1_accuracy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks import Task
 
 NAME = "attn-only-2l"
 SEQ_LEN = 40  # evaluation length
@@ -23,7 +28,8 @@ VOCAB = 64  # random words; a small vocabulary makes induction heads form much s
 TRAIN_PERIODS = [2, 3, 4, 5, 6, 8, 9, 11, 12, 14, 15]  # period 2: only the previous token locates the answer
 HELD_OUT_PERIODS = [7, 10, 13]
 LONGER_PERIODS = [16, 18, 20]
-SHAPE = dict(n_layer=2, n_head=3, d_model=64, head_dim=64, n_ctx=64)  # 3 heads per layer, head dim 64 each
+# 3 heads per layer, head dim 64 each
+SHAPE: dict[str, Any] = dict(n_layer=2, n_head=3, d_model=64, head_dim=64, n_ctx=64)
 POS_BASE = 10.0  # sinusoidal base: short wavelengths make "exactly one position back" cheap to read
 HEAD_PENALTY = 0.1  # weight of sum over heads of sqrt(||W_O of the head||): favours one head per role
 PENALTY_FROM = 0.4  # ... from this fraction of the run on (after the induction mechanism has formed)
@@ -73,7 +79,7 @@ def sinusoidal_positions(n: int, d: int, base: float = 100.0) -> torch.Tensor:
     return out
 
 
-def period_task(tok, period: int, n: int, seed: int, seq_len: int = SEQ_LEN):
+def period_task(tok, period: int, n: int, seed: int, seq_len: int = SEQ_LEN) -> Task:
     from circuits.tasks import load_task
 
     return load_task("induction", tok, n=n, seed=seed, seq_len=seq_len, min_period=period, max_period=period)
@@ -108,12 +114,12 @@ def head_penalty(hf) -> torch.Tensor:
     """Sum over heads of the square root of the Frobenius norm of the head's output weights. Concave in each
     head's scale, so a role shared by several heads costs more than the same role done by one: without it the
     three layer-1 heads learn the same induction pattern and no single one matters."""
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     for block in hf.blocks:
         a = block.attn
         w = a.o_proj.weight.view(a.o_proj.weight.shape[0], a.n_head, a.head_dim)
         total = total + (w.pow(2).sum((0, 2)) + 1e-8).pow(0.25).sum()
-    return total
+    return torch.as_tensor(total)
 
 
 def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int | None = None, lr: float | None = None,
@@ -126,7 +132,8 @@ def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int | None = No
     seed_everything(seed)
     hf, tok = build(seed)
     ids, reads = training_data(tok, seed)
-    opt = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=lr, weight_decay=WEIGHT_DECAY,
+                            betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
     gen = torch.Generator().manual_seed(seed)
     hf.train()
@@ -164,7 +171,7 @@ def _quick_eval(hf, tok, n: int = 60) -> float:
     return sum(accs) / len(accs)
 
 
-def evaluate(model, n: int = 200, seed: int = 12345) -> dict:
+def evaluate(model: CircuitModel, n: int = 200, seed: int = 12345) -> dict:
     """Held-out accuracy: arg-max at every second-copy position equals the token after the first occurrence."""
     out = {}
     for label, periods in (("held_out_periods", HELD_OUT_PERIODS), ("longer_periods", LONGER_PERIODS),

@@ -27,9 +27,19 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from transformers import GPT2LMHeadModel
+
+    from circuits.graph.graph import Graph
+    from circuits.models.attn_only import AttnOnlyForCausalLM
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks import Task
 
 LN_EPS = 1e6
 GT_MIN = 0.05  # every ground-truth edge, cut alone, moves the metric by at least this fraction of the gap
@@ -38,8 +48,8 @@ OTHER_MAX = 0.01  # every other edge by at most this
 
 # ---- exact single-edge patching ------------------------------------------------------------------------------
 @torch.no_grad()
-def single_edge_effects(model, task, *, ablation: str = "corrupted", chunk: int = 64, n: int | None = None,
-                        edges: Tensor | None = None) -> dict:
+def single_edge_effects(model: CircuitModel, task: Task, *, ablation: str = "corrupted", chunk: int = 64,
+                        n: int | None = None, edges: Tensor | None = None) -> dict:
     """Exact effect of cutting each edge alone: ``M(full) - M(all edges but that one)`` (mean over examples).
 
     The computation of the ``exact`` discovery method (batched single-edge cuts), on the whole task or its
@@ -64,8 +74,8 @@ def single_edge_effects(model, task, *, ablation: str = "corrupted", chunk: int 
             "gap": full - cut_all}
 
 
-def verify_ground_truth(model, task, graph, *, ablation: str = "corrupted", chunk: int = 64, n: int | None = None,
-                        gt_min: float = GT_MIN, other_max: float = OTHER_MAX):
+def verify_ground_truth(model: CircuitModel, task: Task, graph: Graph, *, ablation: str = "corrupted", chunk: int = 64,
+                        n: int | None = None, gt_min: float = GT_MIN, other_max: float = OTHER_MAX) -> pd.DataFrame:
     """One row per edge: ``edge``, ``in_ground_truth``, ``effect`` (metric change when cut alone),
     ``relative`` (effect / clean-corrupted gap) and ``passes`` (GT: relative >= gt_min; other: |relative| <=
     other_max). ``df.attrs`` holds ``full``, ``ablated``, ``gap`` and ``all_pass``."""
@@ -131,7 +141,7 @@ class Plan:
         self.W_U[-1] = 0.0
         return self
 
-    def to_attn_only(self, bos: int, pad: int):
+    def to_attn_only(self, bos: int, pad: int) -> AttnOnlyForCausalLM:
         from circuits.models.attn_only import AttnOnlyConfig, AttnOnlyForCausalLM
 
         cfg = AttnOnlyConfig(vocab_size=self.vocab, n_layer=self.n_layers, n_head=self.n_heads, d_model=self.d,
@@ -144,6 +154,7 @@ class Plan:
                 p.zero_()
             hf.wte.weight.copy_(self.wte)
             hf.wpe.weight.copy_(self.wpe)
+            block: Any  # a ModuleList item, walked by attribute name
             for layer, block in enumerate(hf.blocks):
                 a = block.attn
                 for lin, W in ((a.q_proj, self.W_Q), (a.k_proj, self.W_K), (a.v_proj, self.W_V)):
@@ -154,7 +165,7 @@ class Plan:
             hf.lm_head.weight.copy_(self.W_U.T)
         return hf.eval()
 
-    def to_gpt2(self, bos: int, pad: int, d_mlp: int = 16):
+    def to_gpt2(self, bos: int, pad: int, d_mlp: int = 16) -> GPT2LMHeadModel:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = GPT2Config(vocab_size=self.vocab, n_layer=self.n_layers, n_head=self.n_heads, n_embd=self.d,
@@ -169,6 +180,7 @@ class Plan:
             body = hf.transformer
             body.wte.weight.copy_(self.wte)
             body.wpe.weight.copy_(self.wpe)
+            block: Any  # a ModuleList item, walked by attribute name
             for layer, block in enumerate(body.h):
                 cols = [W[layer].permute(1, 0, 2).reshape(d, H * e) for W in (self.W_Q, self.W_K, self.W_V)]
                 block.attn.c_attn.weight.copy_(torch.cat(cols, dim=1))
@@ -200,7 +212,8 @@ INDUCTION_WORDS = 29
 INDUCTION_TASK = """\
 # The task planted-induction is built for: the built-in induction generator on this model's 29 words.
 name = "planted-induction"
-description = "Induction on random words: [BOS] prefix A A (clean) vs [BOS] prefix B A (corrupted); log p(next token) in the second copy"
+description = "Induction on random words: [BOS] prefix A A (clean) vs [BOS] prefix B A (corrupted); \
+log p(next token) in the second copy"
 generator = "induction"
 metric = "logprob"
 
@@ -225,7 +238,7 @@ def distractors(plan: Plan, b: Blocks, layer: int, heads: list[int], junk_in: st
     s = eff / plan.scale
     T, POS, JIN, JOUT = b["T"], b["POS"], b[junk_in], b[junk_out]
     for k, h in enumerate(heads):
-        Q, K, Vw, O = plan.W_Q[layer, h], plan.W_K[layer, h], plan.W_V[layer, h], plan.W_O[layer, h]
+        Q, K, Vw, Ow = plan.W_Q[layer, h], plan.W_K[layer, h], plan.W_V[layer, h], plan.W_O[layer, h]
         kind = (layer, k % 3)
         if kind[0] == 0 and kind[1] == 0:  # same token as here (incl. itself): a duplicate-token-like head
             for t in range(V):
@@ -243,7 +256,7 @@ def distractors(plan: Plan, b: Blocks, layer: int, heads: list[int], junk_in: st
         src = T if kind[0] == 0 or kind[1] != 2 else JIN
         for i in range(min(len(src), len(JOUT), plan.e)):
             Vw[src[i], i] = 1.0
-            O[i, JOUT[(i + k) % len(JOUT)]] += 1.0
+            Ow[i, JOUT[(i + k) % len(JOUT)]] += 1.0
 
 
 def build_planted_induction():
@@ -260,21 +273,21 @@ def build_planted_induction():
         plan.wpe[p, b["POS"][p]] = 1.0
     s = 40.0 / plan.scale  # logit gap of 40 between the attended position and the others
     # a0.h0: previous token
-    Q, K, Vw, O = plan.W_Q[0, 0], plan.W_K[0, 0], plan.W_V[0, 0], plan.W_O[0, 0]
+    Q, K, Vw, Ow = plan.W_Q[0, 0], plan.W_K[0, 0], plan.W_V[0, 0], plan.W_O[0, 0]
     for p in range(n_ctx):
         Q[b["POS"][p], p] = s
         if p + 1 < n_ctx:
             K[b["POS"][p], p + 1] = 1.0  # the key at position p answers the query at p + 1
     for t in range(V):
         Vw[b["T"][t], t] = 1.0
-        O[t, b["PREV"][t]] = 1.0
+        Ow[t, b["PREV"][t]] = 1.0
     # a1.h0: induction
-    Q, K, Vw, O = plan.W_Q[1, 0], plan.W_K[1, 0], plan.W_V[1, 0], plan.W_O[1, 0]
+    Q, K, Vw, Ow = plan.W_Q[1, 0], plan.W_K[1, 0], plan.W_V[1, 0], plan.W_O[1, 0]
     for t in range(V):
         Q[b["T"][t], t] = s
         K[b["PREV"][t], t] = 1.0
         Vw[b["T"][t], t] = 1.0
-        O[t, b["OUT"][t]] = 1.0
+        Ow[t, b["OUT"][t]] = 1.0
     distractors(plan, b, 0, [1, 2, 3], "J0", "J0", V, 10.0)
     distractors(plan, b, 1, [1, 2, 3], "J0", "J1", V, 10.0)
     for t in range(V):
@@ -294,7 +307,8 @@ IOI_ATTENTION_UNIT = 0.3
 IOI_TASK = """\
 # The task planted-ioi is built for: IOI-style prompts in this model's small vocabulary, ACDC's ABC corruption.
 name = "planted-ioi"
-description = "IOI on 12 names: logit(IO) - logit(S) at the end; the corrupted prompt replaces IO, S and S2 by three fresh names"
+description = "IOI on 12 names: logit(IO) - logit(S) at the end; the corrupted prompt replaces IO, S and S2 \
+by three fresh names"
 templates = [
   "When {IO} and {S} went to the {PLACE} , {S2} gave a drink to {IO}",
   "When {S} and {IO} went to the {PLACE} , {S2} gave a book to {IO}",
@@ -352,39 +366,39 @@ def build_planted_ioi():
     for t in range(V):
         plan.wte[t, b["T"][t]] = 1.0
         plan.wte[t, one] = 1.0
-    for i, t in enumerate(names):
+    for t in names:
         plan.wte[t, isname] = 1.0
     plan.wte[tok.bos_token_id, isbos] = 1.0
     for p in range(n_ctx):
         plan.wpe[p, b["POS"][p]] = 1.0
     u = IOI_ATTENTION_UNIT / plan.scale  # one unit of attention logit
     # a0.h0: duplicate token. score = 40 [same name earlier] + 20 [BOS] - 80 [itself]
-    Q, K, Vw, O = plan.W_Q[0, 0], plan.W_K[0, 0], plan.W_V[0, 0], plan.W_O[0, 0]
+    Q, K, Vw, Ow = plan.W_Q[0, 0], plan.W_K[0, 0], plan.W_V[0, 0], plan.W_O[0, 0]
     for i, t in enumerate(names):
         Q[b["T"][t], i] = 40 * u
         K[b["T"][t], i] = 1.0
         Vw[b["T"][t], i] = 1.0
-        O[i, b["DUP"][i]] = 1.0
+        Ow[i, b["DUP"][i]] = 1.0
     Q[one, N], K[isbos, N] = 20 * u, 1.0
     for p in range(n_ctx):
         Q[b["POS"][p], N + 1 + p], K[b["POS"][p], N + 1 + p] = -80 * u, 1.0
     Vw[isname, N] = 1.0
-    O[N, b["DUPFLAG"][0]] = 1.0
+    Ow[N, b["DUPFLAG"][0]] = 1.0
     # a1.h0: S-inhibition. score = 40 [flagged] + 20 [BOS]; moves DUP into INH
-    Q, K, Vw, O = plan.W_Q[1, 0], plan.W_K[1, 0], plan.W_V[1, 0], plan.W_O[1, 0]
+    Q, K, Vw, Ow = plan.W_Q[1, 0], plan.W_K[1, 0], plan.W_V[1, 0], plan.W_O[1, 0]
     Q[one, 0], K[b["DUPFLAG"][0], 0] = 40 * u, 1.0
     Q[one, 1], K[isbos, 1] = 20 * u, 1.0
     for i in range(N):
         Vw[b["DUP"][i], i] = 1.0
-        O[i, b["INH"][i]] = 1.0
+        Ow[i, b["INH"][i]] = 1.0
     # a2.h0: name mover. score = 20 [a name] - 40 [the inhibited name]; copies the name to OUT
-    Q, K, Vw, O = plan.W_Q[2, 0], plan.W_K[2, 0], plan.W_V[2, 0], plan.W_O[2, 0]
+    Q, K, Vw, Ow = plan.W_Q[2, 0], plan.W_K[2, 0], plan.W_V[2, 0], plan.W_O[2, 0]
     Q[one, N], K[isname, N] = 20 * u, 1.0
     for i, t in enumerate(names):
         Q[b["INH"][i], i] = -40 * u
         K[b["T"][t], i] = 1.0
         Vw[b["T"][t], i] = 1.0
-        O[i, b["OUT"][i]] = 1.0
+        Ow[i, b["OUT"][i]] = 1.0
     for layer, (jin, jout) in enumerate((("J0", "J0"), ("J0", "J1"), ("J1", "J2"))):
         distractors(plan, b, layer, [1, 2, 3], jin, jout, V, 10.0)
     for i, t in enumerate(names):

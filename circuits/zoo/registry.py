@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from circuits.zoo.common import ZOO_ROOT, n_params, read_meta, save_model_folder
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from circuits.models.circuit_model import CircuitModel
+
 MODELS = {
     "attn-only-2l": "2-layer attention-only transformer trained on variable-period induction (real induction heads)",
     "gpt2-tasks": "4-layer GPT-2 trained on IOI + greater-than + induction in the tasks' word-level vocabulary",
-    "planted-induction": "hand-set 2-layer attention-only induction circuit with distractor heads; ground truth shipped",
-    "planted-ioi": "hand-set 3-layer GPT-2 IOI circuit (duplicate-token, S-inhibition, name mover); ground truth shipped",
+    "planted-induction": "hand-set 2-layer attention-only induction circuit with distractor heads; "
+                         "ground truth shipped",
+    "planted-ioi": "hand-set 3-layer GPT-2 IOI circuit (duplicate-token, S-inhibition, name mover); "
+                   "ground truth shipped",
 }
 DEFAULT_STEPS = {"attn-only-2l": 2500, "gpt2-tasks": None}  # None: the trainer's default
 
@@ -31,7 +39,9 @@ def make(name: str, out: Path | None = None, steps: int | None = None, seed: int
         raise KeyError(f"unknown zoo model {name!r}; choose one of {', '.join(MODELS)}")
     out = Path(out) if out is not None else ZOO_ROOT / name
     if name == "attn-only-2l":
-        return _make_attn_only(out, steps or DEFAULT_STEPS[name], seed, progress)
+        from circuits.zoo import induction as I
+
+        return _make_attn_only(out, steps or DEFAULT_STEPS[name] or I.DEFAULT_STEPS, seed, progress)
     if name == "gpt2-tasks":
         from circuits.zoo import tasks_model as T
 
@@ -93,13 +103,15 @@ attention-only MIB convention (`has_mlp=False`).
 **Training data**: the project's induction generator (`load_task("induction", tok, seq_len=L, min_period=P,
 max_period=P)`): `[BOS] prefix A A` with random distinct words, periods P in {I.TRAIN_PERIODS} and lengths L from
 2P to {I.MAX_LEN} (so the second copy starts anywhere; lengths with at most 6 tokens before the first copy are
-4 times as frequent). Loss: cross-entropy of the next token in the second copy. Periods {I.HELD_OUT_PERIODS} (and {I.LONGER_PERIODS}, longer than any training period) are never
+4 times as frequent). Loss: cross-entropy of the next token in the second copy. Periods {I.HELD_OUT_PERIODS} \
+(and {I.LONGER_PERIODS}, longer than any training period) are never
 trained on.
 
 **Training**: {t['steps']} steps, batch {t['batch_size']}, AdamW lr {t['lr']} (warm-up 100 steps, constant to 60%,
 then linear decay to 10%), no weight decay, head penalty {I.HEAD_PENALTY:g} from step
 {int(I.PENALTY_FROM * t['steps'])} (above), seed {t['seed']}, CPU, measured {t['train_seconds']} s of training
-({t['steps'] / max(t['train_seconds'], 1e-9):.2f} steps/s) on a shared 2-core machine (1 thread, other jobs running). Reproduce: `circuits zoo train
+({t['steps'] / max(t['train_seconds'], 1e-9):.2f} steps/s) on a shared 2-core machine \
+(1 thread, other jobs running). Reproduce: `circuits zoo train
 attn-only-2l --seed {t['seed']} --steps {t['steps']}`.
 
 **Held-out accuracy** (arg-max at every second-copy position is the token after the first occurrence, length 40,
@@ -112,7 +124,8 @@ Previous-token score: mean attention to the previous position; induction score: 
 the second copy to the token after its first occurrence (held-out periods 7, 10, 13).
 Ablation: the head's output replaced by its per-position mean over 200 other sequences (all its edges at once).
 
-{_table([{**s, **{k: v for k, v in a.items() if k != 'head'}} for s, a in zip(report['scores'], report['ablations'][1:])],
+{_table([{**s, **{k: v for k, v in a.items() if k != 'head'}}
+         for s, a in zip(report['scores'], report['ablations'][1:])],
         ['head', 'prev_token_score', 'induction_score', 'accuracy', 'accuracy_drop', 'metric_drop', 'destroyed'])}
 
 Clean accuracy on these sequences: {report['ablations'][0]['accuracy']:.1%}. Best previous-token head in layer 0:
@@ -156,7 +169,8 @@ def _gpt2_tasks_card(meta: dict, params: int) -> str:
     return f"""# gpt2-tasks: a {L}-layer GPT-2 carrying IOI, greater-than and induction ({params:,} parameters)
 
 **Architecture**: transformers' `GPT2LMHeadModel`: {L} layers x {H} heads, d_model {d} (head dim {d // H}),
-MLP {mlp}, {meta['n_positions']} positions (fixed sinusoidal, base {T.POS_BASE:g}, frozen in training), {unembed}, no dropout.
+MLP {mlp}, {meta['n_positions']} positions (fixed sinusoidal, base {T.POS_BASE:g}, frozen in training), \
+{unembed}, no dropout.
 Graph (MIB convention): {L} x {H} heads + {L} MLPs.
 
 **Tokenizer**: `circuits.tasks.word_level_tokenizer(circuits.tasks.task_vocabulary())` ({meta['vocab_size']} tokens:
@@ -167,7 +181,8 @@ each per step. Held-out split (made here; the task package has no hold-out optio
 name) combinations of IOI and one in five (noun, YY) combinations of greater-than (a fixed CRC32 hash,
 `circuits.zoo.common.held_out`) never appear in training ({t['n_data']} generated prompts per task before the
 split). Induction: `load_task("induction", tok, seq_len=L, min_period=P, max_period=P)` with random distinct
-words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T.IND_MAX_LEN} (prefix length uniform; for
+words, periods P in {periods[0]}..{periods[-1]} and every length L from 2P to {T.IND_MAX_LEN} \
+(prefix length uniform; for
 {T.SHORT_FRACTION:.0%} of the sequences at most 6 tokens), drawn fresh every step by a vectorised sampler of the same
 distribution (`tasks_model.induction_sampler`), so no sequence repeats; it is evaluated on fresh random sequences
 of the generator itself (length 40, periods 5-15).
@@ -190,14 +205,16 @@ running). Reproduce: `circuits zoo train gpt2-tasks --seed {t['seed']} --steps {
 | task | top-1 accuracy | pairwise |
 |---|---|---|
 | IOI (arg-max = IO; pairwise: logit(IO) > logit(S)) | {a['ioi']:.1%} | {a.get('ioi_pairwise', 0):.1%} |
-| greater-than (arg-max is a year > YY; pairwise: p(> YY) > p(<= YY)) | {a['greater-than']:.1%} | {a.get('greater-than_pairwise', 0):.1%} |
+| greater-than (arg-max is a year > YY; pairwise: p(> YY) > p(<= YY)) | {a['greater-than']:.1%} | \
+{a.get('greater-than_pairwise', 0):.1%} |
 | induction (arg-max = next token, every second-copy position; length 40, periods 5-15) | {a['induction']:.1%} | |
 
 Greater-than's top-1 criterion is lenient (any year above YY counts, and most YY leave many); the pairwise column
 (probability mass above YY larger than at or below it) is the stricter one. Neither shows whether the model reads
 YY at all (always answering "99" passes both), so the contrast the circuits are found for is checked too: the task
 metric on clean minus on corrupted prompts is {a.get('ioi_gap', float('nan')):.2f} for IOI (logit difference) and
-{a.get('greater-than_gap', float('nan')):.2f} for greater-than (probability difference; corrupted YY = 01). Greater-than is
+{a.get('greater-than_gap', float('nan')):.2f} for greater-than (probability difference; corrupted YY = 01). \
+Greater-than is
 trained against a uniform target over the years above YY (`tasks_model.answer_set_loss`): the answer set's total
 mass alone is minimised by always answering "99", which a first version did (gap 0.00).
 
@@ -236,7 +253,7 @@ def _make_planted(name: str, out: Path) -> dict:
     return read_meta(out)
 
 
-def _score_matrix(model, df):
+def _score_matrix(model: CircuitModel, df: pd.DataFrame) -> torch.Tensor:
     s = model.structure
     scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float64)
     for edge, effect in zip(df.edge, df.effect):

@@ -44,6 +44,7 @@ difference, which was 0.00 with the answer-set-mass loss: the model then always 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,8 +53,12 @@ from circuits.tasks.metrics import read_positions
 from circuits.zoo.common import held_out, seed_everything, top1_accuracy
 from circuits.zoo.induction import lr_factor, sinusoidal_positions
 
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks import Task, TaskBatch
+
 NAME = "gpt2-tasks"
-SHAPE = dict(n_layer=4, n_head=2, n_embd=128, n_inner=512, n_positions=64)  # head dim 64
+SHAPE: dict[str, Any] = dict(n_layer=4, n_head=2, n_embd=128, n_inner=512, n_positions=64)  # head dim 64
 INIT_RANGE = 0.05  # std of the weight init (transformers' default 0.02 left induction on its plateau longer)
 IND_ONLY_STEPS = 1300  # phase 1: induction alone (fresh sequences every step)
 MIXED_STEPS = 700  # phase 2: IOI + greater-than + induction
@@ -83,7 +88,7 @@ def combo(task_name: str, record: dict) -> tuple:
     raise ValueError(task_name)
 
 
-def split_task(task, want_held_out: bool):
+def split_task(task: Task, want_held_out: bool) -> TaskBatch:
     """The examples of ``task`` whose combination is (or is not) held out, as a TaskBatch."""
     keep = [i for i, r in enumerate(task.records) if held_out(*combo(task.name, r)) == want_held_out]
     return task.data.index(keep)
@@ -206,7 +211,7 @@ def train(steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: dict | None = N
                             betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, hold=HOLD))
     gen = torch.Generator().manual_seed(seed)
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     hook = hf.transformer.h[0].ln_1.register_forward_hook(lambda m, i, o: captured.__setitem__("x", o))
     hf.train()
     start = time.time()
@@ -274,7 +279,7 @@ def answer_set_loss(logits, batch):
     return -(logp * mask).sum() / mask.sum()
 
 
-def evaluate(model, n: int = 600, seed: int = 12345, pairwise: bool = True) -> dict:
+def evaluate(model: CircuitModel | _Bare, n: int = 600, seed: int = 12345, pairwise: bool = True) -> dict:
     """Held-out top-1 accuracy per task (IOI: arg-max is IO; greater-than: arg-max is a year above YY;
     induction: arg-max is the next token at every second-copy position), plus the pairwise accuracy
     (IOI: logit(IO) > logit(S); greater-than: p(> YY) > p(<= YY)) and, for IOI and greater-than, ``_gap``: the
