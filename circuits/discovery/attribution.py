@@ -32,7 +32,6 @@ from circuits.discovery.registry import register
 from circuits.interventions.probe import GradientProbe
 from circuits.session import CircuitSession, SessionBatch
 
-
 # Rows (stacked steps x examples) of one attribution pass: beyond ~100 rows a CPU pass gets slower per row and
 # activation memory grows with no gain; on GPUs larger passes would pay, but memory is the limit there.
 MAX_ROWS_PER_PASS = 96

@@ -22,11 +22,10 @@ from the target) are never returned silently: a warning names the setting to cha
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import Tensor
-
-from typing import Callable
 
 from circuits.discovery import hard_concrete as hc
 from circuits.discovery.acdc import objective_metric
@@ -51,7 +50,6 @@ def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: 
     initial noise and gate samples. ``metric``: ``"kl"`` (KL to the full model at the readout positions) or
     ``"task"``. ``init_log_alpha``: starting gate location (3.0: every gate open with probability ~0.99).
     """
-    from circuits.discovery.acdc import objective_metric
 
     if not 0.0 <= target_sparsity <= 1.0:
         raise DiscoveryError(f"target_sparsity is the fraction of edges removed and must lie in [0, 1], "

@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.graph.structure import GraphStructure
-
 from circuits.discovery.checkpoint import Checkpoint
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
+from circuits.graph.structure import GraphStructure
 from circuits.session import CircuitSession
 
 

@@ -10,13 +10,31 @@ Conventions (normalization, where f is computed, the empty circuit) are in
 :mod:`circuits.evaluation.faithfulness`; circuits run through :class:`circuits.session.CircuitSession`.
 """
 
-from circuits.evaluation.faithfulness import (MIB_FRACTIONS, EvaluationResult, FaithfulnessCurve, FaithfulnessWarning,
-                                              area_under_curve, cmd, cpr, evaluate, evaluate_many, faithfulness_curve,
-                                              mib_scores, minimal_circuit)
-from circuits.evaluation.ground_truth import (auroc, compare, node_auroc, node_precision_recall_at_size,
-                                              node_scores_from_edges, precision_recall_at_size, roc_curve,
-                                              select_at_size)
+from circuits.evaluation.faithfulness import (
+                                              MIB_FRACTIONS,
+                                              EvaluationResult,
+                                              FaithfulnessCurve,
+                                              area_under_curve,
+                                              cmd,
+                                              cpr,
+                                              evaluate,
+                                              evaluate_many,
+                                              faithfulness_curve,
+                                              mib_scores,
+)
+from circuits.evaluation.ground_truth import (
+                                              auroc,
+                                              compare,
+                                              node_auroc,
+                                              node_precision_recall_at_size,
+                                              node_scores_from_edges,
+                                              precision_recall_at_size,
+                                              roc_curve,
+                                              select_at_size,
+)
 from circuits.evaluation.published import list_published, published_circuit, write_published
+from circuits.graph.minimal import minimal_circuit
+from circuits.session.normalization import FaithfulnessWarning
 
 __all__ = [
     "evaluate", "evaluate_many", "faithfulness_curve", "mib_scores", "minimal_circuit", "EvaluationResult", "FaithfulnessCurve",

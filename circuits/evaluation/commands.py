@@ -120,7 +120,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import circuits
     from circuits.evaluation import auroc, evaluate_many, precision_recall_at_size, published_circuit, select_at_size
-
     from circuits.interventions.ablation import check_ablation
 
     start = time.perf_counter()

@@ -38,40 +38,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.io import check_model
+from circuits.graph.minimal import SELECTIONS, check_circuit
 from circuits.graph.pruning import prune as prune_mask
-from circuits.graph.selection import edges_between, fraction_to_k
-from circuits.session import CircuitSession, undefined
+from circuits.graph.selection import edges_between, fraction_to_k, warn_if_uninformative
+from circuits.session import CircuitSession, FaithfulnessWarning, normalized, undefined, warn_undefined
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-SELECTIONS = ("top_k", "greedy")
-
-
-class FaithfulnessWarning(UserWarning):
-    """A faithfulness number that should not be trusted as is (undefined, or an empty circuit)."""
-
-
 # ---- shared helpers --------------------------------------------------------------------------------------------
-def normalized(metric: float, full: float, empty: float) -> float:
-    """``(M(C) - M(empty)) / (M(full) - M(empty))``, NaN when the denominator is (numerically) zero."""
-    if undefined(full, empty):
-        return math.nan
-    return (metric - empty) / (full - empty) + 0.0  # + 0.0: no -0.0 for the empty circuit
-
-
-def check_circuit(model, circuit: Any, what: str = "circuit") -> Graph:
-    """``circuit`` as a :class:`Graph` of ``model``'s shape; :class:`GraphMismatchError` if made for another."""
-    if not isinstance(circuit, Graph):
-        raise TypeError(f"{what} must be a circuits.Graph (e.g. scored.top_k(200) or Graph.load(path, model=model)), "
-                        f"got {type(circuit).__name__}")
-    source = f"{what}" + (f" (made for {circuit.metadata['model']!r})" if "model" in circuit.metadata else "")
-    check_model(circuit.structure, circuit.structure.cfg(), model, source)
-    return circuit
-
-
 def _circuit_mask(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
     if level == "node":
         mask = edges_between(circuit.structure, circuit.node_in_graph.cpu())
@@ -82,15 +58,6 @@ def _circuit_mask(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
     if prune:
         mask, _ = prune_mask(circuit.structure, mask)
     return mask
-
-
-def _warn_undefined(full: float, empty: float, task: str, ablation: str, stacklevel: int = 3) -> None:
-    warnings.warn(
-        f"faithfulness is undefined (NaN) on task {task!r}: the full model and the empty circuit give the same "
-        f"mean metric (M(full) = {full:.6g}, M(empty) = {empty:.6g}, ablation {ablation!r}), so "
-        "(M(C) - M(empty)) / (M(full) - M(empty)) divides by ~0. The corruption does not change what the metric "
-        "measures: check that the corrupted prompts differ where it matters, use another ablation, or another "
-        "metric (task.with_metric('kl')).", FaithfulnessWarning, stacklevel=stacklevel)
 
 
 def _per_example_f(metric: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
@@ -188,7 +155,7 @@ def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corru
     full, empty, kl_empty = runner.metric_full, runner.metric_empty, runner.kl_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())
     if undefined(m_full, m_empty):
-        _warn_undefined(m_full, m_empty, runner.task_name, runner.ablation, stacklevel=_stacklevel + 2)
+        warn_undefined(m_full, m_empty, runner.task_name, runner.ablation, stacklevel=_stacklevel + 2)
     results = []
     for i, (c, mask) in enumerate(zip(circuits, masks)):
         m_c = float(metric[i].mean())
@@ -290,20 +257,6 @@ def _check_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
     return fr
 
 
-def _warn_uninformative(scored: Graph, level: str) -> None:
-    if level == "node":
-        values = scored.node_scores[:-1] if scored.node_scores is not None else None
-    else:
-        values = scored.scores[scored.structure.edge_mask.to(scored.device)]
-    if values is None:
-        return
-    values = values[~torch.isnan(values)]
-    if values.numel() == 0 or bool((values == values[0]).all()):
-        warnings.warn(f"the scored graph's {level} scores are all NaN or all equal, so top-k selection follows the "
-                      "file order, not importance; pass a graph with scores (circuits.discover, or Graph.load of a "
-                      "scored file)", FaithfulnessWarning, stacklevel=4)
-
-
 def _select(scored: Graph, fraction: float, absolute: bool, level: str, selection: str) -> tuple[int, Graph]:
     with warnings.catch_warnings():  # small fractions often prune to nothing: expected on a curve, shown as 0 edges
         warnings.filterwarnings("ignore", message=".*none lies on a path from input to logits.*")
@@ -329,7 +282,7 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
     fractions = _check_fractions(fractions)
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    _warn_uninformative(scored, level)
+    warn_if_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
     values = runner.circuit_metrics(masks, kl=True)  # every point of every curve: one batched pass over the examples
@@ -337,7 +290,7 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
     full, empty = runner.metric_full, runner.metric_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())
     if undefined(m_full, m_empty):
-        _warn_undefined(m_full, m_empty, runner.task_name, runner.ablation, stacklevel=4)
+        warn_undefined(m_full, m_empty, runner.task_name, runner.ablation, stacklevel=4)
     curves = []
     for a, (absolute, row) in enumerate(zip(absolutes, picks)):
         rows = slice(a * len(fractions), (a + 1) * len(fractions))
@@ -393,68 +346,3 @@ def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
     signed, absolute = _curves(model, task, scored, [False, True], **args)
     return {"cpr": signed.cpr, "cmd": absolute.cmd, "signed": signed, "absolute": absolute}
 
-
-# ---- minimal circuit -------------------------------------------------------------------------------------------
-def minimal_circuit(model, task, scored: Graph, target: float = 0.9, *, absolute: bool = False,
-                    ablation: str = "corrupted", split: str = "validation", batch_size: int = 16,
-                    selection: str = "top_k", points_per_pass: int = 1,
-                    circuits_per_pass: int | None = None) -> Graph:
-    """The smallest top-k circuit of ``scored`` whose faithfulness reaches ``target``, by bisection over k.
-
-    k counts edges selected before pruning (as :meth:`Graph.top_k`); the circuit is pruned. The search keeps
-    f(lo) < target <= f(hi), starting from lo = 0 (the empty circuit, f = 0) and hi = every edge (f = 1), so it
-    returns a k with f(k) >= target and f(k - 1) < target: the smallest such k whenever f grows with k (the usual
-    case; f need not be monotone, and then this is the boundary bisection finds). ``points_per_pass`` > 1 tries
-    that many k per pass as batched circuits (fewer passes, more circuits: worth it on a GPU).
-
-    Returns the circuit (a :class:`Graph`); ``metadata["minimal"]`` records target, k, f, the size after pruning
-    and every (k, f) evaluated.
-    """
-    target = float(target)
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1] (f = 1 is the full model), got {target}")
-    if points_per_pass < 1:
-        raise ValueError(f"points_per_pass must be at least 1, got {points_per_pass}")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    scored = check_circuit(model, scored, "scored graph")
-    _warn_uninformative(scored, "edge")
-    runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
-                            circuits_per_pass=circuits_per_pass)
-    m_full, m_empty = float(runner.metric_full.mean()), float(runner.metric_empty.mean())
-    if undefined(m_full, m_empty):
-        _warn_undefined(m_full, m_empty, runner.task_name, runner.ablation)
-        raise ValueError("faithfulness is undefined on this task (M(full) == M(empty)), so no circuit can reach a "
-                         "target; see the warning above")
-    n = scored.structure.n_edges
-    found: dict[int, float] = {0: 0.0, n: 1.0}
-    circuits: dict[int, Graph] = {}
-
-    def select(k: int) -> Graph:
-        if k not in circuits:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*none lies on a path from input to logits.*")
-                circuits[k] = scored.greedy(k, absolute) if selection == "greedy" else scored.top_k(k, absolute)
-        return circuits[k]
-
-    lo, hi = 0, n
-    while hi - lo > 1:
-        p = min(points_per_pass, hi - lo - 1)
-        ks = sorted({lo + (hi - lo) * (i + 1) // (p + 1) for i in range(p)} - {lo, hi})
-        metric = runner.circuit_metrics(torch.stack([select(k).in_graph.cpu() for k in ks])).metric
-        for k, row in zip(ks, metric):
-            found[k] = normalized(float(row.mean()), m_full, m_empty)
-        reached = [k for k in ks if found[k] >= target]
-        if reached:
-            hi = reached[0]
-            below = [k for k in ks if k < hi]
-            lo = below[-1] if below else lo
-        else:
-            lo = ks[-1]
-    circuit = select(hi).copy()
-    circuit.metadata["minimal"] = {
-        "target": target, "k": hi, "faithfulness": found[hi], "n_edges": circuit.n_edges,
-        "faithfulness_at_k_minus_1": found[lo] if lo == hi - 1 else None, "absolute": bool(absolute),
-        "selection": selection, "ablation": runner.ablation, "task": runner.task_name, "split": runner.split,
-        "n_examples": runner.n_examples, "evaluated": sorted([k, f] for k, f in found.items())}
-    return circuit

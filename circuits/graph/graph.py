@@ -325,12 +325,12 @@ class Graph:
     def minimal(self, model, task, target: float = 0.9, *, absolute: bool = False, **options) -> Graph:
         """The smallest top-k circuit whose faithfulness on ``task`` reaches ``target`` (bisection over k; runs
         patched forwards of ``model``). ``options``: ablation, split, batch_size, selection ("top_k" or
-        "greedy"), see :func:`circuits.evaluation.minimal_circuit`.
+        "greedy"), see :func:`circuits.graph.minimal.minimal_circuit`.
 
         >>> circuit = scored.minimal(model, task, 0.9)          # doctest: +SKIP
         >>> circuit.metadata["minimal"]["k"], circuit.n_edges   # doctest: +SKIP
         """
-        from circuits.evaluation.faithfulness import minimal_circuit
+        from circuits.graph.minimal import minimal_circuit
 
         return minimal_circuit(model, task, self, target, absolute=absolute, **options)
 

@@ -14,11 +14,17 @@ These functions only select; pruning to input -> logits paths is :mod:`circuits.
 from __future__ import annotations
 
 import heapq
+import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 from circuits.graph.pruning import edge_mask, edge_order, receiver_node
 from circuits.graph.structure import GraphStructure
+from circuits.session.normalization import FaithfulnessWarning
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.graph.graph import Graph
 
 
 def rank_key(scores: torch.Tensor, absolute: bool) -> torch.Tensor:
@@ -149,3 +155,18 @@ def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolu
     out = torch.zeros(S, R, dtype=torch.bool)
     out[torch.tensor(chosen_s, dtype=torch.long), torch.tensor(chosen_r, dtype=torch.long)] = True
     return out.to(scores.device)
+
+
+def warn_if_uninformative(scored: Graph, level: str) -> None:
+    """Warn when a selection from ``scored`` would follow file order, not importance (no informative scores)."""
+    if level == "node":
+        values = scored.node_scores[:-1] if scored.node_scores is not None else None
+    else:
+        values = scored.scores[scored.structure.edge_mask.to(scored.device)]
+    if values is None:
+        return
+    values = values[~torch.isnan(values)]
+    if values.numel() == 0 or bool((values == values[0]).all()):
+        warnings.warn(f"the scored graph's {level} scores are all NaN or all equal, so top-k selection follows the "
+                      "file order, not importance; pass a graph with scores (circuits.discover, or Graph.load of a "
+                      "scored file)", FaithfulnessWarning, stacklevel=4)

@@ -8,7 +8,6 @@ Shapes: ``H`` query heads, ``K`` key/value groups (or H), ``N`` rows, ``P`` posi
 from __future__ import annotations
 
 import dataclasses
-
 from typing import TYPE_CHECKING
 
 import torch

@@ -2,8 +2,15 @@
 every discovery method and every evaluation (:mod:`circuits.session.session`)."""
 
 from circuits.session.batches import SessionBatch
-from circuits.session.session import (Baselines, CircuitMetrics, CircuitSession, SessionError, check_task_fits_model,
-                                      resolve_split, undefined)
+from circuits.session.normalization import FaithfulnessWarning, normalized, undefined, warn_undefined
+from circuits.session.session import (
+                                      Baselines,
+                                      CircuitMetrics,
+                                      CircuitSession,
+                                      SessionError,
+                                      check_task_fits_model,
+                                      resolve_split,
+)
 
 __all__ = ["CircuitSession", "SessionBatch", "SessionError", "Baselines", "CircuitMetrics", "resolve_split",
-           "check_task_fits_model", "undefined"]
+           "check_task_fits_model", "undefined", "normalized", "FaithfulnessWarning", "warn_undefined"]

@@ -20,10 +20,9 @@ a memory-bound pass only gets slower per row).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, overload
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -32,6 +31,7 @@ from circuits.interventions.ablation import Ablated, AblationError, build_ablati
 from circuits.interventions.masked import MaskedResidual
 from circuits.interventions.residual import ResidualStrategy
 from circuits.session.batches import SessionBatch, plan_batches
+from circuits.session.normalization import undefined
 from circuits.tasks.metrics import Metric
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,23 +52,6 @@ StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
 
 class SessionError(ValueError):
     """A circuit run cannot start as asked: the message names the problem and the fix."""
-
-
-UNDEFINED_ATOL, UNDEFINED_RTOL = 1e-6, 1e-5  # |M(full) - M(empty)| below this: nothing to normalise by
-
-
-@overload
-def undefined(full: float, empty: float) -> bool: ...
-@overload
-def undefined(full: Tensor, empty: Tensor) -> Tensor: ...
-def undefined(full, empty):  # noqa: E301
-    """True when M(full) and M(empty) are too close (or not finite) for faithfulness, or attribution, to mean
-    anything; elementwise for tensors (per-example values)."""
-    if isinstance(full, Tensor):
-        close = (full - empty).abs() <= UNDEFINED_ATOL + UNDEFINED_RTOL * torch.maximum(full.abs(), empty.abs())
-        return close | ~(torch.isfinite(full) & torch.isfinite(empty))
-    return not (math.isfinite(full) and math.isfinite(empty)) or \
-        abs(full - empty) <= UNDEFINED_ATOL + UNDEFINED_RTOL * max(abs(full), abs(empty))
 
 
 def resolve_split(task: Task, split: str) -> tuple[Task, Task, str]:
