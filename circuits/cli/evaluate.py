@@ -39,7 +39,7 @@ def _fmt(x: float) -> str:
 
 def _load_graph(spec: str, model):
     import circuits
-    from circuits.evaluation.published import published_circuit
+    from circuits.evaluation import published_circuit
 
     if spec.startswith("published:"):
         return published_circuit(spec.split(":", 1)[1], model=model)
@@ -120,7 +120,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     import circuits
     from circuits.evaluation import auroc, evaluate_many, precision_recall_at_size, published_circuit, select_at_size
-
     from circuits.evaluation.engine import check_ablation
 
     start = time.perf_counter()
