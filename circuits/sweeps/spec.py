@@ -286,9 +286,9 @@ def _merge(defaults: dict, given: Any, key: str, allowed: tuple, source: str) ->
 
 
 def _task_names() -> set[str]:
-    from circuits.tasks import BUILTINS, _task_files
+    from circuits.tasks import BUILTINS, task_files
 
-    return set(BUILTINS) | {p.stem for p in _task_files()}
+    return set(BUILTINS) | {p.stem for p in task_files()}
 
 
 def _check_model(model: str, key: str, source: str) -> None:
