@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from circuits.sweeps.spec import SHIPPED, TINY_PREFIX, JobSpec
+from circuits.sweeps.spec import SHIPPED, JobSpec
 
 # Test hooks (environment variables of the driver, passed to the job; or of the worker):
 #   CIRCUITS_SWEEPS_TRACE=DIR        append one line per execution of a job to DIR/<job_id> (counts recomputation)
@@ -44,32 +44,14 @@ HOOK_VARS = ("CIRCUITS_SWEEPS_TRACE", "CIRCUITS_SWEEPS_CRASH_ONCE", "CIRCUITS_SW
 _MODEL_CACHE: dict[tuple, Any] = {}  # one model per worker process, reused by the jobs that worker runs next
 
 
-def tiny_random_model(family: str = "gpt2", seed: int = 0):
-    """``tiny-random[:FAMILY]``: 2 layers, 4 heads, d_model 32, on the tasks' word-level vocabulary (so the
-    built-in tasks ioi / greater-than / induction tokenize), random weights: for tests and dry runs."""
-    from circuits.models.random import random_model
-    from circuits.tasks import task_vocabulary, word_level_tokenizer
-
-    tok = word_level_tokenizer(task_vocabulary())
-    extra = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
-    model = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
-                         seed=seed, **extra)
-    model.name = f"{TINY_PREFIX}:{family}"
-    return model
-
-
 def resolve_model(spec: str, device: str | None = None, dtype: str | None = None):
+    """``circuits.load_model(spec, device=, dtype=)``, kept for the jobs this worker process runs next."""
     key = (spec, device, dtype)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        if spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
-            model = tiny_random_model(spec.split(":", 1)[1] if ":" in spec else "gpt2")
-            model = model.to(device) if device else model
-        else:
-            from circuits.models.loading import load_model
+        from circuits.models.loading import load_model
 
-            model = load_model(spec, device=device, dtype=dtype)
-        _MODEL_CACHE[key] = model
+        _MODEL_CACHE[key] = load_model(spec, device=device, dtype=dtype)
     return _MODEL_CACHE[key]
 
 
