@@ -20,7 +20,9 @@ a complete example.
 """
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, on_job_start=None) -> int:
+    """``circuits run``; ``on_job_start``: passed to :func:`circuits.sweeps.run_sweep` (a hook called in the worker
+    as each job starts)."""
     from circuits.sweeps import load_sweep
 
     spec = load_sweep(args.sweep, overrides=args.set or [])  # every error here, before any job starts
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from circuits.sweeps import run_sweep
 
     result = run_sweep(spec, address=args.address, max_parallel=args.max_parallel, num_cpus=args.num_cpus,
-                       retry_failed=not args.keep_failed, progress=not args.quiet)
+                       retry_failed=not args.keep_failed, progress=not args.quiet, on_job_start=on_job_start)
     if result.interrupted:
         return 130
     return 1 if result.failed and args.strict else 0
