@@ -150,10 +150,8 @@ class SweepSpec:
         return Path(self.output["results"]) / self.name
 
     def expand(self) -> list[JobSpec]:
-        from circuits.discovery import METHODS, _register_builtin
+        from circuits.discovery import METHODS
 
-        if not METHODS:
-            _register_builtin()
         jobs, self.skipped = [], []
         ev = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in self.evaluation.items()))
         for entry in self.models:
@@ -313,11 +311,9 @@ def _check_model(model: str, key: str, source: str) -> None:
 
 
 def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
-    from circuits.discovery import METHODS, _register_builtin
+    from circuits.discovery import METHODS
     from circuits.interventions.ablation import ABLATIONS
 
-    if not METHODS:
-        _register_builtin()
     unknown = sorted(set(config) - set(TOP_KEYS))
     if unknown:
         raise _err(source, unknown[0], "unknown key", f"use one of {', '.join(TOP_KEYS)}")
