@@ -5,8 +5,8 @@ The source is ``circuits/evaluation/data/published-circuits.json`` (head classes
 re-encoded from the cited papers and from ACDC's ``get_*_true_edges``, checked against the published edge
 counts; see its ``_meta``). :func:`published_circuit` builds a :class:`Graph` from it; the repository's
 ``graphs/published/*.json`` are those graphs written in MIB's JSON format (:func:`write_published`
-regenerates them: ``python -c "from circuits.evaluation import write_published; write_published()"``; a test
-checks the files equal a fresh build).
+regenerates them, run in the repository: ``python -c "from circuits.evaluation import write_published;
+write_published()"``; a test checks the files equal a fresh build). Nothing reads those files at run time.
 
 Conventions:
 
@@ -36,7 +36,7 @@ from circuits.graph.io import check_model
 from circuits.graph.structure import GraphStructure
 
 SOURCE = Path(__file__).resolve().parent / "data" / "published-circuits.json"
-GRAPHS_DIR = Path(__file__).resolve().parents[2] / "graphs" / "published"
+GRAPHS_DIR = Path("graphs") / "published"  # the repository's copies, relative to the working directory
 
 # name -> where it lives in the source file, the model shape, and what it is for
 PUBLISHED: dict[str, dict[str, Any]] = {
@@ -143,13 +143,15 @@ def list_published():
     return pd.DataFrame(rows)
 
 
-def published_path(name: str) -> Path:
-    """Where the repository keeps the circuit's graph file (``graphs/published/...``)."""
-    return GRAPHS_DIR / PUBLISHED[_name(name)]["file"]
+def published_path(name: str, directory: str | Path = GRAPHS_DIR) -> Path:
+    """The circuit's graph file in ``directory`` (default ``graphs/published`` of the working directory: the
+    repository's copies). :func:`published_circuit` needs no file: it builds from the package's source data."""
+    return Path(directory) / PUBLISHED[_name(name)]["file"]
 
 
 def write_published(directory: str | Path | None = None) -> list[Path]:
-    """(Re)write every published circuit as MIB JSON into ``directory`` (default ``graphs/published``)."""
+    """(Re)write every published circuit as MIB JSON into ``directory`` (default ``graphs/published`` of the
+    working directory: run it in the repository to regenerate its copies)."""
     out = Path(directory) if directory is not None else GRAPHS_DIR
     return [_cached(name).save(out / info["file"]) for name, info in PUBLISHED.items()]
 

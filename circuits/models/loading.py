@@ -39,12 +39,14 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
 
     ``spec`` is a hub id (``"gpt2"``, ``"EleutherAI/pythia-70m"``), a local Hugging Face folder, a bundled
     model (``"zoo:NAME"``, see ``circuits zoo list``), a random-weight model of a real shape
-    (``"random:gpt2-small"``, ``"random:qwen2.5-0.5b"``, ...), or an already-loaded ``transformers`` model.
+    (``"random:gpt2-small"``, ``"random:qwen2.5-0.5b"``, ...), a tiny random model on the tasks' word vocabulary
+    (``"tiny-random"``, ``"tiny-random:llama"``: for tests and dry runs), or an already-loaded ``transformers``
+    model (see :func:`parse_model_spec` for the grammar).
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` to the checkpoint's own.
 
     >>> load_model("zoo:no-such-model")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    ModelNotFoundError: no bundled model 'no-such-model'; bundled: ...
+    ModelNotFoundError: no bundled model 'no-such-model'; use one of zoo:...
     """
     if isinstance(spec, CircuitModel):
         return spec
@@ -53,26 +55,69 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
         return model.to(device) if device is not None else model
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, not {type(spec)}")
-    spec = str(spec)
-    if spec.startswith("random:"):  # a real architecture's shape with random weights: no download at all
-        from circuits.models.random import random_model
+    kind, name = parse_model_spec(spec)
+    if kind in ("random", "tiny-random"):  # random weights of a real shape, or a tiny one: no download at all
+        from circuits.models.random import random_model, tiny_random_model
 
-        model = random_model(spec[len("random:"):], dtype=_dtype(dtype) or torch.float32, tokenizer=tokenizer)
+        weights = _dtype(dtype) or torch.float32
+        model = (random_model(name, dtype=weights, tokenizer=tokenizer) if kind == "random"
+                 else tiny_random_model(name, dtype=weights))
         return model.to(device) if device is not None else model
+    if kind == "zoo":
+        return _load_pretrained(str(ZOO_DIR / name), f"zoo:{name}", device, dtype, tokenizer, local=True)
+    if kind == "local":
+        return _load_pretrained(name, Path(name).name, device, dtype, tokenizer, local=True)
+    return _load_pretrained(name, name, device, dtype, tokenizer, local=False)
+
+
+def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str]:
+    """What a model spec names, checked without loading anything: ``(kind, name)``, one of ``("zoo", NAME)``,
+    ``("random", PRESET_OR_FAMILY)``, ``("tiny-random", FAMILY)``, ``("local", FOLDER)`` or ``("hub", ID)``.
+
+    This is the one grammar of model specs (:func:`load_model` dispatches on it; sweeps validate with it). A
+    missing bundled model or local folder raises :class:`ModelNotFoundError`, an unknown random preset or family
+    :class:`ModelSpecError`; both carry ``problem`` and ``fix``. Whether a hub id exists is not checked here.
+    """
+    from circuits.models.random import FAMILIES, PRESETS, TINY_RANDOM
+
+    spec = str(spec)
+    if spec.startswith("random:"):
+        name = spec[len("random:"):]
+        if name not in PRESETS and name not in FAMILIES:
+            raise _spec_error(ModelSpecError, f"unknown random preset {name!r}",
+                              f"use one of {', '.join(PRESETS)} (or a family: {', '.join(FAMILIES)})")
+        return "random", name
+    if spec == TINY_RANDOM or spec.startswith(TINY_RANDOM + ":"):
+        family = spec.split(":", 1)[1] if ":" in spec else "gpt2"
+        if family not in FAMILIES:
+            raise _spec_error(ModelSpecError, f"unknown family {family!r}", f"use {TINY_RANDOM}[:{'|'.join(FAMILIES)}]")
+        return "tiny-random", family
     if spec.startswith("zoo:"):
         name = spec[4:]
-        path = ZOO_DIR / name
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"no bundled model {name!r}; bundled: {', '.join(zoo_models()) or 'none yet'} "
-                                     "(`circuits zoo list` shows them)")
-        return _load_pretrained(str(path), f"zoo:{name}", device, dtype, tokenizer, local=True)
+        if not (ZOO_DIR / name / "config.json").is_file():
+            raise _spec_error(ModelNotFoundError, f"no bundled model {name!r}",
+                              f"use one of {', '.join('zoo:' + m for m in zoo_models()) or '(none built yet)'} "
+                              "(`circuits zoo list` shows them)")
+        return "zoo", name
     local = Path(spec).expanduser()
-    if local.exists():
+    if local.exists() or spec.startswith((".", "/", "~")):
+        if not local.is_dir():
+            raise _spec_error(ModelNotFoundError, f"local model folder {spec!r} does not exist", "check the path")
         if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{local} has no config.json: point load_model at a Hugging Face model folder "
-                                     "(the one save_pretrained wrote)")
-        return _load_pretrained(str(local), local.name, device, dtype, tokenizer, local=True)
-    return _load_pretrained(spec, spec, device, dtype, tokenizer, local=False)
+            raise _spec_error(ModelNotFoundError, f"{local} has no config.json",
+                              "point load_model at a Hugging Face model folder (the one save_pretrained wrote)")
+        return "local", str(local)
+    return "hub", spec
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names no model: an unknown ``random:`` preset or ``tiny-random`` family."""
+
+
+def _spec_error(cls: type[Exception], problem: str, fix: str) -> Exception:
+    err = cls(f"{problem}; {fix}")
+    err.problem, err.fix = problem, fix
+    return err
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -90,3 +90,19 @@ def _gpt2_tokenizer_or_none():
     except ImportError:  # the task package is optional for graph-only use
         return None
     return default_gpt2_tokenizer()
+
+
+TINY_RANDOM = "tiny-random"  # tiny-random[:FAMILY], a model spec of circuits.load_model
+
+
+def tiny_random_model(family: str = "gpt2", seed: int = 0, dtype: torch.dtype = torch.float32) -> CircuitModel:
+    """``tiny-random[:FAMILY]``: 2 layers, 4 heads, d_model 32, on the tasks' word-level vocabulary (so the
+    built-in tasks ioi / greater-than / induction tokenize), random weights: for tests and dry runs."""
+    from circuits.tasks import task_vocabulary, word_level_tokenizer
+
+    tok = word_level_tokenizer(task_vocabulary())
+    extra = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
+    model = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
+                         seed=seed, dtype=dtype, **extra)
+    model.name = f"{TINY_RANDOM}:{family}"
+    return model

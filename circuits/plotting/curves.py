@@ -34,14 +34,6 @@ class CurvePoints:
     cmd: float
 
 
-def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
-    """MIB's area: trapezoid rule on the linear fraction axis (as ``circuits.evaluation.faithfulness.cpr``)."""
-    ok = np.isfinite(y)
-    if ok.sum() < 2 or not ok.all():
-        return float("nan")
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
-
-
 def curve_points(curve: Any) -> CurvePoints:
     """Normalise any curve-like object (see the module docstring) to :class:`CurvePoints`."""
     cpr = cmd = None
@@ -87,9 +79,15 @@ def curve_points(curve: Any) -> CurvePoints:
         raise TypeError(f"not a faithfulness curve: {type(curve).__name__}")
     order = np.argsort(x, kind="stable")
     x, y = x[order], y[order]
-    cpr = float(cpr) if cpr is not None else _trapezoid(x, y)
-    cmd = float(cmd) if cmd is not None else _trapezoid(x, np.abs(1.0 - y))
-    return CurvePoints(x, y, cpr, cmd)
+    if cpr is None or cmd is None:  # MIB's areas, as circuits.evaluation computes them; NaN for a partial curve
+        from circuits.evaluation import area_under_curve
+
+        complete = len(y) >= 2 and bool(np.isfinite(y).all())
+        if cpr is None:
+            cpr = area_under_curve(x.tolist(), y.tolist()) if complete else math.nan
+        if cmd is None:
+            cmd = area_under_curve(x.tolist(), np.abs(1.0 - y).tolist()) if complete else math.nan
+    return CurvePoints(x, y, float(cpr), float(cmd))
 
 
 def _is_group(value: Any) -> bool:

@@ -19,16 +19,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-_REPO = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def source_checkout() -> Path | None:
+    """The git checkout this package runs from (an editable install, or the repository on ``sys.path``), or
+    None for an installed copy (site-packages), whose version is then its provenance."""
+    root = _PACKAGE.parent
+    return root if (root / "pyproject.toml").is_file() and (root / ".git").exists() else None
 
 
 @lru_cache(maxsize=1)
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git.
+    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it, of ``cwd`` or else of the checkout
+    the package runs from; an installed package (no checkout) gives its version (``v0.1.0``); ``unknown`` when
+    git cannot tell.
 
     Outputs (``results/``, ``graphs/``) do not count: regenerating a result rewrites its own file, and that
     must not mark the code that produced the next one as modified."""
-    where = str(cwd or _REPO)
+    where = cwd or source_checkout()
+    if where is None:
+        from circuits import __version__
+
+        return f"v{__version__}"
+    where = str(where)
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where,
                              check=True, timeout=10).stdout.strip()

@@ -31,45 +31,24 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from circuits.sweeps.spec import SHIPPED, TINY_PREFIX, JobSpec
+from circuits.sweeps.spec import SHIPPED, JobSpec
 
-# Test hooks (environment variables of the driver, passed to the job; or of the worker):
-#   CIRCUITS_SWEEPS_TRACE=DIR        append one line per execution of a job to DIR/<job_id> (counts recomputation)
-#   CIRCUITS_SWEEPS_CRASH_ONCE=DIR   the first execution of each job kills its own worker process (os._exit)
-#   CIRCUITS_SWEEPS_SLEEP=SECONDS    sleep before working (lets a test interrupt a sweep mid-way)
-HOOK_VARS = ("CIRCUITS_SWEEPS_TRACE", "CIRCUITS_SWEEPS_CRASH_ONCE", "CIRCUITS_SWEEPS_SLEEP")
+# A hook called with the job as each execution of it starts, in the worker (see execute).
+JobHook = Callable[[JobSpec], None]
 
 _MODEL_CACHE: dict[tuple, Any] = {}  # one model per worker process, reused by the jobs that worker runs next
 
 
-def tiny_random_model(family: str = "gpt2", seed: int = 0):
-    """``tiny-random[:FAMILY]``: 2 layers, 4 heads, d_model 32, on the tasks' word-level vocabulary (so the
-    built-in tasks ioi / greater-than / induction tokenize), random weights: for tests and dry runs."""
-    from circuits.models.random import random_model
-    from circuits.tasks import task_vocabulary, word_level_tokenizer
-
-    tok = word_level_tokenizer(task_vocabulary())
-    extra = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
-    model = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
-                         seed=seed, **extra)
-    model.name = f"{TINY_PREFIX}:{family}"
-    return model
-
-
 def resolve_model(spec: str, device: str | None = None, dtype: str | None = None):
+    """``circuits.load_model(spec, device=, dtype=)``, kept for the jobs this worker process runs next."""
     key = (spec, device, dtype)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        if spec == TINY_PREFIX or spec.startswith(TINY_PREFIX + ":"):
-            model = tiny_random_model(spec.split(":", 1)[1] if ":" in spec else "gpt2")
-            model = model.to(device) if device else model
-        else:
-            from circuits.models.loading import load_model
+        from circuits.models.loading import load_model
 
-            model = load_model(spec, device=device, dtype=dtype)
-        _MODEL_CACHE[key] = model
+        _MODEL_CACHE[key] = load_model(spec, device=device, dtype=dtype)
     return _MODEL_CACHE[key]
 
 
@@ -101,25 +80,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _hooks(job_id: str, hooks: dict | None) -> None:
-    env = {**{k: os.environ[k] for k in HOOK_VARS if k in os.environ}, **(hooks or {})}
-    trace = env.get("CIRCUITS_SWEEPS_TRACE")
-    if trace:
-        Path(trace).mkdir(parents=True, exist_ok=True)
-        with open(Path(trace) / job_id, "a") as f:
-            f.write(f"{os.getpid()} {_now()}\n")
-    crash = env.get("CIRCUITS_SWEEPS_CRASH_ONCE")
-    if crash:
-        marker = Path(crash) / job_id
-        if not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(os.getpid()))
-            os._exit(1)  # the worker process dies mid-job, as an OOM kill or a lost node would
-    sleep = env.get("CIRCUITS_SWEEPS_SLEEP")
-    if sleep:
-        time.sleep(float(sleep))
-
-
 def empty_row(job: JobSpec) -> dict:
     return {"job_id": job.job_id, "model": job.model, "task": job.task, "method": job.method,
             "params": json.dumps(job.params_dict, sort_keys=True), "ablation": job.ablation, "seed": job.seed,
@@ -133,12 +93,16 @@ def empty_row(job: JobSpec) -> dict:
             "started": _now(), "finished": "", "version": ""}
 
 
-def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None,
+def execute(job: JobSpec, cpus: float | None = None, on_job_start: JobHook | None = None,
             gpus: float | None = None) -> tuple[dict, bytes | None]:
     """Run ``job``; return ``(row, graph file bytes)`` (the bytes travel back to the driver, which writes them,
     so workers on other machines need no shared file system). Never raises for the job's own errors.
-    ``hooks``: the test hooks above, passed from the driver (they override the worker's environment).
-    ``cpus`` / ``gpus``: the job's allocation (torch threads follow ``cpus``; evaluation actors get the same)."""
+    ``cpus`` / ``gpus``: the job's allocation (torch threads follow ``cpus``; evaluation actors get the same).
+    ``on_job_start``: called as ``on_job_start(job)`` in the process that runs the job, as each execution of it
+    starts (every attempt: Ray's retries of a dead worker too), before anything is loaded: to log, monitor or
+    inject faults (the sweep tests count executions, kill the worker, slow jobs down). An exception it raises is
+    the job's error. On Ray it travels with cloudpickle, so it must be picklable and, unless registered by value
+    (``cloudpickle.register_pickle_by_value``), importable by the workers."""
     import torch
 
     import circuits
@@ -149,11 +113,12 @@ def execute(job: JobSpec, cpus: float | None = None, hooks: dict | None = None,
     row["version"] = circuits.__version__
     notes: list[str] = []
     graph_bytes = None
-    _hooks(job.job_id, hooks)
     if cpus:
         torch.set_num_threads(max(1, int(cpus)))  # from the job's CPU allocation (fractions: one thread)
     row["threads"] = torch.get_num_threads()
     try:
+        if on_job_start is not None:
+            on_job_start(job)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = resolve_model(job.model, job.device, job.dtype)
@@ -260,9 +225,11 @@ def _num(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def run_job(job: JobSpec, graphs_dir: str | Path | None = None, cpus: float | None = None) -> dict:
-    """Run ``job`` in this process; write its graph to ``graphs_dir/<job_id>.json`` when given; return the row."""
-    row, graph = execute(job, cpus)
+def run_job(job: JobSpec, graphs_dir: str | Path | None = None, cpus: float | None = None,
+            on_job_start: JobHook | None = None) -> dict:
+    """Run ``job`` in this process; write its graph to ``graphs_dir/<job_id>.json`` when given; return the row.
+    ``on_job_start``: as in :func:`execute`."""
+    row, graph = execute(job, cpus, on_job_start)
     if graphs_dir is not None and graph is not None:
         from circuits.sweeps.results import atomic_write
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from circuits.sweeps.job import HOOK_VARS, empty_row, execute
+from circuits.sweeps.job import JobHook, empty_row, execute
 from circuits.sweeps.results import ResultStore, atomic_write
 from circuits.sweeps.spec import JobSpec, SweepSpec
 
@@ -120,13 +120,13 @@ def summarize(frame):
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int | None = None,
               retry_failed: bool = True, num_cpus: int | None = None, progress: bool = True,
-              hooks: dict[str, str] | None = None, stop_after: int | None = None,
+              on_job_start: JobHook | None = None, stop_after: int | None = None,
               out: Callable[[str], None] | None = print) -> SweepResult:
     """Run every unfinished job of ``spec`` on Ray; return the results (see the module docstring).
 
     ``max_parallel``: jobs in flight at once (default: as many as the cluster's resources fit; Ray queues the
-    rest). ``hooks``: the test hooks of :mod:`circuits.sweeps.job` (also read from this process's environment
-    and passed to every job). ``stop_after``: stop as if interrupted after this many
+    rest). ``on_job_start``: a picklable callable, called with the job in its worker as each execution of it
+    starts (see :func:`circuits.sweeps.job.execute`). ``stop_after``: stop as if interrupted after this many
     jobs finished (tests).
     """
     say = out or (lambda s: None)
@@ -147,8 +147,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
     ran = failed = 0
     interrupted = False
     if todo:
-        job_hooks = {k: os.environ[k] for k in HOOK_VARS if k in os.environ}
-        job_hooks.update(hooks or {})
         with ray_session(address, num_cpus=num_cpus) as ray:
             from ray.exceptions import RayError
 
@@ -171,7 +169,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                 while queue or pending:
                     while queue and len(pending) < limit:
                         job = queue.pop(0)
-                        pending[remote.remote(job, cpus, job_hooks or None, gpus)] = job
+                        pending[remote.remote(job, cpus, on_job_start, gpus)] = job
                     bar.set_postfix_str(f"running {min(len(pending), slots)}, queued "
                                         f"{len(queue) + max(0, len(pending) - slots)}, failed {failed}")
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

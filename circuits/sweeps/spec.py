@@ -52,7 +52,6 @@ from typing import Any
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SHIPPED = "shipped"  # task name meaning "the zoo model's own task.toml"
-TINY_PREFIX = "tiny-random"  # tiny-random[:FAMILY]: a 2-layer d=32 random model on the tasks' word vocabulary
 
 TOP_KEYS = ("name", "description", "models", "tasks", "methods", "ablations", "seeds", "n", "batch_size", "split",
             "params", "evaluation", "resources", "output", "device", "dtype")
@@ -284,30 +283,19 @@ def _merge(defaults: dict, given: Any, key: str, allowed: tuple, source: str) ->
 
 
 def _task_names() -> set[str]:
-    from circuits.tasks import BUILTINS, _task_files
+    from circuits.tasks import BUILTINS, task_files
 
-    return set(BUILTINS) | {p.stem for p in _task_files()}
+    return set(BUILTINS) | {p.stem for p in task_files()}
 
 
 def _check_model(model: str, key: str, source: str) -> None:
-    from circuits.models.loading import ZOO_DIR, zoo_models
-    from circuits.models.random import PRESETS
+    from circuits.models.loading import parse_model_spec
 
-    if model.startswith("zoo:"):
-        if not (ZOO_DIR / model[4:] / "config.json").is_file():
-            raise _err(source, key, f"no bundled model {model!r}",
-                       f"use one of {', '.join('zoo:' + m for m in zoo_models()) or '(none built yet)'} "
-                       "(circuits zoo list)")
-    elif model.startswith("random:"):
-        if model[7:] not in PRESETS:
-            raise _err(source, key, f"unknown random preset {model[7:]!r}", f"use one of {', '.join(PRESETS)}")
-    elif model == TINY_PREFIX or model.startswith(TINY_PREFIX + ":"):
-        family = model.split(":", 1)[1] if ":" in model else "gpt2"
-        if family not in ("gpt2", "gpt_neox", "llama", "qwen2"):
-            raise _err(source, key, f"unknown family {family!r}", "use tiny-random[:gpt2|gpt_neox|llama|qwen2]")
-    elif (model.startswith((".", "/", "~")) or Path(model).exists()) and not Path(model).expanduser().is_dir():
-        raise _err(source, key, f"local model folder {model!r} does not exist", "check the path")
-    elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    try:
+        kind, _ = parse_model_spec(model)  # the grammar of circuits.load_model
+    except (ValueError, OSError) as err:
+        raise _err(source, key, getattr(err, "problem", str(err)), getattr(err, "fix", "check the model spec")) from None
+    if kind == "hub" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         # a hub id, offline: it must be in the local cache, or every job would fail the same way
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -319,7 +307,7 @@ def _check_model(model: str, key: str, source: str) -> None:
             raise _err(source, key, f"hub model {model!r} is not in the local cache and HF_HUB_OFFLINE is set",
                        f"download it once with network (python -c \"import circuits; circuits.load_model('{model}')\"), "
                        "or use a zoo:NAME / random:PRESET model")
-    # anything else is a hub id: resolved (cache first) by the job itself
+    # a hub id otherwise: resolved (cache first) by the job itself
 
 
 def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:

@@ -6,7 +6,7 @@
     for batch in task.train.batches(32): batch.clean, batch.positions, task.metric(logits, batch)
 
 Built in: ``ioi`` (Wang et al.), ``greater-than`` (Hanna et al.), ``induction``; any TOML file in the
-repository's ``tasks/`` folder by name; any ``.toml`` task file or ``.jsonl`` / ``.csv`` pairs file by path.
+working directory's ``tasks/`` folder (or a folder of ``$CIRCUITS_TASKS_PATH``) by name; any ``.toml`` task file or ``.jsonl`` / ``.csv`` pairs file by path.
 See :mod:`circuits.tasks.files` for the file formats and :mod:`circuits.tasks.task` for the readout layout.
 """
 
@@ -26,6 +26,7 @@ from circuits.tasks.vocabulary import task_vocabulary
 __all__ = [
     "Task", "TaskBatch", "Metric", "TaskError", "TaskFileError", "TokenizationError", "METRICS", "load_task",
     "list_tasks", "default_gpt2_tokenizer", "word_level_tokenizer", "task_vocabulary", "get_metric", "task_dirs",
+    "task_files",
 ]
 
 BUILTINS = {
@@ -49,9 +50,12 @@ _OPTIONS = {
 
 
 def task_dirs() -> list[Path]:
-    """Folders searched for task files by name: $CIRCUITS_TASKS_PATH, ./tasks, and the repository's tasks/."""
+    """Folders searched for task files by name: $CIRCUITS_TASKS_PATH, then ./tasks (the working directory's).
+
+    The built-in tasks (ioi, greater-than, induction) are defined in the package itself and need no file; the
+    repository's ``tasks/`` holds them written as files too, found by name when working in the repository."""
     dirs = [Path(p) for p in os.environ.get("CIRCUITS_TASKS_PATH", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "tasks", Path(__file__).resolve().parents[2] / "tasks"]
+    dirs += [Path.cwd() / "tasks"]
     out: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
@@ -59,7 +63,8 @@ def task_dirs() -> list[Path]:
     return out
 
 
-def _task_files() -> list[Path]:
+def task_files() -> list[Path]:
+    """The task files found by name (``*.toml`` in :func:`task_dirs`), in search order."""
     files: list[Path] = []
     for d in task_dirs():
         files += sorted(d.glob("*.toml"))
@@ -69,10 +74,10 @@ def _task_files() -> list[Path]:
 def _find_file(name: str) -> Path | None:
     from circuits.tasks.files import read_toml
 
-    for path in _task_files():
+    for path in task_files():
         if path.stem == name:
             return path
-    for path in _task_files():
+    for path in task_files():
         try:
             content, _ = read_toml(path)
         except TaskError:
@@ -118,7 +123,7 @@ def load_task(name_or_path: str | Path, model_or_tokenizer: Any, n: int = 200, s
     found = _find_file(key)
     if found is not None:
         return _load_file(found, tok, model, n, seed, options)
-    available = sorted(set(BUILTINS) | {p.stem for p in _task_files()})
+    available = sorted(set(BUILTINS) | {p.stem for p in task_files()})
     raise TaskError(f"unknown task {key!r}; fix: use one of {', '.join(available)}, or a path to a .toml, "
                     f".jsonl or .csv file")
 
@@ -261,7 +266,7 @@ def list_tasks():
 
     rows = [{"name": k, "description": v, "metric": _BUILTIN_METRICS[k], "source": "builtin"}
             for k, v in BUILTINS.items()]
-    for path in _task_files():
+    for path in task_files():
         try:
             content, _ = read_toml(path)
         except TaskError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from circuits.graph.io import GraphMismatchError
 from circuits.models.random import random_model
 
 COUNTS = {"ioi": 963, "greater-than": 235, "docstring": 24, "induction": 0}
+REPO_GRAPHS = Path(__file__).resolve().parents[2] / "graphs" / "published"
 HEADS = {"ioi": 26, "greater-than": 9, "docstring": 6, "induction": 3}
 
 
@@ -65,7 +67,7 @@ def test_attention_only_circuits_exist_in_models_of_their_shape():
 
 def test_files_on_disk_equal_a_fresh_build():
     for name in PUBLISHED:
-        path = published_path(name)
+        path = published_path(name, REPO_GRAPHS)
         assert path.exists(), f"{path} missing: regenerate with circuits.evaluation.write_published()"
         assert circuits.Graph.load(path) == published_circuit(name), f"{path} is stale: run write_published()"
 

@@ -1,14 +1,13 @@
 """Sweeps on a real local Ray cluster (2 CPUs): results, errors, a worker killed mid-job, interrupt and resume.
 
-Every test checks that each job's row is present exactly once; the trace hook (CIRCUITS_SWEEPS_TRACE) counts how
-often each job actually executed, so a finished job that was recomputed would show.
+Every test checks that each job's row is present exactly once; the trace hook (``JobHook(trace=...)``, given as
+``on_job_start``) counts how often each job actually executed, so a finished job that was recomputed would show.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 pytest.importorskip("ray")
 
 from circuits.sweeps import load_sweep, run_sweep  # noqa: E402
+from tests.sweeps.hooks import JobHook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,11 +48,11 @@ def check_complete(spec, frame: pd.DataFrame) -> None:
     assert not list((spec.results_dir / "rows").glob(".*.tmp"))  # no temp files left behind
 
 
-def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path, monkeypatch):
+def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path):
     trace = tmp_path / "trace"
-    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
+    hook = JobHook(trace=str(trace))
     spec = sweep(tmp_path, "basic", methods=["eap", "random", "acdc"], params={"acdc": {"threshold": [math.nan]}})
-    result = run_sweep(spec, progress=False, out=None)
+    result = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     frame = result.frame
     check_complete(spec, frame)
     ok = frame[frame["status"] == "ok"]
@@ -68,22 +68,21 @@ def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path, monkeypatch):
     assert len(result.summary) == 3
 
     # the same sweep again: the finished jobs are skipped, the failed one runs again and replaces its row
-    again = run_sweep(spec, progress=False, out=None)
+    again = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     assert again.skipped == 2 and again.ran == 1
     check_complete(spec, again.frame)
     counts = executions(trace)
     assert sorted(counts.values()) == [1, 1, 2]
     assert counts[bad["job_id"]] == 2
     # and with --keep-failed nothing runs
-    assert run_sweep(spec, progress=False, out=None, retry_failed=False).ran == 0
+    assert run_sweep(spec, progress=False, out=None, retry_failed=False, on_job_start=hook).ran == 0
 
 
-def test_worker_killed_mid_job_is_retried(ray_cluster, tmp_path, monkeypatch):
+def test_worker_killed_mid_job_is_retried(ray_cluster, tmp_path):
     trace, crash = tmp_path / "trace", tmp_path / "crash"
-    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
-    monkeypatch.setenv("CIRCUITS_SWEEPS_CRASH_ONCE", str(crash))  # each job's first attempt: os._exit(1)
+    hook = JobHook(trace=str(trace), crash_once=str(crash))  # each job's first attempt: os._exit(1)
     spec = sweep(tmp_path, "crash")
-    result = run_sweep(spec, progress=False, out=None)
+    result = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     check_complete(spec, result.frame)
     assert (result.frame["status"] == "ok").all(), result.frame[["status", "error"]]
     counts = executions(trace)
@@ -92,27 +91,27 @@ def test_worker_killed_mid_job_is_retried(ray_cluster, tmp_path, monkeypatch):
     assert len(list(crash.iterdir())) == 2
 
 
-def test_worker_that_always_dies_is_recorded(ray_cluster, tmp_path, monkeypatch):
-    monkeypatch.setenv("CIRCUITS_SWEEPS_CRASH_ONCE", str(tmp_path / "crash"))
+def test_worker_that_always_dies_is_recorded(ray_cluster, tmp_path):
+    hook = JobHook(crash_once=str(tmp_path / "crash"))
     spec = sweep(tmp_path, "dies", methods=["eap"], resources={"cpus": 1, "gpus": 0, "max_retries": 0})
-    result = run_sweep(spec, progress=False, out=None)
+    result = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     check_complete(spec, result.frame)
     row = result.frame.iloc[0]
     assert row["status"] == "error" and "worker died" in row["error"]
     # resumed: the crash marker exists now, so the job succeeds, and replaces its error row
-    again = run_sweep(spec, progress=False, out=None)
+    again = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     check_complete(spec, again.frame)
     assert (again.frame["status"] == "ok").all()
 
 
-def test_interrupt_and_resume_in_process(ray_cluster, tmp_path, monkeypatch):
+def test_interrupt_and_resume_in_process(ray_cluster, tmp_path):
     trace = tmp_path / "trace"
-    monkeypatch.setenv("CIRCUITS_SWEEPS_TRACE", str(trace))
+    hook = JobHook(trace=str(trace))
     spec = sweep(tmp_path, "resume", seeds=[0, 1])  # 4 jobs
-    first = run_sweep(spec, progress=False, out=None, max_parallel=1, stop_after=2)
+    first = run_sweep(spec, progress=False, out=None, max_parallel=1, stop_after=2, on_job_start=hook)
     assert first.interrupted and first.ran == 2 and len(first.frame) == 2
     done = {r["job_id"]: r["started"] for _, r in first.frame.iterrows()}
-    second = run_sweep(spec, progress=False, out=None)
+    second = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     assert second.skipped == 2 and second.ran == 2 and not second.interrupted
     check_complete(spec, second.frame)
     for job_id, started in done.items():  # finished rows untouched
@@ -132,9 +131,13 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
              "[output]", f'graphs = "{tmp_path / "graphs"}"', f'results = "{tmp_path / "results"}"']
     sweep_file.write_text("\n".join(lines) + "\n")
     trace = tmp_path / "trace"
-    env = {**os.environ, "CIRCUITS_SWEEPS_TRACE": str(trace), "CIRCUITS_SWEEPS_SLEEP": "3"}  # time to interrupt
-    proc = subprocess.Popen([sys.executable, "-m", "circuits.cli", "run", str(sweep_file), "--quiet",
-                             "--max-parallel", "1", "--num-cpus", "1"], env=env, cwd=tmp_path,
+    # `circuits run` with the trace hook, and 3 s of sleep per job (time to interrupt), given to the command's
+    # run function as on_job_start: the command line's own parser and exit status, as `circuits run` has them
+    driver = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from circuits.cli import build_parser, run; "
+              "from tests.sweeps.hooks import JobHook; args = build_parser().parse_args(sys.argv[2:]); "
+              "sys.exit(run.run(args, on_job_start=JobHook(trace=sys.argv[1], sleep=3)))")
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(ROOT), str(trace), "run", str(sweep_file),
+                             "--quiet", "--max-parallel", "1", "--num-cpus", "1"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             # a child inherits an ignored SIGINT (earlier tests' Ray set-up can leave the
                             # test process ignoring it); Ctrl-C at a terminal is what this test stands for
@@ -151,11 +154,7 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
     assert 2 <= len(finished) < 6
     before = executions(trace)
 
-    os.environ["CIRCUITS_SWEEPS_TRACE"] = str(trace)
-    try:
-        result = run_sweep(spec, progress=False, out=None)
-    finally:
-        del os.environ["CIRCUITS_SWEEPS_TRACE"]
+    result = run_sweep(spec, progress=False, out=None, on_job_start=JobHook(trace=str(trace)))
     check_complete(spec, result.frame)
     assert (result.frame["status"] == "ok").all()
     assert result.skipped == len(finished)

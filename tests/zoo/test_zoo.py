@@ -173,9 +173,9 @@ def test_full_training_reproduces_card(name, tmp_path):
 
 
 def test_cli_zoo_list(capsys):
-    from circuits.zoo.commands import _list
+    from circuits.cli import main
 
-    assert _list(None) == 0
+    assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     for name in SHIPPED:
         assert f"zoo:{name}" in out

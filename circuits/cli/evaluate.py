@@ -39,7 +39,7 @@ def _fmt(x: float) -> str:
 
 def _load_graph(spec: str, model):
     import circuits
-    from circuits.evaluation.published import published_circuit
+    from circuits.evaluation import published_circuit
 
     if spec.startswith("published:"):
         return published_circuit(spec.split(":", 1)[1], model=model)

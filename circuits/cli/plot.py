@@ -53,7 +53,7 @@ def _plot(args: argparse.Namespace) -> int:
     if args.results:
         if args.graph:
             raise ValueError("give either a GRAPH file or --results, not both")
-        from circuits.plotting.report import load_results, write_report
+        from circuits.plotting import load_results, write_report
 
         table = load_results(args.results)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.results).parent
@@ -67,7 +67,7 @@ def _plot(args: argparse.Namespace) -> int:
         raise ValueError("give a GRAPH file to draw, or --results TABLE to regenerate a report (see --help)")
 
     from circuits.graph import Graph
-    from circuits.plotting.circuit import draw_circuit, write_dot
+    from circuits.plotting import draw_circuit, write_dot
 
     graph = Graph.load(args.graph)
     if args.top_k is not None and args.top_fraction is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -101,12 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _zoo_file(model_spec, filename: str) -> str | None:
     """A file a bundled model ships (its task, its ground truth), if ``model_spec`` is ``zoo:NAME``."""
-    from circuits.models.loading import ZOO_DIR
+    from circuits.zoo import model_dir
 
     spec = str(model_spec)
     if not spec.startswith("zoo:"):
         return None
-    path = ZOO_DIR / spec[4:] / filename
+    try:
+        path = model_dir(spec) / filename
+    except FileNotFoundError:
+        return None
     return str(path) if path.is_file() else None
 
 
@@ -114,7 +116,7 @@ def _evaluate_and_draw(model, task, graph, opts: dict, path: Path) -> list[str]:
     """The smallest circuit that keeps 90% of the behaviour on held-out pairs, its drawing, and, for planted
     models, how well the scores recover the known circuit."""
     import circuits
-    from circuits.evaluation.faithfulness import minimal_circuit
+    from circuits.evaluation import minimal_circuit
 
     written = []
     circuit = minimal_circuit(model, task, graph, target=0.9, ablation=opts["ablation"])
@@ -124,7 +126,7 @@ def _evaluate_and_draw(model, task, graph, opts: dict, path: Path) -> list[str]:
           f"{circuit.n_edges} of {model.structure.n_edges:,} edges, {circuit.n_nodes} nodes (f = {f:.3f})")
     truth_file = _zoo_file(opts["model"], "ground_truth.json")
     if truth_file:
-        from circuits.evaluation.ground_truth import auroc, precision_recall_at_size
+        from circuits.evaluation import auroc, precision_recall_at_size
 
         truth = circuits.Graph.load(truth_file, model=model)
         pr = precision_recall_at_size(graph, truth, absolute=True)
@@ -134,7 +136,7 @@ def _evaluate_and_draw(model, task, graph, opts: dict, path: Path) -> list[str]:
     circuit_path = circuit.save(path.with_name(path.stem + "_circuit.json"))
     written.append(f"{circuit_path} (the circuit)")
     try:
-        from circuits.plotting.circuit import draw_circuit
+        from circuits.plotting import draw_circuit
     except ImportError:  # plotting is optional for headless installs without matplotlib
         return written
     picture = path.with_name(path.stem + "_circuit.png")
@@ -168,8 +170,3 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
     p.set_defaults(func=run)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from circuits.cli import main
-
-    sys.exit(main(["discover", *sys.argv[1:]]))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """examples:
   circuits run discovery/quick.toml                  # every method on the bundled models, a local Ray, no set-up
@@ -21,8 +20,10 @@ a complete example.
 """
 
 
-def run(args: argparse.Namespace) -> int:
-    from circuits.sweeps.spec import load_sweep
+def run(args: argparse.Namespace, on_job_start=None) -> int:
+    """``circuits run``; ``on_job_start``: passed to :func:`circuits.sweeps.run_sweep` (a hook called in the worker
+    as each job starts)."""
+    from circuits.sweeps import load_sweep
 
     spec = load_sweep(args.sweep, overrides=args.set or [])  # every error here, before any job starts
     if args.name:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         import pandas as pd
 
-        from circuits.sweeps.results import ResultStore
+        from circuits.sweeps import ResultStore
 
         status = ResultStore(spec.results_dir).status()
         frame = pd.DataFrame([{"job_id": j.job_id, "model": j.model, "task": j.task, "method": j.method,
@@ -45,10 +46,10 @@ def run(args: argparse.Namespace) -> int:
         for note in spec.skipped:
             print(f"left out: {note}")
         return 0
-    from circuits.sweeps.runner import run_sweep
+    from circuits.sweeps import run_sweep
 
     result = run_sweep(spec, address=args.address, max_parallel=args.max_parallel, num_cpus=args.num_cpus,
-                       retry_failed=not args.keep_failed, progress=not args.quiet)
+                       retry_failed=not args.keep_failed, progress=not args.quiet, on_job_start=on_job_start)
     if result.interrupted:
         return 130
     return 1 if result.failed and args.strict else 0
@@ -76,8 +77,3 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from circuits.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,15 +1,10 @@
-"""The ``circuits`` command line: the same words as the Python API (DESIGN.md)."""
+"""``circuits info``: load a model, print its computational graph and check the decomposed forward."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from importlib import import_module
 import time
 from pathlib import Path
-
-COMMAND_MODULES = ("circuits.discovery.commands", "circuits.evaluation.commands", "circuits.zoo.commands",
-                   "circuits.sweeps.commands", "circuits.plotting.commands")
 
 EPILOG_INFO = """examples:
   circuits info random:gpt2-small                  # GPT-2-small shape, random weights, no download
@@ -63,21 +58,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tasks(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from circuits.tasks import list_tasks
-
-    with pd.option_context("display.max_colwidth", 70, "display.width", 160):
-        print(list_tasks().to_string(index=False))
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuits", description="Find the circuits inside transformer language "
-                                     "models: tasks -> discovery -> graphs -> results.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parser(sub) -> None:
     info = sub.add_parser("info", help="load a model, print its computational graph and check the decomposed forward",
                           epilog=EPILOG_INFO, formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("model", nargs="?", default="random:gpt2-small",
@@ -88,30 +69,3 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seq", type=int, default=16, help="tokens per example in the check (default: %(default)s)")
     info.add_argument("--save", default=None, help="write the full graph here (.json MIB format, .graphml, .pt)")
     info.set_defaults(func=_info)
-
-    tasks = sub.add_parser("tasks", help="list the available tasks (built in and tasks/*.toml)")
-    tasks.set_defaults(func=_tasks)
-
-    # Each area owns its commands (module.add_parser(sub)); a missing optional area is simply not listed.
-    for module in COMMAND_MODULES:
-        try:
-            add = import_module(module).add_parser
-        except ModuleNotFoundError as err:
-            if err.name is None or not module.startswith(err.name):
-                raise  # a real import error inside an existing module must show
-            continue
-        add(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError, KeyError) as err:  # user errors: one clear line, no traceback
-        print(f"circuits {args.command}: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
