@@ -7,6 +7,7 @@ import ast
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 EPILOG = """examples:
   circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import circuits
 
     config = load_config(args.config) if args.config else {}
-    opts = {k: config.get(k) for k in OPTIONS}
+    opts: dict[str, Any] = {k: config.get(k) for k in OPTIONS}
     for key in OPTIONS:  # the command line wins over the file
         value = getattr(args, key, None)
         if value is not None and key != "params":
@@ -68,21 +69,28 @@ def run(args: argparse.Namespace) -> int:
     if opts["task"] is None:  # a bundled model's own task, else IOI
         opts["task"] = _zoo_file(opts["model"], "task.toml") or "ioi"
 
+    # the merged options are untyped (TOML values, argparse strings and ints, defaults): convert them once
+    task_spec, method = str(opts["task"]), str(opts["method"])
+    ablation, split = str(opts["ablation"]), str(opts["split"])
+    n, seed, batch_size = int(opts["n"]), int(opts["seed"]), int(opts["batch_size"])
+
     start = time.perf_counter()
     model = circuits.load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
-    task = circuits.load_task(opts["task"], model, n=opts["n"], seed=opts["seed"])
+    task = circuits.load_task(task_spec, model, n=n, seed=seed)
     print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
           f"{task.base_metric.name}")
-    graph = circuits.discover(model, task, opts["method"], ablation=opts["ablation"], split=opts["split"],
-                              batch_size=opts["batch_size"], checkpoint=opts["checkpoint"], **params)
+    graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
+                              checkpoint=opts["checkpoint"], **params)
     meta = graph.metadata
     print(f"method {meta['method']} {meta['params']}, ablation {meta['ablation']}: {meta['wall_time_s']:.1f} s")
     frame = graph.to_frame()
     if meta["level"] == "node":
         import pandas as pd
 
-        names = [n.name for n in model.structure.nodes]
+        if graph.node_scores is None:
+            raise RuntimeError(f"method {meta['method']} made a node-level graph without node scores")
+        names = [node.name for node in model.structure.nodes]
         frame = pd.DataFrame({"node": names, "score": graph.node_scores.tolist()})
     frame = frame.dropna(subset=["score"]).sort_values("score", ascending=False, kind="stable")
     top = int(opts["top"] or 10)

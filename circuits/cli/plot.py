@@ -61,7 +61,8 @@ def _plot(args: argparse.Namespace) -> int:
         report = write_report(table, out_dir, provenance=prov, results_path=args.results,
                               figures=not args.no_figures)
         files = sorted(p.name for p in out_dir.iterdir() if p.suffix in (".png", ".svg", ".csv", ".md"))
-        print(f"wrote {report} and {len(files) - 1} more files in {out_dir}/: {', '.join(f for f in files if f != 'REPORT.md')}")
+        others = ", ".join(f for f in files if f != "REPORT.md")
+        print(f"wrote {report} and {len(files) - 1} more files in {out_dir}/: {others}")
         return 0
     if not args.graph:
         raise ValueError("give a GRAPH file to draw, or --results TABLE to regenerate a report (see --help)")
@@ -79,9 +80,9 @@ def _plot(args: argparse.Namespace) -> int:
     elif args.absolute:
         raise ValueError("--absolute only applies with --top-k or --top-fraction")
     outs = [Path(o) for o in (args.out or [Path(args.graph).with_suffix(".png")])]
-    prov = provenance({"graph": str(args.graph), **({"top_k": args.top_k} if args.top_k is not None else {}),
-                       **({"top_fraction": args.top_fraction} if args.top_fraction is not None else {}),
-                       **({"absolute": True} if args.absolute else {})}, command=command) if args.stamp else None
+    stamp = provenance({"graph": str(args.graph), **({"top_k": args.top_k} if args.top_k is not None else {}),
+                        **({"top_fraction": args.top_fraction} if args.top_fraction is not None else {}),
+                        **({"absolute": True} if args.absolute else {})}, command=command) if args.stamp else None
     written = []
     for out in outs:
         suffix = out.suffix.lower()
@@ -89,7 +90,7 @@ def _plot(args: argparse.Namespace) -> int:
             write_dot(graph, out, circuit_only=not args.all, max_edges=args.max_edges, title=args.title)
         elif suffix in (".png", ".svg", ".pdf"):
             draw_circuit(graph, out, circuit_only=not args.all, max_edges=args.max_edges, title=args.title,
-                         provenance=prov)
+                         provenance=stamp)
         else:
             raise ValueError(f"cannot write {out}: the suffix must be .png, .svg, .pdf or .dot")
         written.append(str(out))

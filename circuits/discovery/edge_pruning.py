@@ -15,7 +15,8 @@ The circuit: the ``round((1 - target_sparsity) * n_edges)`` edges with the highe
 target, as Edge Pruning's deterministic masks keep the expected number of non-zero gates), pruned to
 input -> logits paths. Scores = ``softplus(log_alpha)`` of the final gates: increasing in ``log_alpha`` (higher =
 kept more surely = more important), so ``graph.top_k(k)`` reproduces the circuit, and never negative: a closed
-gate means "not needed", not "hurts" (DESIGN.md's sign), and must rank low under ``|score|`` too (AUROC). Degenerate outcomes (an empty circuit, every edge, training far
+gate means "not needed", not "hurts" (DESIGN.md's sign), and must rank low under ``|score|`` too (AUROC).
+Degenerate outcomes (an empty circuit, every edge, training far
 from the target) are never returned silently: a warning names the setting to change.
 """
 
@@ -100,7 +101,8 @@ def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: 
         opt.step()
         opt_lambda.step()
         if hasattr(bar, "set_postfix") and step % 10 == 0:
-            bar.set_postfix(loss=f"{float(task_loss.detach()):.4g}", sparsity=f"{float(sparsity.detach()):.3f}", target=f"{target:.3f}")
+            bar.set_postfix(loss=f"{float(task_loss.detach()):.4g}", sparsity=f"{float(sparsity.detach()):.3f}",
+                            target=f"{target:.3f}")
         history.append(float(task_loss.detach()))
         if checkpoint is not None:
             checkpoint.maybe_save({"log_alpha": log_alpha.detach().cpu(), "lambdas": lambdas.detach().cpu(),
@@ -145,5 +147,6 @@ def _warn_degenerate(k: int, n_edges: int, n_circuit: int, achieved: float, expe
                       stacklevel=3)
     if 0 < k < n_edges and min(abs(achieved - target), abs(expected - target)) > 0.05:
         warnings.warn(f"edge pruning: training ended with {achieved:.1%} of the gates closed (expected sparsity "
-                      f"{expected:.1%}) against a target of {target:.1%}; the circuit was cut to the target by log_alpha, but the masks had not "
+                      f"{expected:.1%}) against a target of {target:.1%}; the circuit was cut to the target by "
+                      "log_alpha, but the masks had not "
                       "converged: raise steps or lr", stacklevel=3)

@@ -37,7 +37,8 @@ from circuits.graph.minimal import minimal_circuit
 from circuits.session.normalization import FaithfulnessWarning
 
 __all__ = [
-    "evaluate", "evaluate_many", "faithfulness_curve", "mib_scores", "minimal_circuit", "EvaluationResult", "FaithfulnessCurve",
+    "evaluate", "evaluate_many", "faithfulness_curve", "mib_scores", "minimal_circuit", "EvaluationResult",
+    "FaithfulnessCurve",
     "FaithfulnessWarning", "MIB_FRACTIONS", "area_under_curve", "cpr", "cmd",
     "auroc", "roc_curve", "compare", "precision_recall_at_size", "node_auroc", "node_precision_recall_at_size",
     "node_scores_from_edges", "select_at_size", "published_circuit", "list_published", "write_published",

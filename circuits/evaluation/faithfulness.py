@@ -159,7 +159,8 @@ def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corru
     results = []
     for i, (c, mask) in enumerate(zip(circuits, masks)):
         m_c = float(metric[i].mean())
-        frame = pd.DataFrame({"example": range(runner.n_examples), "metric": metric[i].numpy(), "metric_full": full.numpy(),
+        frame = pd.DataFrame({"example": range(runner.n_examples), "metric": metric[i].numpy(),
+                              "metric_full": full.numpy(),
                               "metric_empty": empty.numpy(), "kl": kl[i].numpy(),
                               "faithfulness": _per_example_f(metric[i], full, empty).numpy()})
         _, nodes = prune_mask(c.structure, mask)
@@ -265,7 +266,7 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
                 raise ValueError("selection='greedy' works on edges (level='edge')")
             k = fraction_to_k(scored.structure, fraction)
             return k, scored.greedy(k, absolute)
-        circuit = scored.top_fraction(fraction, absolute, level=level)
+        circuit = scored.top_fraction(fraction, absolute, level="node" if level == "node" else "edge")
         return int(circuit.metadata["selection"]["k"]), circuit
 
 

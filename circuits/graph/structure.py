@@ -84,11 +84,11 @@ class GraphStructure:
     has_mlp: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+        object.__setattr__(self, "n_kv_heads", kv)
         if self.n_layers < 1 or self.n_heads < 1:
             raise ValueError(f"a graph needs at least one layer and one head, got {self.n_layers=} {self.n_heads=}")
-        if self.n_heads % self.n_kv_heads:
+        if self.n_heads % kv:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
     # ---- sizes -------------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ class GraphStructure:
         out = {"n_layers": self.n_layers, "n_heads": self.n_heads, "parallel_attn_mlp": self.parallel_attn_mlp}
         if self.d_model is not None:
             out["d_model"] = self.d_model
-        if self.n_kv_heads != self.n_heads:
+        if self.n_kv_heads is not None and self.n_kv_heads != self.n_heads:
             out["n_key_value_heads"] = self.n_kv_heads
         if not self.has_mlp:
             out["attn_only"] = True

@@ -21,10 +21,12 @@ def head_subset(attn: Attention, heads: list[int]) -> Attention:
     """The attention of ``heads`` only (each with its own key/value weights, grouped or not)."""
     idx = torch.tensor(heads, dtype=torch.long, device=attn.W_Q.device)
     kv = idx // (attn.n_heads // attn.n_kv_heads)
-    pick = (lambda t, i: None if t is None else t.index_select(0, i))
-    return dataclasses.replace(attn, W_Q=pick(attn.W_Q, idx), W_K=pick(attn.W_K, kv), W_V=pick(attn.W_V, kv),
-                               W_O=pick(attn.W_O, idx), b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv),
-                               b_V=pick(attn.b_V, kv))
+    def pick(t: Tensor | None, i: Tensor) -> Tensor | None:
+        return None if t is None else t.index_select(0, i)
+
+    return dataclasses.replace(attn, W_Q=attn.W_Q.index_select(0, idx), W_K=attn.W_K.index_select(0, kv),
+                               W_V=attn.W_V.index_select(0, kv), W_O=attn.W_O.index_select(0, idx),
+                               b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv), b_V=pick(attn.b_V, kv))
 
 
 def allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch.device,

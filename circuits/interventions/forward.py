@@ -74,10 +74,11 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         mlp_r = structure.mlp_receiver(layer_idx) if mlp_work else None
         outputs = None
         if heads:
-            receivers: slice | list[int] = structure.attn_receivers(layer_idx)
+            all_heads = structure.attn_receivers(layer_idx)
+            receivers: slice | list[int] = all_heads
             attn = layer.attn
             if len(heads) < H:  # only the computed heads' q, k, v receivers read
-                receivers = [receivers.start + i * H + h for i in range(3) for h in heads]
+                receivers = [all_heads.start + i * H + h for i in range(3) for h in heads]
                 attn = head_subset(layer.attn, heads)
             x = residual.read(receivers, then=mlp_r)  # [3H' | 1, N, P, d]
             qkv = residual.project_qkv(x, attn, layer.attn_norm)
@@ -86,19 +87,19 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
                 outputs = torch.matmul(z.flatten(1, 2), attn.W_O).view(len(heads), *z.shape[1:3], -1)  # [H', N, P, d]
             else:  # heads summed inside W_O
                 outputs = torch.einsum("hnpe,hed->npd", z, attn.W_O)[None]
-        if mlp_work and spec.parallel_attn_mlp:
+        if mlp_r is not None and spec.parallel_attn_mlp:
             mlp_in = residual.read(mlp_r)
         residual.write_heads(layer_idx, heads, outputs)
         if layer.attn.b_O is not None:
             residual.add_constant(layer.attn.b_O)
-        if layer.mlp is None:
+        if layer.mlp is None or layer.mlp_norm is None:
             continue
-        if not mlp_work:
+        if mlp_r is None:
             residual.write_mlp(layer_idx, None)
             continue
         if not spec.parallel_attn_mlp:
             mlp_in = residual.read(mlp_r)
-        if readout_only and layer_idx == len(spec.layers) - 1:
+        if readout_only and read_rows is not None and layer_idx == len(spec.layers) - 1:
             index = read_rows[None, ..., None].expand(1, *read_rows.shape, mlp_in.shape[-1])  # [1, N, K, d]
             out = torch.zeros_like(mlp_in).scatter_(2, index, layer.mlp(layer.mlp_norm(mlp_in.gather(2, index))))
         else:

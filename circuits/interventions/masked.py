@@ -189,20 +189,21 @@ class MaskedResidual(ResidualStrategy):
         group = k + h if group is None else group
         if held is not None and held_senders is None:
             held_senders = list(range(n, n + h))
-        held_set = set(held_senders or ())
+        held_senders = held_senders or []
+        held_set = set(held_senders)
         active = [s for s in range(n, n + group) if self.active[s]]
         computed = [s for s in active if s not in held_set]
         assert len(computed) == k and len(active) == k + h, "write the outputs of exactly the active senders"
         self.base = self.base + self.ablated[n:n + group].sum(0)  # every sender's ablated output, skipped or not
-        if h and self.sharing:
+        if held is not None and self.shared is not None:
             at = len(self.shared_rows) + 1
             rows = self.shared[at:at + h].view(h, self.B, self.P, self.d)
             torch.sub(held, self._ablated_of(held_senders), out=rows)
             self.shared_rows += held_senders
-        elif h:  # with gradients every circuit has its own rows: the held outputs are copied C times
+        elif held is not None:  # with gradients every circuit has its own rows: the held outputs are copied C times
             expanded = held[:, None].expand(h, self.C, *held.shape[1:])
             self._write_rows(held_senders, expanded)
-        if k:
+        if outputs is not None:
             view = outputs if outputs.dim() == 5 else outputs.view(k, self.C, self.B, self.P, self.d)
             self._write_rows(computed, view)
         self.n_written += group
@@ -236,7 +237,7 @@ class MaskedResidual(ResidualStrategy):
     def _mix(self, receivers: slice | list[int], start: int) -> Tensor:
         """``[R, C, X]``: mask-weighted sum of senders ``start .. n_written`` (plus the base when start is 0)."""
         n_r = receivers.stop - receivers.start if isinstance(receivers, slice) else len(receivers)
-        out = None
+        out: Tensor | None = None
         c0 = bisect.bisect_left(self.rows, start)  # index in self.rows of the first sender to mix
         if c0 < len(self.rows) or (start == 0 and not self.sharing):
             chunks = [c for r, c in self.chunks if r >= c0 + 1]
@@ -247,7 +248,7 @@ class MaskedResidual(ResidualStrategy):
                 out = _MixSenders.apply(m, self.buffer, 0, len(self.rows) + 1, *chunks).transpose(0, 1)
             else:
                 out = _MixSenders.apply(m, self.buffer, c0 + 1, len(self.rows) + 1, *chunks).transpose(0, 1)
-        if self.sharing:
+        if self.shared is not None:
             s0 = bisect.bisect_left(self.shared_rows, start)
             if start == 0:
                 self.shared[0] = self._flat_base()
@@ -256,12 +257,17 @@ class MaskedResidual(ResidualStrategy):
                 first_row = s0 + 1
             n_s = len(self.shared_rows) + 1 - first_row
             if n_s:
-                m = self._mask_rows(self.shared_rows[s0:], receivers) if s0 < len(self.shared_rows) else None
+                shared_m = self._mask_rows(self.shared_rows[s0:], receivers) if s0 < len(self.shared_rows) else None
                 if start == 0:
-                    m = self._ones[:, :, :n_r] if m is None else torch.cat([self._ones[:, :, :n_r], m], dim=1)
+                    ones = self._ones[:, :, :n_r]
+                    m = ones if shared_m is None else torch.cat([ones, shared_m], dim=1)
+                else:
+                    assert shared_m is not None
+                    m = shared_m
                 rows = self.shared[first_row:first_row + n_s]  # [n, X]
                 part = torch.matmul(m.permute(2, 0, 1).reshape(n_r * self.C, n_s), rows).view(n_r, self.C, -1)
                 out = part if out is None else part.add_(out)
+        assert out is not None, "a read mixes at least the base"
         return out
 
     def read(self, receivers: Receivers, then: int | None = None) -> Tensor:
@@ -281,11 +287,12 @@ class MaskedResidual(ResidualStrategy):
                 mixed = mixed + self._mix(listed, done)
         else:
             ahead = then is not None and R > 1 and self.n_upstream[then] >= self.n_written
-            index = receivers if isinstance(receivers, slice) and not ahead else listed + ([then] if ahead else [])
-            if isinstance(receivers, slice) and ahead and then == receivers.stop:
+            index: slice | list[int] = receivers if isinstance(receivers, slice) and not ahead else \
+                listed + ([then] if then is not None and ahead else [])
+            if isinstance(receivers, slice) and then is not None and ahead and then == receivers.stop:
                 index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
             mixed = self._mix(index, 0)  # [R (+1), C, X]
-            if ahead:
+            if then is not None and ahead:
                 self.partial[then] = (self.n_written, mixed[-1:], self.base)
                 mixed = mixed[:-1]
         return mixed.reshape(R, self.N, self.P, self.d)

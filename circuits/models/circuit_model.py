@@ -7,8 +7,10 @@ The Hugging Face model stays the owner of the weights (``model.hf``); this wrapp
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from circuits.graph.structure import GraphStructure
 from circuits.interventions.ablation import Ablated, as_ablated
@@ -16,6 +18,9 @@ from circuits.interventions.forward import ForwardResult, decomposed_forward
 from circuits.interventions.masked import MaskedResidual
 from circuits.interventions.residual import PlainResidual, ResidualStrategy
 from circuits.models.architectures import TransformerSpec, read_transformer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
 
 
 class CircuitModel:
@@ -30,16 +35,17 @@ class CircuitModel:
     True
     """
 
-    def __init__(self, hf_model: nn.Module, tokenizer=None, name: str | None = None):
+    def __init__(self, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
-        self.name = name or getattr(hf_model.config, "name_or_path", None) or hf_model.config.model_type
+        config = hf_model.config
+        self.name: str = name or getattr(config, "name_or_path", None) or str(config.model_type)
         self._spec_key: tuple | None = None
         self._spec: TransformerSpec | None = None
-        self.spec  # read once now: an unsupported architecture fails here, not at the first forward
+        _ = self.spec  # read once now: an unsupported architecture fails here, not at the first forward
 
     @classmethod
-    def from_hf(cls, hf_model: nn.Module, tokenizer=None, name: str | None = None) -> "CircuitModel":
+    def from_hf(cls, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None) -> CircuitModel:
         """Wrap an already-loaded ``transformers`` causal LM (and its tokenizer, if tasks will be built)."""
         return cls(hf_model, tokenizer, name)
 
@@ -51,11 +57,16 @@ class CircuitModel:
         The views are read without autograd history: interventions differentiate activations and masks, never
         weights, so a backward through the decomposed forward skips every weight-gradient product (half of a
         training backward) whether or not the parameters ``require_grad``."""
-        p = self.hf.get_input_embeddings().weight
+        p = self._embedding()
         key = (p.device, p.dtype, p.data_ptr())
-        if key != self._spec_key:
+        if self._spec is None or key != self._spec_key:
             self._spec, self._spec_key = _detached(read_transformer(self.hf)), key
         return self._spec
+
+    def _embedding(self) -> Tensor:
+        weight = self.hf.get_input_embeddings().weight
+        assert isinstance(weight, Tensor)
+        return weight
 
     @property
     def structure(self) -> GraphStructure:
@@ -70,11 +81,11 @@ class CircuitModel:
 
     @property
     def device(self) -> torch.device:
-        return self.hf.get_input_embeddings().weight.device
+        return self._embedding().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.hf.get_input_embeddings().weight.dtype
+        return self._embedding().dtype
 
     @property
     def config(self):
@@ -137,6 +148,7 @@ def _detached(obj):
         return [_detached(x) for x in obj]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         changes = {f.name: _detached(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                   if isinstance(getattr(obj, f.name), (Tensor, list)) or dataclasses.is_dataclass(getattr(obj, f.name))}
+                   if isinstance(getattr(obj, f.name), (Tensor, list))
+                   or dataclasses.is_dataclass(getattr(obj, f.name))}
         return dataclasses.replace(obj, **changes)
     return obj

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 from urllib.parse import urlparse
 
 import torch
@@ -19,11 +20,17 @@ import circuits.models.attn_only  # noqa: F401  (registers model_type "circuits_
 from circuits.models.architectures import READERS, UnsupportedArchitectureError
 from circuits.models.circuit_model import CircuitModel
 
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel
+
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
 class ModelNotFoundError(OSError):
     """The model is neither local, bundled, cached, nor reachable."""
+
+    problem: str  # set by _spec_error
+    fix: str
 
 
 def zoo_models() -> list[str]:
@@ -51,7 +58,8 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     if isinstance(spec, CircuitModel):
         return spec
     if isinstance(spec, nn.Module):
-        model = CircuitModel.from_hf(spec, tokenizer)
+        # an already-loaded transformers model (the architecture is checked by CircuitModel itself)
+        model = CircuitModel.from_hf(cast("PreTrainedModel", spec), tokenizer)
         return model.to(device) if device is not None else model
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, not {type(spec)}")
@@ -113,8 +121,14 @@ def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str]:
 class ModelSpecError(ValueError):
     """A model spec that names no model: an unknown ``random:`` preset or ``tiny-random`` family."""
 
+    problem: str  # set by _spec_error
+    fix: str
 
-def _spec_error(cls: type[Exception], problem: str, fix: str) -> Exception:
+
+_SpecErr = TypeVar("_SpecErr", ModelNotFoundError, ModelSpecError)
+
+
+def _spec_error(cls: type[_SpecErr], problem: str, fix: str) -> _SpecErr:
     err = cls(f"{problem}; {fix}")
     err.problem, err.fix = problem, fix
     return err

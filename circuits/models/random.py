@@ -101,8 +101,8 @@ def tiny_random_model(family: str = "gpt2", seed: int = 0, dtype: torch.dtype = 
     from circuits.tasks import task_vocabulary, word_level_tokenizer
 
     tok = word_level_tokenizer(task_vocabulary())
-    extra = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
+    n_kv_heads = 2 if family in ("llama", "qwen2") else None  # None: random_config's default (one per head)
     model = random_model(family, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tok), tokenizer=tok, n_ctx=64,
-                         seed=seed, dtype=dtype, **extra)
+                         seed=seed, dtype=dtype, n_kv_heads=n_kv_heads)
     model.name = f"{TINY_RANDOM}:{family}"
     return model

@@ -20,6 +20,7 @@ from circuits.plotting.style import figure, method_colour, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -53,7 +54,8 @@ def curve_points(curve: Any) -> CurvePoints:
         fr = curve.get("fractions", curve.get("fraction"))
         f = curve.get("faithfulness")
         if f is None:
-            raise ValueError(f"a curve given as a mapping needs 'faithfulness' (and 'fractions'); got keys {list(curve)}")
+            raise ValueError("a curve given as a mapping needs 'faithfulness' (and 'fractions'); "
+                             f"got keys {list(curve)}")
         if fr is None:
             fr = MIB_FRACTIONS if len(f) == len(MIB_FRACTIONS) else None
         if fr is None:
@@ -159,7 +161,7 @@ def plot_faithfulness_curves(curves: Mapping[str, Any], path: str | os.PathLike 
         ax.text(1.005, target, f"f = {target:g}", transform=trans, fontsize=7, color="0.5", va="top", ha="left")
     if log_x:
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_PercentFormatter())
+        ax.xaxis.set_major_formatter(_percent_formatter())
     ax.set_xlabel("fraction of edges in the circuit (log scale)" if log_x else "fraction of edges in the circuit")
     ax.set_ylabel("faithfulness f")
     ax.grid(True, which="major", color="0.92", lw=0.7)
@@ -176,10 +178,8 @@ def plot_faithfulness_curves(curves: Mapping[str, Any], path: str | os.PathLike 
     return fig
 
 
-class _PercentFormatter:
-    """0.001 -> 0.1%, 0.5 -> 50% (a plain callable formatter, picklable, no pyplot)."""
+def _percent_formatter() -> FuncFormatter:
+    """0.001 -> 0.1%, 0.5 -> 50% (a plain callable formatter, no pyplot)."""
+    from matplotlib.ticker import FuncFormatter
 
-    def __new__(cls):
-        from matplotlib.ticker import FuncFormatter
-
-        return FuncFormatter(lambda v, _pos: f"{100 * v:.3g}%")
+    return FuncFormatter(lambda v, _pos: f"{100 * v:.3g}%")

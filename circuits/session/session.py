@@ -20,7 +20,7 @@ a memory-bound pass only gets slower per row).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
@@ -113,7 +113,6 @@ class CircuitMetrics:
     kl: Tensor | None  # [C, n] KL(full || circuit) at the read positions, when asked for
 
 
-@dataclass(eq=False)
 class CircuitSession:
     """Run circuits of ``model`` on the ``split`` of ``task`` under one ablation and metric (module docstring).
 
@@ -123,34 +122,29 @@ class CircuitSession:
     as many as the budget allows). ``extras`` collects what a discovery method reports besides its scores.
     """
 
-    model: CircuitModel
-    task: Task
-    ablation: str = "corrupted"
-    split: str = "all"
-    reference: Task | None = None
-    metric: Metric | str | None = None
-    batch_size: int = 16
-    circuits_per_pass: int | None = None
-    memory_budget: int | None = None
-    extras: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(self, model: CircuitModel, task: Task, *, ablation: str = "corrupted", split: str = "all",
+                 reference: Task | None = None, metric: Metric | str | None = None, batch_size: int = 16,
+                 circuits_per_pass: int | None = None, memory_budget: int | None = None):
         try:
-            self.ablation = check_ablation(self.ablation)
+            self.ablation: str = check_ablation(ablation)
         except AblationError as err:
             raise SessionError(str(err)) from None
-        if int(self.batch_size) < 1:
-            raise SessionError(f"batch_size must be positive, got {self.batch_size}")
-        if self.circuits_per_pass is not None and int(self.circuits_per_pass) < 1:
-            raise SessionError(f"circuits_per_pass must be at least 1 (or None), got {self.circuits_per_pass}")
-        self.task_name = self.task.name
-        data, reference, self.split = resolve_split(self.task, self.split)
-        self.data: Task = data
-        self.reference = reference if self.reference is None else self.reference
-        name = self.task.base_metric.name if self.metric is None else getattr(self.metric, "name", self.metric)
+        if int(batch_size) < 1:
+            raise SessionError(f"batch_size must be positive, got {batch_size}")
+        if circuits_per_pass is not None and int(circuits_per_pass) < 1:
+            raise SessionError(f"circuits_per_pass must be at least 1 (or None), got {circuits_per_pass}")
+        self.model = model
+        self.task_name: str = task.name
+        self.data, default_reference, self.split = resolve_split(task, split)
+        self.reference: Task = default_reference if reference is None else reference
+        name = task.base_metric.name if metric is None else metric.name if isinstance(metric, Metric) else metric
         self.metric = Metric(str(name))
-        check_task_fits_model(self.data, self.model)
-        self.batches: list[SessionBatch] = plan_batches(self.data, int(self.batch_size), self.model.device)
+        self.batch_size = int(batch_size)
+        self.circuits_per_pass = circuits_per_pass
+        self.memory_budget = memory_budget
+        self.extras: dict = {}
+        check_task_fits_model(self.data, model)
+        self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device)
         self.forwards = 0  # patched forwards run (benchmarks count them)
         self._ablated: dict[int, Ablated] = {}
         self._full: dict[int, Tensor] = {}
@@ -172,7 +166,7 @@ class CircuitSession:
     def _mean(self) -> Tensor:  # [S, 1, P, d]: per-position means over the reference set, to the longest batch
         ref = self.reference.as_batch()
         P = max(int(b.clean.shape[1]) for b in self.batches)
-        return mean_outputs(self.model, ref.clean, ref.attention_mask, n_positions=P, batch_size=int(self.batch_size))
+        return mean_outputs(self.model, ref.clean, ref.attention_mask, n_positions=P, batch_size=self.batch_size)
 
     def ablated(self, batch: SessionBatch) -> Ablated:
         """What cut edges carry on ``batch`` (corrupted runs are kept when they fit half the memory budget)."""
@@ -227,6 +221,7 @@ class CircuitSession:
             for b in self.batches:
                 if self.ablation == "corrupted":
                     run = self.model.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.positions)
+                    assert run.sender_outputs is not None
                     self._keep(b, Ablated(run.sender_outputs, "corrupted"))
                     empty = run.logits
                     del run

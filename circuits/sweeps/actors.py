@@ -100,8 +100,11 @@ class EvaluatorPool:
         actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus)
         model_ref = model if isinstance(model, str) else ray.put(model)
         task_ref = task if isinstance(task, str) else ray.put(task)
-        self.actors = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
-                                    max(1, int(cpus)), task_options, device, dtype) for _ in range(n_actors)]
+        # Ray actor handles: _Replica's methods are called as ``handle.method.remote(...)``, which Ray types only
+        # for @ray.method-decorated methods (ray is imported lazily here, so they are not decorated): untyped.
+        self.actors: list[Any] = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
+                                              max(1, int(cpus)), task_options, device, dtype)
+                                 for _ in range(n_actors)]
         (self.metric_full, self.metric_empty, self.n_examples, self.ablation, self.split, self.task_name,
          metric_name, self.structure) = ray.get(self.actors[0].baselines.remote())
         from circuits.tasks.metrics import Metric

@@ -88,7 +88,8 @@ def empty_row(job: JobSpec) -> dict:
             "cmd": math.nan, "metric_full": math.nan, "metric_empty": math.nan, "curve_fractions": "",
             "curve_signed": "", "curve_absolute": "", "minimal_k": math.nan, "minimal_edges": math.nan,
             "minimal_faithfulness": math.nan, "auroc": math.nan, "auroc_signed": math.nan,
-            "precision_at_size": math.nan, "recall_at_size": math.nan, "discover_s": math.nan, "evaluate_s": math.nan, "wall_s": math.nan,
+            "precision_at_size": math.nan, "recall_at_size": math.nan, "discover_s": math.nan, "evaluate_s": math.nan,
+            "wall_s": math.nan,
             "threads": math.nan, "graph_file": "", "host": socket.gethostname(), "pid": os.getpid(),
             "started": _now(), "finished": "", "version": ""}
 
@@ -105,12 +106,12 @@ def execute(job: JobSpec, cpus: float | None = None, on_job_start: JobHook | Non
     (``cloudpickle.register_pickle_by_value``), importable by the workers."""
     import torch
 
-    import circuits
+    from circuits import __version__
     from circuits.discovery import discover
 
     start = time.perf_counter()
     row = empty_row(job)
-    row["version"] = circuits.__version__
+    row["version"] = __version__
     notes: list[str] = []
     graph_bytes = None
     if cpus:

@@ -28,11 +28,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from circuits.sweeps.job import JobHook, empty_row, execute
 from circuits.sweeps.results import ResultStore, atomic_write
 from circuits.sweeps.spec import JobSpec, SweepSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "RAY_DEDUP_LOGS": "0",
              "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
@@ -41,8 +44,8 @@ REBUILD_EVERY_S = 5.0  # the parquet/CSV are rebuilt at most this often while jo
 
 @dataclass
 class SweepResult:
-    frame: object  # pandas DataFrame: one row per job of the sweep (finished ones)
-    summary: object  # pandas DataFrame: per model x task x method
+    frame: pd.DataFrame  # one row per job of the sweep (finished ones)
+    summary: pd.DataFrame  # per model x task x method
     results_dir: Path
     graphs_dir: Path
     ran: int  # jobs executed in this call
@@ -83,11 +86,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
             shutil.rmtree(started_temp, ignore_errors=True)
 
 
+_REMOTE_EXECUTE: Any = None  # ray.remote(execute), made once per process
+
+
 def _remote_execute(ray):
-    fn = getattr(_remote_execute, "fn", None)
-    if fn is None:
-        fn = _remote_execute.fn = ray.remote(execute)
-    return fn
+    global _REMOTE_EXECUTE
+    if _REMOTE_EXECUTE is None:
+        _REMOTE_EXECUTE = ray.remote(execute)
+    return _REMOTE_EXECUTE
 
 
 def job_resources(spec: SweepSpec, cluster: dict) -> tuple[float, float]:
@@ -152,9 +158,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
 
             cluster = ray.cluster_resources()
             cpus, gpus = job_resources(spec, cluster)
-            slots = [cluster.get("CPU", 0) / cpus if cpus else float("inf"),
-                     cluster.get("GPU", 0) / gpus if gpus else float("inf")]
-            slots = max(1, int(min(slots))) if min(slots) != float("inf") else 1
+            fits = [cluster.get("CPU", 0) / cpus if cpus else float("inf"),
+                    cluster.get("GPU", 0) / gpus if gpus else float("inf")]
+            slots = max(1, int(min(fits))) if min(fits) != float("inf") else 1
             limit = max_parallel or len(todo)
             options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=int(spec.resources["max_retries"]),
                            retry_exceptions=False)

@@ -275,7 +275,8 @@ def _as_list(config: dict, key: str, source: str, kind: type | tuple = str, none
 
 def _merge(defaults: dict, given: Any, key: str, allowed: tuple, source: str) -> dict:
     if not isinstance(given, dict):
-        raise _err(source, key, f"expected a table, got {given!r}", f"write it as [{key}] with keys {', '.join(allowed)}")
+        raise _err(source, key, f"expected a table, got {given!r}",
+                   f"write it as [{key}] with keys {', '.join(allowed)}")
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise _err(source, f"{key}.{unknown[0]}", "unknown key", f"use one of {', '.join(allowed)}")
@@ -294,7 +295,8 @@ def _check_model(model: str, key: str, source: str) -> None:
     try:
         kind, _ = parse_model_spec(model)  # the grammar of circuits.load_model
     except (ValueError, OSError) as err:
-        raise _err(source, key, getattr(err, "problem", str(err)), getattr(err, "fix", "check the model spec")) from None
+        raise _err(source, key, getattr(err, "problem", str(err)),
+                   getattr(err, "fix", "check the model spec")) from None
     if kind == "hub" and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         # a hub id, offline: it must be in the local cache, or every job would fail the same way
         try:
@@ -305,7 +307,8 @@ def _check_model(model: str, key: str, source: str) -> None:
             cached = None
         if not isinstance(cached, str):
             raise _err(source, key, f"hub model {model!r} is not in the local cache and HF_HUB_OFFLINE is set",
-                       f"download it once with network (python -c \"import circuits; circuits.load_model('{model}')\"), "
+                       "download it once with network "
+                       f"(python -c \"import circuits; circuits.load_model('{model}')\"), "
                        "or use a zoo:NAME / random:PRESET model")
     # a hub id otherwise: resolved (cache first) by the job itself
 
@@ -319,7 +322,8 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
         raise _err(source, unknown[0], "unknown key", f"use one of {', '.join(TOP_KEYS)}")
     for key in ("models", "methods"):
         if key not in config:
-            raise _err(source, key, "missing", f'add e.g. {key} = ["{"zoo:planted-ioi" if key == "models" else "eap"}"]')
+            example = "zoo:planted-ioi" if key == "models" else "eap"
+            raise _err(source, key, "missing", f'add e.g. {key} = ["{example}"]')
     cfg = {**DEFAULTS, **config}
     name = cfg.get("name") or "sweep"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -336,10 +340,12 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
                            f'{{model = "{model}", tasks = ["ioi"]}}')
             from circuits.models.loading import ZOO_DIR
             if check_models and not (ZOO_DIR / model[4:] / "task.toml").is_file():
-                raise _err(source, key, f"{model} ships no task.toml", f"name a task for it ({', '.join(sorted(known_tasks))})")
+                raise _err(source, key, f"{model} ships no task.toml",
+                           f"name a task for it ({', '.join(sorted(known_tasks))})")
         elif task.lower() not in known_tasks and not Path(task).is_file():
             raise _err(source, key, f"unknown task {task!r}",
-                       f"use one of {', '.join(sorted(known_tasks))}, {SHIPPED!r} (a zoo model's own), or a task file path")
+                       f"use one of {', '.join(sorted(known_tasks))}, {SHIPPED!r} (a zoo model's own), "
+                       "or a task file path")
 
     models = []
     for i, entry in enumerate(_as_list(cfg, "models", source, (str, dict))):
@@ -349,12 +355,13 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
         unknown = sorted(set(entry) - set(MODEL_KEYS))
         if unknown or "model" not in entry:
             raise _err(source, key, f"unknown key {unknown[0]!r}" if unknown else "a models table needs 'model'",
-                       f"use {{model = \"...\", tasks = [...], device = ..., dtype = ...}}")
+                       "use {model = \"...\", tasks = [...], device = ..., dtype = ...}")
         entry_tasks = entry.get("tasks", tasks)
         if isinstance(entry_tasks, str):
             entry_tasks = [entry_tasks]
         if not entry_tasks:
-            raise _err(source, "tasks", f"no task for {entry['model']}", 'add tasks = ["ioi"] (or "shipped" for zoo models)')
+            raise _err(source, "tasks", f"no task for {entry['model']}",
+                       'add tasks = ["ioi"] (or "shipped" for zoo models)')
         if check_models:
             _check_model(entry["model"], f"{key}", source)
         for j, t in enumerate(entry_tasks):
@@ -367,7 +374,8 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
         methods = list(METHODS)
     for i, m in enumerate(methods):
         if m not in METHODS:
-            raise _err(source, f"methods[{i}]", f"unknown method {m!r}", f"use one of {', '.join(METHODS)} (or [\"all\"])")
+            raise _err(source, f"methods[{i}]", f"unknown method {m!r}",
+                       f"use one of {', '.join(METHODS)} (or [\"all\"])")
     ablations = _as_list(cfg, "ablations", source)
     for i, a in enumerate(ablations):
         if a not in ABLATIONS:

@@ -6,7 +6,8 @@
     for batch in task.train.batches(32): batch.clean, batch.positions, task.metric(logits, batch)
 
 Built in: ``ioi`` (Wang et al.), ``greater-than`` (Hanna et al.), ``induction``; any TOML file in the
-working directory's ``tasks/`` folder (or a folder of ``$CIRCUITS_TASKS_PATH``) by name; any ``.toml`` task file or ``.jsonl`` / ``.csv`` pairs file by path.
+working directory's ``tasks/`` folder (or a folder of ``$CIRCUITS_TASKS_PATH``) by name; any ``.toml`` task file
+or ``.jsonl`` / ``.csv`` pairs file by path.
 See :mod:`circuits.tasks.files` for the file formats and :mod:`circuits.tasks.task` for the readout layout.
 """
 
@@ -19,8 +20,13 @@ from typing import Any
 from circuits.tasks.errors import TaskError, TaskFileError, TokenizationError
 from circuits.tasks.metrics import METRICS, Metric, get_metric
 from circuits.tasks.task import Task, TaskBatch, build_batch
-from circuits.tasks.tokenization import (default_gpt2_tokenizer, get_tokenizer, pad_id, resolve_prepend_bos,
-                                         word_level_tokenizer)
+from circuits.tasks.tokenization import (
+    default_gpt2_tokenizer,
+    get_tokenizer,
+    pad_id,
+    resolve_prepend_bos,
+    word_level_tokenizer,
+)
 from circuits.tasks.vocabulary import task_vocabulary
 
 __all__ = [

@@ -50,7 +50,7 @@ def make(name: str, out: Path | None = None, steps: int | None = None, seed: int
 
 
 def _make_attn_only(out: Path, steps: int, seed: int, progress: bool) -> dict:
-    from circuits import CircuitModel
+    from circuits.models.circuit_model import CircuitModel
     from circuits.zoo import induction as I
     from circuits.zoo.analysis import induction_report
 
@@ -138,7 +138,7 @@ seq_len=40, min_period=7, max_period=13)`.
 
 
 def _make_gpt2_tasks(out: Path, steps: int, seed: int, progress: bool) -> dict:
-    from circuits import CircuitModel
+    from circuits.models.circuit_model import CircuitModel
     from circuits.zoo import tasks_model as T
 
     hf, tok, info = T.train(steps=steps, seed=seed, progress=progress)
@@ -223,16 +223,17 @@ Load: `circuits.load_model("zoo:gpt2-tasks")`; tasks: `circuits.load_task("ioi",
 
 
 def _make_planted(name: str, out: Path) -> dict:
-    import circuits
     from circuits.graph.graph import Graph
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks import load_task
     from circuits.zoo.planted import build_planted, task_path, verify_ground_truth
 
     start = time.time()
     hf, tok, task_text, gt = build_planted(name)
-    model = circuits.CircuitModel.from_hf(hf, tok, name=f"zoo:{name}")
+    model = CircuitModel.from_hf(hf, tok, name=f"zoo:{name}")
     out.mkdir(parents=True, exist_ok=True)
     task_path(out).write_text(task_text)
-    task = circuits.load_task(str(task_path(out)), model, n=64, seed=1)
+    task = load_task(str(task_path(out)), model, n=64, seed=1)
     graph = Graph.from_edges(model.structure, gt, metadata={"model": f"zoo:{name}", "ground_truth": True,
                                                            "task": "task.toml (in the model folder)"})
     df = verify_ground_truth(model, task, graph)
