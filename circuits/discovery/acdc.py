@@ -218,7 +218,8 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
     def key(e: float) -> float:
         return abs(e) if absolute else e
 
-    for i in progress(range(done, len(order)), "acdc", total=len(order), initial=done, unit="receiver"):
+    for i in progress(range(done, len(order)), "acdc", session, total=len(order), initial=done,
+                      unit="receiver"):
         r = order[i]
         node = node_of[r]
         if node < S and not bool(mask[node].any()):  # disconnected from the logits: drop untested

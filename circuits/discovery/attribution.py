@@ -48,7 +48,7 @@ def _finish(session: CircuitSession, scores: Tensor, n_steps: int = 1) -> Tensor
 
 
 def _batches(session: CircuitSession, description: str):
-    return progress(session.batches, description, total=len(session.batches))
+    return progress(session.batches, description, session, total=len(session.batches))
 
 
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1")

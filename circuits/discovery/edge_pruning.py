@@ -84,7 +84,7 @@ def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: 
 
     warmup = max(1, steps // 2)
     history = []
-    bar = progress(range(start, steps), "edge pruning", total=steps, initial=start, unit="step")
+    bar = progress(range(start, steps), "edge pruning", session, total=steps, initial=start, unit="step")
     for step in bar:
         b = batches[step % len(batches)]
         target = target_sparsity * min(1.0, (step + 1) / warmup)

@@ -27,7 +27,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
     start = state["next"] if state else 0
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     starts = range(start, n, circuits_per_pass)
-    for i in progress(starts, description, total=len(starts), unit="pass"):
+    for i in progress(starts, description, session, total=len(starts), unit="pass"):
         chunk = cuts[i:i + circuits_per_pass]
         cut = session.objective_of(~chunk, circuits_per_pass=circuits_per_pass)  # [c, n]
         effects[i:i + chunk.shape[0]] = (full[None] - cut).sum(1) / session.n_examples

@@ -27,7 +27,6 @@ import torch
 
 from circuits.graph.graph import Graph
 from circuits.graph.io import GraphMismatchError
-from circuits.graph.pruning import edge_mask, receiver_node
 from circuits.graph.selection import rank_key
 
 LEVELS = ("edge", "node")
@@ -56,12 +55,12 @@ def node_scores_from_edges(scored: Graph, absolute: bool = False, reduce: str = 
     if reduce not in REDUCES:
         raise ValueError(f"reduce must be one of {', '.join(REDUCES)}, got {reduce!r}")
     st = scored.structure
-    mask = edge_mask(st)
+    mask = st.edge_mask
     key = rank_key(scored.scores.detach().cpu().double(), absolute)  # NaN -> -inf
     key = key.masked_fill(~mask, -math.inf)
     S = st.n_senders
     out = torch.full((S + 1,), -math.inf, dtype=torch.float64)
-    owner = receiver_node(st)  # [R] node of each receiver
+    owner = st.receiver_node  # [R] node of each receiver
     if reduce == "max":
         out[:S] = key.max(1).values  # outgoing
         incoming = key.max(0).values  # [R]
@@ -178,7 +177,7 @@ def compare(hypothesis: Graph, reference: Graph, *, level: str = "edge") -> dict
     _same_shape(hypothesis, reference)
     _check_level(level)
     if level == "edge":
-        mask = edge_mask(hypothesis.structure)
+        mask = hypothesis.structure.edge_mask
         h, r = hypothesis.in_graph.cpu()[mask], reference.in_graph.cpu()[mask]
     else:
         universe = _node_universe(hypothesis.structure)

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.io import check_model
 from circuits.graph.structure import GraphStructure
 
 SOURCE = Path(__file__).resolve().parent / "data" / "published-circuits.json"
@@ -126,7 +125,8 @@ def published_circuit(name: str, model=None) -> Graph:
     graph = _cached(key)
     if model is None:
         return graph.copy()
-    st = check_model(graph.structure, graph.structure.cfg(), model, f"published circuit {key!r}")
+    st = graph.structure.check_fits(model.structure, source=f"published circuit {key!r}",
+                                    model_name=getattr(model, "name", None) or type(model).__name__)
     return Graph(st, graph.scores, graph.in_graph, graph.node_scores, graph._node_in_graph, graph.metadata)
 
 

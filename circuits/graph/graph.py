@@ -33,7 +33,7 @@ import torch
 
 from circuits.graph import io, selection
 from circuits.graph.io import GraphFormatError, GraphMismatchError, HasStructure
-from circuits.graph.pruning import edge_mask, edge_order, node_mask, prune as prune_mask
+from circuits.graph.pruning import node_mask, prune as prune_mask
 from circuits.graph.structure import GraphStructure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,7 +88,7 @@ class Graph:
         shape = (structure.n_senders, structure.n_receivers)
         device = (scores.device if isinstance(scores, torch.Tensor) else in_graph.device
                   if isinstance(in_graph, torch.Tensor) else torch.device("cpu"))
-        mask = edge_mask(structure, device)
+        mask = structure.on(device).edge_mask
         if scores is None:
             scores = torch.zeros(shape, dtype=torch.float32, device=device)
         else:
@@ -251,12 +251,12 @@ class Graph:
             if scores.shape[0] != st.n_edges:
                 raise ValueError(f"a flat score vector must have one entry per edge ({st.n_edges:,}) in MIB "
                                  f"order, got {scores.shape[0]:,}")
-            order = edge_order(st, scores.device)
+            order = st.on(scores.device).edge_order
             dense = torch.zeros(st.n_senders, st.n_receivers, dtype=scores.dtype, device=scores.device)
             dense[order[:, 0], order[:, 1]] = scores
             scores = dense
         scores = self._check(scores, (st.n_senders, st.n_receivers), "scores", floating=True)
-        self.scores = scores.to(self.device).masked_fill(~edge_mask(st, self.device), 0.0)
+        self.scores = scores.to(self.device).masked_fill(~st.on(self.device).edge_mask, 0.0)
 
     # ---- selection -------------------------------------------------------------------------------------------
     def top_k(self, k: int, absolute: bool = False, *, prune: bool = True, level: Level = "edge") -> Graph:
@@ -401,7 +401,7 @@ class Graph:
 
     def __repr__(self) -> str:
         st = self.structure
-        on_edges = self.scores[edge_mask(st, self.device)]
+        on_edges = self.scores[st.on(self.device).edge_mask]
         on_edges = on_edges[~torch.isnan(on_edges)]
         rng = (f"scores in [{float(on_edges.min()):.3g}, {float(on_edges.max()):.3g}]" if on_edges.numel()
                else "no scores")

@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from circuits.graph.pruning import edge_order
-from circuits.graph.structure import GraphStructure
+from circuits.graph.structure import GraphMismatchError as GraphMismatchError, GraphStructure  # re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.graph import Graph
@@ -42,10 +41,6 @@ PT_VERSION = 1
 
 class GraphFormatError(ValueError):
     """A graph file that cannot be read: malformed, or missing a key this format requires."""
-
-
-class GraphMismatchError(ValueError):
-    """A graph file made for a model of another shape than the one it is being loaded with."""
 
 
 class HasStructure(Protocol):
@@ -87,38 +82,12 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
         raise GraphFormatError(f"{source}: invalid cfg {cfg}: {e}") from None
 
 
-def _shape(st: GraphStructure) -> str:
-    return st.describe() + (f", d_model {st.d_model}" if st.d_model is not None else "")
-
-
-def check_model(file_structure: GraphStructure, cfg: dict, model: HasStructure,
-                source: str | os.PathLike) -> GraphStructure:
-    """The structure to load into: ``model.structure``, after checking the file was made for that shape.
-
-    Compared: n_layers, n_heads, parallel_attn_mlp; d_model when both sides know it; the number of key/value
-    heads when the file records it (MIB's own files do not).
-    """
-    ms: GraphStructure = model.structure
-    fs = file_structure
-    diffs = [f"{k} {a} vs {b}" for k, a, b in (
-        ("n_layers", fs.n_layers, ms.n_layers), ("n_heads", fs.n_heads, ms.n_heads),
-        ("parallel_attn_mlp", fs.parallel_attn_mlp, ms.parallel_attn_mlp),
-        ("attn_only", not fs.has_mlp, not ms.has_mlp)) if a != b]
-    if fs.d_model is not None and ms.d_model is not None and fs.d_model != ms.d_model:
-        diffs.append(f"d_model {fs.d_model} vs {ms.d_model}")
-    if "n_key_value_heads" in cfg and fs.n_kv_heads != ms.n_kv_heads:
-        diffs.append(f"n_key_value_heads {fs.n_kv_heads} vs {ms.n_kv_heads}")
-    if diffs:
-        name = getattr(model, "name", None) or type(model).__name__
-        raise GraphMismatchError(
-            f"{source}: this graph was made for a model with {_shape(fs)}, but {name!r} has {_shape(ms)} "
-            f"(file vs model: {'; '.join(diffs)}); load it with the model it was discovered on")
-    return ms
-
-
 def _resolve_structure(cfg: Any, model: HasStructure | None, source: str | os.PathLike) -> GraphStructure:
     st = structure_from_cfg(cfg, source)
-    return check_model(st, cfg, model, source) if model is not None else st
+    if model is None:
+        return st
+    return st.check_fits(model.structure, source=source, model_name=getattr(model, "name", None) or
+                         type(model).__name__, compare_kv="n_key_value_heads" in cfg)
 
 
 def _empty_tensors(st: GraphStructure) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +111,7 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, model: HasStructure | None = None) -> Graph:
-    """Read a graph file; with ``model``, check it was made for the model's shape (see :func:`check_model`)."""
+    """Read a graph file; with ``model``, check it was made for the model's shape (``structure.check_fits``)."""
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
@@ -159,7 +128,7 @@ def _edge_names(st: GraphStructure) -> tuple[str, ...]:
 def to_mib_dict(graph: Graph) -> dict:
     """The MIB JSON document for ``graph`` (what ``.json`` files hold)."""
     st = graph.structure
-    order = edge_order(st, graph.scores.device)
+    order = st.on(graph.scores.device).edge_order
     scores = graph.scores.detach()[order[:, 0], order[:, 1]].cpu().tolist()  # exact float64 of each score
     flags = graph.in_graph[order[:, 0], order[:, 1]].cpu().tolist()
     node_in = graph.node_in_graph.cpu().tolist()
@@ -224,7 +193,7 @@ def from_mib_dict(doc: Any, model: HasStructure | None = None, source: str | os.
         flag_list.append(f)
 
     if tuple(names) == _edge_names(st):  # the usual case: every edge, in MIB order
-        index = edge_order(st)
+        index = st.edge_order
     else:
         rows = []
         for name in names:

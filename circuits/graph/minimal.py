@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.io import check_model
 from circuits.graph.selection import warn_if_uninformative
 from circuits.session import CircuitSession
 from circuits.session.normalization import normalized, undefined, warn_undefined
@@ -31,7 +30,8 @@ def check_circuit(model: Any, circuit: Any, what: str = "circuit") -> Graph:
         raise TypeError(f"{what} must be a circuits.Graph (e.g. scored.top_k(200) or Graph.load(path, model=model)), "
                         f"got {type(circuit).__name__}")
     source = f"{what}" + (f" (made for {circuit.metadata['model']!r})" if "model" in circuit.metadata else "")
-    check_model(circuit.structure, circuit.structure.cfg(), model, source)
+    name = getattr(model, "name", None) or type(model).__name__
+    circuit.structure.check_fits(model.structure, source=source, model_name=name)
     return circuit
 
 

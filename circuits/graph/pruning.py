@@ -22,31 +22,16 @@ import torch
 from circuits.graph.structure import GraphStructure
 
 
-def receiver_node(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``structure.receiver_node`` on ``device``."""
-    return structure.on(device).receiver_node
-
-
-def edge_mask(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``structure.edge_mask`` on ``device``."""
-    return structure.on(device).edge_mask
-
-
-def edge_order(structure: GraphStructure, device: torch.device | None = None) -> torch.Tensor:
-    """``structure.edge_order`` on ``device``."""
-    return structure.on(device).edge_order
-
-
 def node_mask(structure: GraphStructure, in_graph: torch.Tensor) -> torch.Tensor:
     """``[n_nodes]`` bool: the nodes an (unpruned) edge set touches, by EAP-IG's rule.
 
     A node is in when it has an outgoing edge and an incoming edge (``input`` needs only the outgoing one);
     ``logits`` is always in, as in MIB files. On a pruned edge set this equals :func:`prune`'s node set.
     """
-    E = in_graph & edge_mask(structure, in_graph.device)  # [S, R]
+    E = in_graph & structure.on(in_graph.device).edge_mask  # [S, R]
     S = structure.n_senders
     has_in = torch.zeros(S + 1, dtype=torch.long, device=in_graph.device)
-    has_in.index_add_(0, receiver_node(structure, in_graph.device), E.any(0).long())
+    has_in.index_add_(0, structure.on(in_graph.device).receiver_node, E.any(0).long())
     nodes = torch.ones(S + 1, dtype=torch.bool, device=in_graph.device)  # logits stays True
     nodes[:S] = E.any(1) & (has_in[:S] > 0)
     nodes[0] = E[0].any()
@@ -68,7 +53,7 @@ def prune(structure: GraphStructure, in_graph: torch.Tensor) -> tuple[torch.Tens
     (2, 3)
     """
     dev = in_graph.device
-    E = in_graph & edge_mask(structure, dev)  # [S, R]
+    E = in_graph & structure.on(dev).edge_mask  # [S, R]
     S, R, H = structure.n_senders, structure.n_receivers, structure.n_heads
 
     # Forward sweep: reached[s] <=> input reaches sender s through circuit edges.

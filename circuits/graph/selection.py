@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from circuits.graph.pruning import edge_mask, edge_order, receiver_node
 from circuits.graph.structure import GraphStructure
 from circuits.session.normalization import FaithfulnessWarning
 
@@ -39,7 +38,7 @@ def top_k_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolut
     n = structure.n_edges
     if not 0 <= k <= n:
         raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
-    order = edge_order(structure, scores.device)  # [E, 2]
+    order = structure.on(scores.device).edge_order  # [E, 2]
     key = rank_key(scores[order[:, 0], order[:, 1]], absolute)  # [E] in MIB order
     keep = torch.sort(key, descending=True, stable=True).indices[:k]  # stable: ties stay in MIB order
     out = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=scores.device)
@@ -51,7 +50,7 @@ def threshold_edges(structure: GraphStructure, scores: torch.Tensor, threshold: 
                     absolute: bool = False) -> torch.Tensor:
     """``[S, R]`` bool: every edge whose key is ``>= threshold`` (inclusive, as EAP-IG's ``apply_threshold``)."""
     key = rank_key(scores, absolute)
-    return (key >= float(threshold)) & ~torch.isnan(scores) & edge_mask(structure, scores.device)
+    return (key >= float(threshold)) & ~torch.isnan(scores) & structure.on(scores.device).edge_mask
 
 
 def fraction_to_k(structure: GraphStructure, fraction: float) -> int:
@@ -66,8 +65,8 @@ def edges_between(structure: GraphStructure, nodes: torch.Tensor) -> torch.Tenso
     """``[S, R]`` bool: every edge whose sender and receiver's node are both in ``nodes`` ([n_nodes] bool)."""
     dev = nodes.device
     senders = nodes[: structure.n_senders]
-    receivers = nodes[receiver_node(structure, dev)]  # logits node is nodes[-1]
-    return edge_mask(structure, dev) & senders[:, None] & receivers[None, :]
+    receivers = nodes[structure.on(dev).receiver_node]  # logits node is nodes[-1]
+    return structure.on(dev).edge_mask & senders[:, None] & receivers[None, :]
 
 
 def top_k_nodes(structure: GraphStructure, node_scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
@@ -111,18 +110,18 @@ def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolu
     if not 0 <= k <= n:
         raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
     S, R = structure.n_senders, structure.n_receivers
-    mask = edge_mask(structure)
+    mask = structure.edge_mask
     key = rank_key(scores.detach().cpu(), absolute).masked_fill(~mask, -torch.inf)  # [S, R]
     # Per receiver, its senders by key (descending); stable, so ties go to the lower sender index, which is
     # also the earlier MIB position within one receiver. Non-edges sort last and are cut by n_upstream.
     col_key, col_sender = torch.sort(key, dim=0, descending=True, stable=True)  # [S, R] each
     position = torch.zeros(S, R, dtype=torch.long)  # MIB position of each edge, for tie-breaks across receivers
-    order = edge_order(structure)
+    order = structure.edge_order
     position[order[:, 0], order[:, 1]] = torch.arange(n)
     n_up = structure.n_upstream.tolist()
 
     node_receivers: list[list[int]] = [[] for _ in range(S + 1)]
-    for r, node in enumerate(receiver_node(structure).tolist()):
+    for r, node in enumerate(structure.receiver_node.tolist()):
         node_receivers[node].append(r)
 
     columns: dict[int, tuple[list[float], list[int], list[int]]] = {}

@@ -30,6 +30,10 @@ import torch
 QKV = ("q", "k", "v")
 
 
+class GraphMismatchError(ValueError):
+    """A graph file made for a model of another shape than the one it is being loaded with."""
+
+
 @dataclass(frozen=True)
 class Node:
     """One node of the graph as MIB names it (the q/k/v inputs are receivers, not nodes)."""
@@ -324,6 +328,28 @@ class GraphStructure:
     def same_shape(self, other: "GraphStructure") -> bool:
         return (self.n_layers, self.n_heads, self.parallel_attn_mlp, self.has_mlp) == (
             other.n_layers, other.n_heads, other.parallel_attn_mlp, other.has_mlp)
+
+    def check_fits(self, model: GraphStructure, *, source: object, model_name: str,
+                   compare_kv: bool = True) -> GraphStructure:
+        """``model`` (a model's structure), after checking that a graph of this structure was made for it, else
+        :class:`GraphMismatchError` naming both shapes. Compared: n_layers, n_heads, parallel_attn_mlp, MLPs;
+        d_model when both know it; key/value heads when ``compare_kv`` (MIB's own files do not record them)."""
+        diffs = [f"{k} {a} vs {b}" for k, a, b in (
+            ("n_layers", self.n_layers, model.n_layers), ("n_heads", self.n_heads, model.n_heads),
+            ("parallel_attn_mlp", self.parallel_attn_mlp, model.parallel_attn_mlp),
+            ("attn_only", not self.has_mlp, not model.has_mlp)) if a != b]
+        if self.d_model is not None and model.d_model is not None and self.d_model != model.d_model:
+            diffs.append(f"d_model {self.d_model} vs {model.d_model}")
+        if compare_kv and self.n_kv_heads != model.n_kv_heads:
+            diffs.append(f"n_key_value_heads {self.n_kv_heads} vs {model.n_kv_heads}")
+        if diffs:
+            raise GraphMismatchError(
+                f"{source}: this graph was made for a model with {self._shape()}, but {model_name!r} has "
+                f"{model._shape()} (file vs model: {'; '.join(diffs)}); load it with the model it was discovered on")
+        return model
+
+    def _shape(self) -> str:
+        return self.describe() + (f", d_model {self.d_model}" if self.d_model is not None else "")
 
     def describe(self) -> str:
         block = "attention-only" if not self.has_mlp else "parallel" if self.parallel_attn_mlp else "sequential"

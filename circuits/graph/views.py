@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from circuits.graph.pruning import receiver_node
-
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
     import pandas as pd
@@ -52,7 +50,7 @@ def to_networkx(graph: Graph, circuit_only: bool = True) -> nx.DiGraph:
     order, scores, flags = _edge_table(graph, circuit_only)
     node_in = graph.node_in_graph.detach().cpu()  # [n_nodes]
     node_scores = None if graph.node_scores is None else graph.node_scores.detach().cpu().tolist()
-    recv_node = receiver_node(st)  # [R]
+    recv_node = st.receiver_node  # [R]
 
     # Which nodes to show: in the circuit, or an endpoint of a shown edge (so the view is never inconsistent).
     show = torch.ones(st.n_nodes, dtype=torch.bool) if not circuit_only else node_in.clone()

@@ -119,12 +119,14 @@ class CircuitSession:
     ``metric``: the task's own by default (``task.base_metric``); e.g. ``"kl"`` for KL to the full model.
     ``reference``: the examples whose clean runs define mean ablation (default: see :func:`resolve_split`).
     ``circuits_per_pass`` / ``memory_budget`` (bytes): how many circuits one patched forward runs (default:
-    as many as the budget allows). ``extras`` collects what a discovery method reports besides its scores.
+    as many as the budget allows). ``show_progress``: progress bars of long work (None: when stderr is a
+    terminal). ``extras`` collects what a discovery method reports besides its scores.
     """
 
     def __init__(self, model: CircuitModel, task: Task, *, ablation: str = "corrupted", split: str = "all",
                  reference: Task | None = None, metric: Metric | str | None = None, batch_size: int = 16,
-                 circuits_per_pass: int | None = None, memory_budget: int | None = None):
+                 circuits_per_pass: int | None = None, memory_budget: int | None = None,
+                 show_progress: bool | None = None):
         try:
             self.ablation: str = check_ablation(ablation)
         except AblationError as err:
@@ -142,6 +144,7 @@ class CircuitSession:
         self.batch_size = int(batch_size)
         self.circuits_per_pass = circuits_per_pass
         self.memory_budget = memory_budget
+        self.show_progress = show_progress
         self.extras: dict = {}
         check_task_fits_model(self.data, model)
         self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device)

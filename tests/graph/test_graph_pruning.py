@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuits.graph import Graph, GraphStructure
-from circuits.graph.pruning import node_mask, prune, receiver_node
+from circuits.graph.pruning import node_mask, prune
 
 
 def mask_of(s: GraphStructure, names: list[str]) -> torch.Tensor:
@@ -65,7 +65,7 @@ def mib_iterative_prune(s: GraphStructure, in_graph: torch.Tensor) -> tuple[torc
     """MIB's Graph.prune, transcribed: drop nodes lacking an incoming or outgoing edge until nothing changes."""
     S, R = s.n_senders, s.n_receivers
     f2b = torch.zeros(S, R)
-    f2b[receiver_node(s)[:-1], torch.arange(R - 1)] = 1.0  # [S, R]: sender node -> its receivers
+    f2b[s.receiver_node[:-1], torch.arange(R - 1)] = 1.0  # [S, R]: sender node -> its receivers
     E = in_graph.clone()
     nodes = torch.zeros(S, dtype=torch.bool)
     while True:
