@@ -46,6 +46,9 @@ from circuits.session import CircuitSession, FaithfulnessWarning, normalized, un
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from circuits.models.circuit_model import CircuitModel
+    from circuits.tasks.task import Task
+
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # ---- shared helpers --------------------------------------------------------------------------------------------
 def _circuit_mask(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
@@ -67,7 +70,7 @@ def _per_example_f(metric: torch.Tensor, full: torch.Tensor, empty: torch.Tensor
 
 
 # ---- one circuit ---------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class EvaluationResult:
     """What :func:`evaluate` returns. Means are over the evaluated examples; ``per_example`` has one row each."""
 
@@ -99,7 +102,7 @@ class EvaluationResult:
                 f"ablation={self.ablation!r})")
 
 
-def evaluate(model, task, circuit: Graph, ablation: str = "corrupted", *, split: str = "validation",
+def evaluate(model: CircuitModel, task: Task, circuit: Graph, ablation: str = "corrupted", *, split: str = "validation",
              batch_size: int = 16, prune: bool = True, level: str = "edge") -> EvaluationResult:
     """Run ``circuit`` (every edge outside it ablated) on the task and measure its faithfulness.
 
@@ -131,7 +134,8 @@ def evaluate(model, task, circuit: Graph, ablation: str = "corrupted", *, split:
                          level=level, _stacklevel=2)[0]
 
 
-def evaluate_many(model, task, circuits: Sequence[Graph], ablation: str = "corrupted", *, split: str = "validation",
+def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ablation: str = "corrupted", *,
+                  split: str = "validation",
                   batch_size: int = 16, prune: bool = True, level: str = "edge",
                   _stacklevel: int = 1) -> list[EvaluationResult]:
     """:func:`evaluate` for several circuits at once: one batched patched forward per batch of examples runs
@@ -189,7 +193,7 @@ def cmd(fractions: Sequence[float], faithfulness: Sequence[float], log_scale: bo
     return area_under_curve(fractions, [abs(1.0 - f) for f in faithfulness], log_scale)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaithfulnessCurve:
     """f at a series of circuit sizes. ``cpr`` / ``cmd`` are MIB's areas; ``to_frame()`` one row per point."""
 
@@ -270,11 +274,14 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
         return int(circuit.metadata["selection"]["k"]), circuit
 
 
-def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ablation, split, batch_size, level,
+def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolutes: Sequence[bool],
+            fractions: Sequence[float], ablation: str, split: str, batch_size: int, level: str,
             selection, log_scale, circuits_per_pass, runner=None) -> list[FaithfulnessCurve]:
     import pandas as pd
 
     if runner is None:
+        if model is None or task is None:
+            raise ValueError("a curve needs the model and the task (or runner=, an engine that holds them)")
         scored = check_circuit(model, scored, "scored graph")
         runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
                                 circuits_per_pass=circuits_per_pass)
@@ -308,7 +315,8 @@ def _curves(model, task, scored: Graph, absolutes: Sequence[bool], fractions, ab
     return curves
 
 
-def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float] = MIB_FRACTIONS,
+def faithfulness_curve(model: CircuitModel | None, task: Task | None, scored: Graph, *,
+                       fractions: Sequence[float] = MIB_FRACTIONS,
                        absolute: bool = False, ablation: str = "corrupted", split: str = "validation",
                        batch_size: int = 16, level: str = "edge", selection: str = "top_k", log_scale: bool = False,
                        circuits_per_pass: int | None = None, runner=None) -> FaithfulnessCurve:
@@ -330,7 +338,7 @@ def faithfulness_curve(model, task, scored: Graph, *, fractions: Sequence[float]
                    log_scale, circuits_per_pass, runner)[0]
 
 
-def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
+def mib_scores(model: CircuitModel | None, task: Task | None, scored: Graph, **options: Any) -> dict:
     """MIB's two numbers for a scored graph: CPR of the signed-score curve and CMD of the absolute-score curve.
 
     Both curves (20 circuits) run in the same batched passes. Returns ``{"cpr", "cmd", "signed", "absolute"}``
@@ -338,7 +346,8 @@ def mib_scores(model, task, scored: Graph, **options: Any) -> dict:
     """
     if "absolute" in options:
         raise TypeError("mib_scores runs both signed and absolute curves; do not pass absolute=")
-    args = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation", "batch_size": 16,
+    args: dict[str, Any] = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation",
+                            "batch_size": 16,
             "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None, "runner": None}
     unknown = set(options) - set(args)
     if unknown:

@@ -27,12 +27,15 @@ import copy
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuits.graph.graph import Graph
 from circuits.graph.structure import GraphStructure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
 
 SOURCE = Path(__file__).resolve().parent / "data" / "published-circuits.json"
 GRAPHS_DIR = Path("graphs") / "published"  # the repository's copies, relative to the working directory
@@ -111,7 +114,7 @@ def _cached(name: str) -> Graph:
     return _build(name)
 
 
-def published_circuit(name: str, model=None) -> Graph:
+def published_circuit(name: str, model: CircuitModel | None = None) -> Graph:
     """A published circuit as a :class:`Graph` (a fresh copy; see the module docstring for conventions).
 
     ``name``: ``ioi``, ``greater-than``, ``docstring`` or ``induction``. With ``model`` (anything with
