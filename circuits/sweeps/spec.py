@@ -315,7 +315,7 @@ def _check_model(model: str, key: str, source: str) -> None:
 
 def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
     from circuits.discovery import METHODS
-    from circuits.interventions.ablation import ABLATIONS
+    from circuits.interventions.ablation import ABLATIONS, AblationError, check_ablation
 
     unknown = sorted(set(config) - set(TOP_KEYS))
     if unknown:
@@ -378,8 +378,11 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
                        f"use one of {', '.join(METHODS)} (or [\"all\"])")
     ablations = _as_list(cfg, "ablations", source)
     for i, a in enumerate(ablations):
-        if a not in ABLATIONS:
-            raise _err(source, f"ablations[{i}]", f"unknown ablation {a!r}", f"use one of {', '.join(ABLATIONS)}")
+        try:
+            ablations[i] = check_ablation(a)  # the one rule discover and evaluate apply (MIB's "patching" too)
+        except AblationError:
+            raise _err(source, f"ablations[{i}]", f"unknown ablation {a!r}",
+                       f"use one of {', '.join(ABLATIONS)}") from None
     seeds = _as_list(cfg, "seeds", source, int)
     for key, low in (("n", 2), ("batch_size", 1)):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
