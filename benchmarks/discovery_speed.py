@@ -73,8 +73,11 @@ def setup(batch: int, seq: int):
             logits = model.hf(inputs_embeds=embeds).logits
             task.base_metric(logits, data).sum().backward()
 
+    def fresh() -> CircuitSession:  # a new session per run: nothing cached (the ablated runs) carries over
+        return CircuitSession(model, task, batch_size=batch)
+
     return model, ctx, {"hf_forward": hf_forward, "hf_forward_backward": hf_forward_backward,
-                        "eap": lambda: eap(ctx), "eap_ig_5": lambda: eap_ig(ctx, steps=5)}
+                        "eap": lambda: eap(fresh()), "eap_ig_5": lambda: eap_ig(fresh(), steps=5)}
 
 
 def _rss_kb(field: str) -> int:
