@@ -382,16 +382,14 @@ class IncrementalResidual(MaskedResidual):
         B, P, _ = first.shape
         if tuple(self.held.outputs.shape[1:3]) != (B, P):
             raise ValueError(f"held outputs {tuple(self.held.outputs.shape)} are not of this batch ({B} x {P})")
+        first = super().begin(first, structure)  # decides the active senders
         masks = self.masks_in.detach().cpu().float()  # [C, S, R]
         S = structure.n_senders
         changed = torch.zeros(S + 1, dtype=torch.bool)
         changed[structure.receiver_node[(masks != self.held.mask[None]).any(0).any(0)]] = True
-        values = as_ablated(self.abl).values
-        active = active_senders(structure, masks, self.abl.is_a_run and tuple(values.shape[1:3]) == (B, P))
-        changed[:S] |= active & ~self.held.exact
+        changed[:S] |= torch.tensor(self.active) & ~self.held.exact  # read here, not held exactly
         self.computed = structure.descendants(changed, (masks != 0).any(0) & structure.edge_mask)  # [S]
         self._computed = self.computed.tolist()
-        first = super().begin(first, structure)
         if self.recording is not None:
             keep = ~self.computed.to(self.recording.device)
             self.recording[keep] = self.held.outputs[keep].to(self.recording.dtype)

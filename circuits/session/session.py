@@ -316,9 +316,11 @@ class CircuitSession:
                         residual = MaskedResidual(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
                         logits = self.run(b, residual)  # [c, b, K, V]
                         self.forwards += 1
-                        u_m[start:start + len(chunk)] = self.metric_values(logits, b, metric).double().cpu()
-                        if kl:
-                            u_kl[start:start + len(chunk)] = self.metric_values(logits, b, Metric("kl")).double().cpu()
+                        rows = slice(start, start + len(chunk))
+                        u_m[rows] = self.metric_values(logits, b, metric).double().cpu()
+                        if kl:  # the metric itself when it is the KL
+                            u_kl[rows] = u_m[rows] if metric.name == "kl" else \
+                                self.metric_values(logits, b, Metric("kl")).double().cpu()
             for c, (kind, j) in enumerate(kinds):
                 if kind == "run":
                     out_m[c, b.index] = u_m[j]
