@@ -14,14 +14,14 @@ import torch
 from torch import Tensor
 
 from circuits.interventions.attention import project
-from circuits.interventions.residual import Receivers, ResidualStrategy
+from circuits.interventions.residual import PlainResidual, Receivers
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.structure import GraphStructure
     from circuits.models.architectures import Attention, Norm
 
 
-class GradientProbe(ResidualStrategy):
+class GradientProbe(PlainResidual):
     """The plain residual stream, plus attribution: every receiver gets its own gradient (module docstring).
 
     ``ablated [S, B|1, P|1, d]``: the ablated sender outputs; ``scores [S, R]``: the accumulator the backward
@@ -33,12 +33,13 @@ class GradientProbe(ResidualStrategy):
     products, so T steps cost one.
     """
 
-    keeps_every_position = True
-
     def __init__(self, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
                  overrides: dict[int, Tensor] | None = None, repeats: int = 1):
         if repeats != 1 and diffs is None:
             raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
+        super().__init__(record=False)
+        self.per_head = True  # every head's output is a sender the scores weigh
+        self.keeps_every_position = True  # differentiated: outputs at every position
         self.repeats = int(repeats)
         self.overrides = overrides or {}
         self.ablated = ablated  # [S, B|1, P|1, d]
@@ -71,17 +72,6 @@ class GradientProbe(ResidualStrategy):
         self._record(outputs)
         self.stream = self.stream + outputs.sum(0)
         self.n_written += outputs.shape[0]
-
-    def write_heads(self, layer: int, heads: list[int], outputs: Tensor | None) -> None:
-        assert outputs is not None, "attribution computes every head"
-        self._write(outputs)
-
-    def write_mlp(self, layer: int, output: Tensor | None) -> None:
-        assert output is not None, "attribution computes every MLP"
-        self._write(output)
-
-    def add_constant(self, bias: Tensor) -> None:
-        self.stream = self.stream + bias
 
     def read(self, receivers: Receivers, then: int | None = None) -> Tensor:
         """``[1, B, P, d]``: the stream. A single receiver (an MLP, the logits) gets its gradient from a hook

@@ -112,11 +112,11 @@ class PlainResidual(ResidualStrategy):
             self._outputs.append(outputs)
 
     def write_heads(self, layer: int, heads: list[int], outputs: Tensor | None) -> None:
-        assert outputs is not None, "the plain stream computes every head"
+        assert outputs is not None, "this stream computes every head"
         self._write(outputs)
 
     def write_mlp(self, layer: int, output: Tensor | None) -> None:
-        assert output is not None, "the plain stream computes every MLP"
+        assert output is not None, "this stream computes every MLP"
         self._write(output)
 
     def add_constant(self, bias: Tensor) -> None:
