@@ -129,7 +129,7 @@ class CandidateEvaluator:
         if fast:
             with torch.no_grad():
                 for b in session.batches:
-                    full = HeldCircuit.of_model(s, session.model.sender_outputs(b.clean, b.attention_mask))
+                    full = session.held_full(b)
                     self.batches.append(HeldBatch(full, full))
 
     def _incremental(self, b: SessionBatch, masks: Tensor) -> IncrementalResidual:

@@ -1,9 +1,16 @@
 """Exact patching: each edge's (or node's) effect measured by ablating it alone.
 
 The reference the approximations are judged by: score = objective(full) - objective(all but that edge),
-averaged over pairs (for KL: D(all but that edge) - D(full)). Edges are patched ``circuits_per_pass`` at a time
-as a batch of circuits (masks ``[C, S, R]``, one patched forward per batch of data), never one forward per edge
-per example. Long runs checkpoint and resume to the same result.
+averaged over pairs (for KL: D(all but that edge) - D(full)).
+
+A cut changes the input of one node (an edge cut: its receiver's node; a node cut: the nodes it feeds), so a
+cut's run differs from the full model only in that node and what it feeds. The incremental engine
+(:meth:`CircuitSession.incremental`) holds every sender's clean output and recomputes just those nodes: an
+edge into the logits costs one unembedding of the read positions, an edge into the last layer's heads that head
+and the last MLP. Cuts that change the same nodes run together, ``circuits_per_pass`` at a time, as one batch
+of circuits (masks ``[C, S, R]``). ``incremental=False`` is the plain engine (every pass computes every node an
+edge reads), kept as the reference the fast path is tested against. Long runs checkpoint and resume to the same
+result, bit for bit: the passes are a fixed plan, and a resumed run recomputes the held outputs it needs.
 """
 
 from __future__ import annotations
@@ -11,29 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.discovery.checkpoint import Checkpoint
+from circuits.discovery.checkpoint import Checkpoint, CheckpointMismatchError
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
 from circuits.graph.structure import GraphStructure
 from circuits.session import CircuitSession
-
-
-def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, circuits_per_pass: int = 32,
-                       checkpoint: Checkpoint | None = None, description: str = "exact") -> Tensor:
-    """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass)."""
-    n = cuts.shape[0]
-    state = checkpoint.load() if checkpoint is not None else None
-    effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
-    start = state["next"] if state else 0
-    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
-    starts = range(start, n, circuits_per_pass)
-    for i in progress(starts, description, session, total=len(starts), unit="pass"):
-        chunk = cuts[i:i + circuits_per_pass]
-        cut = session.objective_of(~chunk, circuits_per_pass=circuits_per_pass)  # [c, n]
-        effects[i:i + chunk.shape[0]] = (full[None] - cut).sum(1) / session.n_examples
-        if checkpoint is not None:
-            checkpoint.maybe_save({"effects": effects, "next": i + chunk.shape[0]})
-    return effects
 
 
 class EdgeCuts:
@@ -42,48 +31,119 @@ class EdgeCuts:
     ``edges [E, 2]`` (sender, receiver) defaults to every edge in MIB order."""
 
     def __init__(self, structure: GraphStructure, edges: Tensor | None = None):
+        self.structure = structure
         self.order = structure.edge_order if edges is None else torch.as_tensor(edges)  # [E, 2]
         self.shape = (self.order.shape[0], structure.n_senders, structure.n_receivers)
 
-    def __getitem__(self, idx: slice) -> Tensor:
+    def __getitem__(self, idx: slice | Tensor) -> Tensor:
         pairs = self.order[idx]
         out = torch.zeros(pairs.shape[0], *self.shape[1:], dtype=torch.bool)
         out[torch.arange(pairs.shape[0]), pairs[:, 0], pairs[:, 1]] = True
         return out
+
+    def changed_nodes(self) -> tuple[Tensor, Tensor]:
+        """``(group [n_cuts] long, changed [n_groups, n_nodes] bool)``: the nodes whose input each cut changes,
+        shared by the cuts of one group (an edge cut changes its receiver's node)."""
+        nodes, group = torch.unique(self.structure.receiver_node[self.order[:, 1]], return_inverse=True)
+        changed = torch.zeros(len(nodes), self.structure.n_senders + 1, dtype=torch.bool)
+        changed[torch.arange(len(nodes)), nodes] = True
+        return group, changed
 
 
 class NodeCuts:
     """Cut every outgoing edge of one sender node."""
 
     def __init__(self, structure: GraphStructure):
+        self.structure = structure
         self.edge_mask = structure.edge_mask
         self.shape = (structure.n_senders, *self.edge_mask.shape)
 
-    def __getitem__(self, idx: slice) -> Tensor:
+    def __getitem__(self, idx: slice | Tensor) -> Tensor:
         nodes = torch.arange(self.shape[0])[idx]
         out = torch.zeros(len(nodes), *self.shape[1:], dtype=torch.bool)
         out[torch.arange(len(nodes)), nodes] = self.edge_mask[nodes]
         return out
 
+    def changed_nodes(self) -> tuple[Tensor, Tensor]:
+        """As :meth:`EdgeCuts.changed_nodes`: a node cut changes every node the sender feeds."""
+        s = self.structure
+        changed = torch.zeros(s.n_senders, s.n_senders + 1, dtype=torch.bool)
+        src, rcv = self.edge_mask.nonzero(as_tuple=True)
+        changed[src, s.receiver_node[rcv]] = True
+        return torch.arange(s.n_senders), changed
 
-@register("exact", "edge", "each edge's exact effect, patched alone (batched)", checkpoints=True)
-def exact(session: CircuitSession, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
-    """``[S, R]`` exact single-edge effects."""
+
+def cut_passes(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int) -> list[Tensor]:
+    """The fixed plan of an incremental run: cut indices per pass. Cuts whose runs recompute the same nodes (the
+    changed nodes and their descendants) share passes, so no pass computes a node for one cut that another does
+    not need; plans are ordered by the first recomputed node, then by cut index."""
+    s = cuts.structure
+    group, changed = cuts.changed_nodes()
+    recomputed = torch.stack([s.descendants(c, s.edge_mask) for c in changed])  # [n_groups, S]
+    recomputed = torch.cat([recomputed, changed[:, -1:]], dim=1)  # the logits, read by every run, last
+    keys: dict[bytes, list[int]] = {}
+    for g, row in enumerate(recomputed):
+        keys.setdefault(row.numpy().tobytes(), []).append(g)
+    members = [torch.cat([(group == g).nonzero().flatten() for g in gs]).sort().values for gs in keys.values()]
+    first = [int(recomputed[gs[0]].nonzero()[0]) for gs in keys.values()]
+    plan: list[Tensor] = []
+    for _, idx in sorted(zip(first, members, strict=True), key=lambda fm: (fm[0], int(fm[1][0]))):
+        plan += list(idx.split(circuits_per_pass))
+    return plan
+
+
+def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, circuits_per_pass: int = 32,
+                       incremental: bool = True, checkpoint: Checkpoint | None = None,
+                       description: str = "exact") -> Tensor:
+    """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass).
+
+    ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine."""
+    if int(circuits_per_pass) < 1:
+        raise ValueError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}")
+    n = cuts.shape[0]
+    if incremental:
+        plan = cut_passes(cuts, circuits_per_pass)
+    else:
+        plan = list(torch.arange(n).split(circuits_per_pass))
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and "next_pass" not in state:
+        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by an older "
+                                      "version of exact patching; delete it to start the run again")
+    effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
+    start = state["next_pass"] if state else 0
+    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
+    strategy = session.incremental if incremental else None
+    passes = range(start, len(plan))
+    for p in progress(passes, description, session, total=len(passes), unit="pass"):
+        idx = plan[p]
+        cut = session.objective_of(~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, n]
+        effects[idx] = (full[None] - cut).sum(1) / session.n_examples
+        if checkpoint is not None:
+            checkpoint.maybe_save({"effects": effects, "next_pass": p + 1})
+    return effects
+
+
+@register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",
+          checkpoints=True)
+def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
+          checkpoint: Checkpoint | None = None) -> Tensor:
+    """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower)."""
     s = session.structure
-    effects = single_cut_effects(session, EdgeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
-                                 description="exact (edges)")
+    effects = single_cut_effects(session, EdgeCuts(s), circuits_per_pass=circuits_per_pass, incremental=incremental,
+                                 checkpoint=checkpoint, description="exact (edges)")
     scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32)
     scores[s.edge_order[:, 0], s.edge_order[:, 1]] = effects.float()
     return scores
 
 
-@register("node-patching", "node", "each head's / MLP's exact effect, ablated alone", checkpoints=True)
-def node_patching(session: CircuitSession, circuits_per_pass: int = 32,
+@register("node-patching", "node", "each head's / MLP's exact effect, ablated alone (incremental recompute)",
+          checkpoints=True)
+def node_patching(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
                   checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""
     s = session.structure
-    effects = single_cut_effects(session, NodeCuts(s), circuits_per_pass=circuits_per_pass, checkpoint=checkpoint,
-                                 description="node patching")
+    effects = single_cut_effects(session, NodeCuts(s), circuits_per_pass=circuits_per_pass, incremental=incremental,
+                                 checkpoint=checkpoint, description="node patching")
     nodes = torch.full((s.n_nodes,), float("nan"))
     nodes[:-1] = effects.float()
     return nodes

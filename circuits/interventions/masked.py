@@ -383,12 +383,14 @@ class IncrementalResidual(MaskedResidual):
         if tuple(self.held.outputs.shape[1:3]) != (B, P):
             raise ValueError(f"held outputs {tuple(self.held.outputs.shape)} are not of this batch ({B} x {P})")
         first = super().begin(first, structure)  # decides the active senders
-        masks = self.masks_in.detach().cpu().float()  # [C, S, R]
+        edges = structure.edge_mask
+        masks = self.masks_in.detach().cpu().float() * edges  # [C, S, R]; entries off the graph are never read
         S = structure.n_senders
         changed = torch.zeros(S + 1, dtype=torch.bool)
-        changed[structure.receiver_node[(masks != self.held.mask[None]).any(0).any(0)]] = True
+        differs = (masks != (self.held.mask * edges)[None]).any(0).any(0)  # [R]
+        changed[structure.receiver_node[differs]] = True
         changed[:S] |= torch.tensor(self.active) & ~self.held.exact  # read here, not held exactly
-        self.computed = structure.descendants(changed, (masks != 0).any(0) & structure.edge_mask)  # [S]
+        self.computed = structure.descendants(changed, (masks != 0).any(0))  # [S]
         self._computed = self.computed.tolist()
         if self.recording is not None:
             keep = ~self.computed.to(self.recording.device)

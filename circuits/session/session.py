@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from circuits.interventions.ablation import Ablated, AblationError, build_ablation, check_ablation, mean_outputs
-from circuits.interventions.masked import MaskedResidual
+from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
 from circuits.interventions.residual import ResidualStrategy
 from circuits.session.batches import SessionBatch, plan_batches
 from circuits.session.normalization import undefined
@@ -151,6 +151,7 @@ class CircuitSession:
         self.forwards = 0  # patched forwards run (benchmarks count them)
         self._ablated: dict[int, Ablated] = {}
         self._full: dict[int, Tensor] = {}
+        self._held: dict[int, HeldCircuit] = {}
 
     @property
     def n_examples(self) -> int:
@@ -194,6 +195,22 @@ class CircuitSession:
                 self._full[batch.number] = self.model.logits(batch.clean, batch.attention_mask,
                                                              logit_positions=batch.positions)
         return self._full[batch.number]
+
+    def held_full(self, batch: SessionBatch) -> HeldCircuit:
+        """Every sender's output in the full model on ``batch`` (one recorded clean run, kept): what incremental
+        runs (:meth:`incremental`) recompute from."""
+        if batch.number not in self._held:
+            with torch.no_grad():
+                run = self.model.run(batch.clean, batch.attention_mask, record=True, logit_positions=batch.positions)
+            assert run.sender_outputs is not None
+            self._full.setdefault(batch.number, run.logits)
+            self._held[batch.number] = HeldCircuit.of_model(self.structure, run.sender_outputs)
+        return self._held[batch.number]
+
+    def incremental(self, batch: SessionBatch, masks: Tensor) -> IncrementalResidual:
+        """A :data:`StrategyFactory` that runs ``masks [c, S, R]`` recomputing only the nodes whose inputs differ
+        from the full model's, and what they feed (:class:`IncrementalResidual` over :meth:`held_full`)."""
+        return IncrementalResidual(masks, self.ablated(batch), self.held_full(batch))
 
     # ---- metrics -----------------------------------------------------------------------------------------------
     def metric_values(self, logits: Tensor, batch: SessionBatch, metric: Metric | None = None) -> Tensor:
