@@ -13,11 +13,12 @@ weights; the forward computes each query head's k/v from that head's own input w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from circuits.graph.structure import GraphStructure
 
@@ -89,9 +90,9 @@ class Mlp:
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """``x @ w + b`` with ``w`` stored [in, out] (possibly a transposed view of an nn.Linear weight)."""
-    out = x @ w
-    return out + b if b is not None else out
+    """``x @ w + b`` with ``w`` stored [in, out] (possibly a transposed view of an nn.Linear weight); one fused
+    matmul-and-bias."""
+    return F.linear(x, w.T, b)
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,17 @@ class TransformerSpec:
                               has_mlp=self.layers[0].mlp is not None)
 
 
+# Hugging Face's ``gelu_new`` is six elementwise passes over the MLP's hidden activations; torch's tanh-approximate
+# GELU is the same formula in one fused kernel (equal to float rounding), a third of a small model's MLP time.
+_TANH_GELU = partial(F.gelu, approximate="tanh")
+_FUSED_ACTS = {"gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU}
+
+
 def _act(config: Any, name_attr: str) -> Callable[[Tensor], Tensor]:
     from transformers.activations import ACT2FN
 
-    return ACT2FN[getattr(config, name_attr)]
+    name = getattr(config, name_attr)
+    return _FUSED_ACTS.get(name) or ACT2FN[name]
 
 
 # The readers walk each family's module tree by attribute name (``hf.transformer.h[i].attn.c_attn``), which
