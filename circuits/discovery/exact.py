@@ -66,7 +66,8 @@ class NodeCuts:
         return out
 
 
-@register("exact", "edge", "each edge's exact effect, patched alone (batched)", checkpoints=True)
+@register("exact", "edge", "each edge's exact effect, patched alone (batched)", checkpoints=True,
+          ranges={"circuits_per_pass": {"low": 1}})
 def exact(session: CircuitSession, circuits_per_pass: int = 32, checkpoint: Checkpoint | None = None) -> Tensor:
     """``[S, R]`` exact single-edge effects."""
     s = session.structure
@@ -77,7 +78,8 @@ def exact(session: CircuitSession, circuits_per_pass: int = 32, checkpoint: Chec
     return scores
 
 
-@register("node-patching", "node", "each head's / MLP's exact effect, ablated alone", checkpoints=True)
+@register("node-patching", "node", "each head's / MLP's exact effect, ablated alone", checkpoints=True,
+          ranges={"circuits_per_pass": {"low": 1}})
 def node_patching(session: CircuitSession, circuits_per_pass: int = 32,
                   checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""

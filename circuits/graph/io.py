@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from circuits.errors import CircuitsError
 from circuits.graph.structure import GraphMismatchError as GraphMismatchError, GraphStructure  # re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,8 +40,12 @@ PT_FORMAT = "circuits.Graph"
 PT_VERSION = 1
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(CircuitsError, ValueError):
     """A graph file that cannot be read: malformed, or missing a key this format requires."""
+
+
+class GraphNotFoundError(CircuitsError, FileNotFoundError):
+    """No graph file at the path given."""
 
 
 class HasStructure(Protocol):
@@ -54,7 +59,7 @@ class HasStructure(Protocol):
 def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: unknown graph file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raise GraphFormatError(f"{path}: unknown graph file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     return suffix
 
 
@@ -115,7 +120,8 @@ def load(path: str | os.PathLike, model: HasStructure | None = None) -> Graph:
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
-        raise FileNotFoundError(f"no graph file at {path}")
+        raise GraphNotFoundError(f"no graph file at {path}; check the path (graphs are written by "
+                                 "`circuits discover --out` or graph.save)")
     return {".json": _read_json, ".graphml": _read_graphml, ".pt": _read_pt}[suffix](path, model)
 
 

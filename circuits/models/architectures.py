@@ -19,10 +19,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from circuits.errors import CircuitsError
 from circuits.graph.structure import GraphStructure
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(CircuitsError, ValueError):
     """The model's architecture has no decomposed forward here."""
 
 
