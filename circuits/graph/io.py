@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
 SUFFIXES = (".json", ".graphml", ".pt")
 PT_FORMAT = "circuits.Graph"
 PT_VERSION = 1
+#: The largest [senders, receivers] score matrix a file may ask for (Llama-3.1-405B's has 0.79e9 entries): a
+#: damaged cfg must not make the loader allocate terabytes.
+MAX_MATRIX = 2**31
 
 
 class GraphFormatError(CircuitsError, ValueError):
@@ -78,6 +81,10 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
         value = cfg.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise GraphFormatError(f"{source}: cfg[{key!r}] must be an integer, got {value!r}")
+    layers, heads = cfg["n_layers"], cfg["n_heads"]
+    if layers >= 1 and heads >= 1 and (1 + layers * (heads + 1)) * (1 + layers * (3 * heads + 1)) > MAX_MATRIX:
+        raise GraphFormatError(f"{source}: cfg n_layers={layers}, n_heads={heads} is larger than any model (its "
+                               f"score matrix would exceed {MAX_MATRIX:,} entries); check the cfg block")
     try:
         return GraphStructure(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                               n_kv_heads=cfg.get("n_key_value_heads"),
