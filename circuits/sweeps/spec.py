@@ -28,7 +28,9 @@ A sweep file (``discovery/quick.toml`` is a complete example)::
     [resources]                                 # per job
     cpus = 1
     gpus = "auto"                               # one per job where GPUs exist, else 0; 0.25: four jobs share one
-    max_retries = 2                             # when a worker dies (a job that raises is recorded, not retried)
+    memory = "auto"                             # GB each job declares to Ray (scheduling); "auto": estimated; 0: none
+    max_retries = 2                             # when a worker dies or runs out of memory (then with fewer jobs at
+                                                # once); a job that raises is recorded, not retried
 
     [output]
     graphs = "graphs"                           # -> graphs/<name>/<job_id>.json
@@ -58,7 +60,7 @@ SHIPPED = "shipped"  # task name meaning "the zoo model's own task.toml"
 TOP_KEYS = ("name", "description", "models", "tasks", "methods", "ablations", "seeds", "n", "batch_size", "split",
             "params", "evaluation", "resources", "output", "device", "dtype")
 EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target", "actors")
-RESOURCE_KEYS = ("cpus", "gpus", "max_retries")
+RESOURCE_KEYS = ("cpus", "gpus", "memory", "max_retries")
 OUTPUT_KEYS = ("graphs", "results")
 MODEL_KEYS = ("model", "tasks", "device", "dtype")
 DEFAULTS: dict[str, Any] = {
@@ -66,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "params": {}, "device": None, "dtype": None,
     "evaluation": {"split": "validation", "batch_size": 32, "fractions": list(MIB_FRACTIONS), "minimal_target": 0.9,
                    "actors": 0},
-    "resources": {"cpus": 1, "gpus": "auto", "max_retries": 2},
+    "resources": {"cpus": 1, "gpus": "auto", "memory": "auto", "max_retries": 2},
     "output": {"graphs": "graphs", "results": "results"},
 }
 
@@ -473,6 +475,10 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
                        f"e.g. {key} = 1, or {key} = 0.25 to share one {key[:-1].upper()} between four jobs")
     if resources["cpus"] == 0 and resources["gpus"] in (0, "auto"):
         raise _err(source, "resources", "a job needs CPUs or GPUs", "set cpus = 1 (or gpus = ...)")
+    memory = resources["memory"]
+    if memory != "auto" and (not isinstance(memory, (int, float)) or isinstance(memory, bool) or not memory >= 0):
+        raise _err(source, "resources.memory", f"expected GB >= 0 or \"auto\", got {memory!r}",
+                   'e.g. memory = 4 (GB each job declares to Ray), "auto" (estimated from the model) or 0 (none)')
     if not isinstance(resources["max_retries"], int) or resources["max_retries"] < 0:
         raise _err(source, "resources.max_retries", f"expected an integer >= 0, got {resources['max_retries']!r}",
                    "e.g. max_retries = 2")
