@@ -74,6 +74,8 @@ CLI = [
     ("seed-negative", ["discover", *SMALL, "--seed", "-1"], "--seed"),
     ("n-text", ["discover", "--n", "many"], "--n"),  # argparse
     ("ablation-unknown", ["discover", "--ablation", "resample"], "--ablation"),  # argparse
+    ("info-batch-zero", ["info", ZOO, "--batch", "0"], "--batch"),
+    ("info-seq-too-long", ["info", ZOO, "--seq", "100000"], "--seq"),
     ("model-zoo-missing", ["discover", "--model", "zoo:no-such", "--n", "8"], "no-such"),
     ("model-random-missing", ["info", "random:gpt9"], "gpt9"),
     ("model-folder-missing", ["info", "./no/such/folder"], "no/such/folder"),
