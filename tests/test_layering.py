@@ -16,6 +16,8 @@ PACKAGE = Path(circuits.__file__).parent
 # Lowest first: a package may import only packages listed before it (and the top-level facade for __version__).
 LAYERS = ["tasks", "interventions", "session", "graph", "models", "evaluation", "discovery", "plotting", "zoo",
           "sweeps", "cli"]
+# Top-level modules below every layer (they import nothing of the package): the base error type.
+FOUNDATION = ["errors"]
 
 
 def _runtime_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
@@ -57,6 +59,8 @@ def test_runtime_imports_only_go_down_the_layers():
             if pkg != "cli" and names != ["__version__"]:
                 upward.append(f"{path}:{line} imports {names} from the circuits facade")
             continue
+        if target in FOUNDATION:
+            continue
         if target not in LAYERS or LAYERS.index(target) > LAYERS.index(pkg):
             upward.append(f"{path}:{line} ({pkg}) imports {module}")
     assert not upward, "\n".join(upward)
@@ -66,3 +70,10 @@ def test_no_private_names_cross_modules():
     private = [f"{path}:{line} imports {n} from {module}" for _, path, module, names, line in _imports()
                for n in names if n.startswith("_") and n != "__version__"]
     assert not private, "\n".join(private)
+
+
+def test_foundation_imports_nothing_of_the_package():
+    for name in FOUNDATION:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        assert not [n for n in _runtime_imports(tree) if isinstance(n, ast.ImportFrom) and n.module
+                    and n.module.startswith("circuits")], f"circuits/{name}.py must import nothing of the package"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from circuits.cli.options import UsageError, model_options, parse_params
 
 EPILOG = """examples:
   circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
@@ -26,30 +27,17 @@ OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_s
            "dtype", "checkpoint", "params")
 
 
-def _parse_params(items: list[str]) -> dict:
-    params = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--param takes NAME=VALUE, got {item!r} (e.g. --param steps=10)")
-        key, raw = item.split("=", 1)
-        try:
-            params[key.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            params[key.strip()] = raw
-    return params
-
-
 def load_config(path: str) -> dict:
     """A run configuration TOML; unknown keys are named with the allowed ones."""
     try:
         config = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
+        raise UsageError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from None
+        raise UsageError(f"{path}: not valid TOML: {err}") from None
     unknown = sorted(set(config) - set(OPTIONS))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
+        raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(OPTIONS)}")
     return config
 
 
@@ -62,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, key, None)
         if value is not None and key != "params":
             opts[key] = value
-    params = {**config.get("params", {}), **_parse_params(args.param or [])}
     defaults = dict(model=DEFAULT_MODEL, method="eap-ig", n=200, seed=0, ablation="corrupted", split="train",
                     batch_size=16)
     opts = {k: (defaults.get(k) if v is None else v) for k, v in opts.items()}
@@ -72,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
     # the merged options are untyped (TOML values, argparse strings and ints, defaults): convert them once
     task_spec, method = str(opts["task"]), str(opts["method"])
     ablation, split = str(opts["ablation"]), str(opts["split"])
-    n, seed, batch_size = int(opts["n"]), int(opts["seed"]), int(opts["batch_size"])
+    n, seed, batch_size = (_integer(opts, key, low) for key, low in (("n", 2), ("seed", 0), ("batch_size", 1)))
+    params = parse_params(args.param or [], method, config.get("params"))  # every check before the model loads
 
     start = time.perf_counter()
-    model = circuits.load_model(opts["model"], device=opts["device"], dtype=opts["dtype"])
+    model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]))
     task = circuits.load_task(task_spec, model, n=n, seed=seed)
     print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
@@ -104,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
     print("\nwrote  " + "\n       ".join(written))
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _integer(opts: dict, key: str, low: int) -> int:
+    """An integer option (from the command line or the config file) of at least ``low``."""
+    value = opts[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise UsageError(f"--{key.replace('_', '-')} {value!r}: expected an integer >= {low}")
+    return value
 
 
 def _zoo_file(model_spec, filename: str) -> str | None:

@@ -8,6 +8,8 @@ import math
 import time
 from pathlib import Path
 
+from circuits.cli.options import UsageError, model_options, parse_params
+
 EPILOG_EVALUATE = """examples:
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --k 200
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --curve            # MIB curve, CPR
@@ -59,8 +61,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     chosen = [x is not None for x in (args.k, args.fraction, args.threshold)]
     if sum(chosen) > 1:
-        raise ValueError("give at most one of --k, --fraction, --threshold")
-    model = circuits.load_model(args.model, device=args.device, dtype=args.dtype)
+        raise UsageError("give at most one of --k, --fraction, --threshold")
+    model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
     saved: dict = {"model": model.name, "task": task.name, "graph": args.graph, "ablation": args.ablation,
@@ -125,20 +127,12 @@ def _reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     name = args.circuit
     args.ablation = check_ablation(args.ablation)
-    params = {}
-    for item in args.param or []:
-        if "=" not in item:
-            raise ValueError(f"--param takes KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
+    params = parse_params(args.param or [], args.method)
     # the weights first: without them, stop before anything else
     from circuits.models.loading import ModelNotFoundError
 
     try:
-        model = circuits.load_model(args.model, device=args.device, dtype=args.dtype)
+        model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
     except ModelNotFoundError as err:
         raise ModelNotFoundError(f"reproducing the published {name} circuit needs the trained weights of GPT-2 small "
                                  f"(a random-weight model has no such circuit). {err}") from None
@@ -148,7 +142,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as err:
         if err.name != "circuits.discovery":
             raise
-        raise ValueError(f"circuit discovery is not available in this installation ({err})") from None
+        raise UsageError(f"circuit discovery is not available in this installation ({err})") from None
     task = circuits.load_task(REPRODUCIBLE[name], model, n=args.n, seed=args.seed)
     print(f"model     {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task      {task.name}: {len(task.train)} train / {len(task.validation)} validation examples, "

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from circuits.cli.options import UsageError, model_options
+
 EPILOG_INFO = """examples:
   circuits info random:gpt2-small                  # GPT-2-small shape, random weights, no download
   circuits info gpt2 --save graphs/gpt2-full.json  # a hub model (cached), and write its full graph (MIB JSON)
@@ -20,7 +22,15 @@ def _info(args: argparse.Namespace) -> int:
     from circuits.interventions.ablation import ablated_outputs
 
     start = time.perf_counter()
-    model = circuits.load_model(args.model, device=args.device, dtype=args.dtype)
+    for option, value in (("--batch", args.batch), ("--seq", args.seq)):
+        if value < 1:
+            raise UsageError(f"{option} {value}: expected an integer >= 1")
+    model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
+    config = model.hf.config
+    longest = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if longest and args.seq > longest:
+        raise UsageError(f"--seq {args.seq}: {model.name} reads at most {longest} positions; "
+                         f"use --seq {longest} or less")
     s = model.structure
     print(f"model     {model.name}: {model.spec.family}, {s.describe()}, d_model {s.d_model}, "
           f"{model.dtype} on {model.device}")

@@ -6,6 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from circuits.cli.options import UsageError
+
 EPILOG = """examples:
   circuits plot graphs/ioi.json                          # -> graphs/ioi.png, the circuit stored in the file
   circuits plot graphs/ioi.json --top-k 200 --out ioi.svg --out ioi.dot
@@ -52,7 +54,7 @@ def _plot(args: argparse.Namespace) -> int:
     command = _command_line(args)
     if args.results:
         if args.graph:
-            raise ValueError("give either a GRAPH file or --results, not both")
+            raise UsageError("give either a GRAPH file or --results, not both")
         from circuits.plotting import load_results, write_report
 
         table = load_results(args.results)
@@ -65,20 +67,20 @@ def _plot(args: argparse.Namespace) -> int:
         print(f"wrote {report} and {len(files) - 1} more files in {out_dir}/: {others}")
         return 0
     if not args.graph:
-        raise ValueError("give a GRAPH file to draw, or --results TABLE to regenerate a report (see --help)")
+        raise UsageError("give a GRAPH file to draw, or --results TABLE to regenerate a report (see --help)")
 
     from circuits.graph import Graph
     from circuits.plotting import draw_circuit, write_dot
 
     graph = Graph.load(args.graph)
     if args.top_k is not None and args.top_fraction is not None:
-        raise ValueError("give --top-k or --top-fraction, not both")
+        raise UsageError("give --top-k or --top-fraction, not both")
     if args.top_k is not None:
         graph = graph.top_k(args.top_k, absolute=args.absolute)
     elif args.top_fraction is not None:
         graph = graph.top_fraction(args.top_fraction, absolute=args.absolute)
     elif args.absolute:
-        raise ValueError("--absolute only applies with --top-k or --top-fraction")
+        raise UsageError("--absolute only applies with --top-k or --top-fraction")
     outs = [Path(o) for o in (args.out or [Path(args.graph).with_suffix(".png")])]
     stamp = provenance({"graph": str(args.graph), **({"top_k": args.top_k} if args.top_k is not None else {}),
                         **({"top_fraction": args.top_fraction} if args.top_fraction is not None else {}),
@@ -92,7 +94,7 @@ def _plot(args: argparse.Namespace) -> int:
             draw_circuit(graph, out, circuit_only=not args.all, max_edges=args.max_edges, title=args.title,
                          provenance=stamp)
         else:
-            raise ValueError(f"cannot write {out}: the suffix must be .png, .svg, .pdf or .dot")
+            raise UsageError(f"cannot write {out}: the suffix must be .png, .svg, .pdf or .dot")
         written.append(str(out))
     print(f"wrote {', '.join(written)} ({graph.n_edges:,} edges, {graph.n_nodes} nodes of "
           f"{graph.structure.n_edges:,} / {graph.structure.n_nodes})")

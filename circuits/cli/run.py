@@ -42,7 +42,8 @@ def run(args: argparse.Namespace, on_job_start=None) -> int:
             print(frame.to_string(index=False))
         print(f"\n{len(jobs)} job(s) in sweep {spec.name!r} from {spec.source}; "
               f"{sum(s == 'ok' for s in status.values())} already done; per job {spec.resources['cpus']} CPU, "
-              f"gpus {spec.resources['gpus']}; results -> {spec.results_dir}, graphs -> {spec.graphs_dir}")
+              f"gpus {spec.resources['gpus']}, memory {_memory(spec.resources['memory'])}; "
+              f"results -> {spec.results_dir}, graphs -> {spec.graphs_dir}")
         for note in spec.skipped:
             print(f"left out: {note}")
         return 0
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace, on_job_start=None) -> int:
     if result.interrupted:
         return 130
     return 1 if result.failed and args.strict else 0
+
+
+def _memory(setting) -> str:
+    return "estimated per model" if setting == "auto" else f"{setting} GB" if setting else "not declared"
 
 
 def add_parser(sub) -> None:

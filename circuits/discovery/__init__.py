@@ -47,10 +47,9 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     if method not in METHODS:
         raise DiscoveryError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
     m = METHODS[method]
-    unknown = sorted(set(params) - set(m.params))
-    if unknown:
-        known = ", ".join(f"{k}={v!r}" for k, v in m.params.items()) or "none"
-        raise DiscoveryError(f"method {method!r} has no parameter(s) {', '.join(unknown)}; its parameters: {known}")
+    params = m.check_params(params)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise DiscoveryError(f"batch_size={batch_size!r}: expected an integer >= 1 (pairs per batch), e.g. 16")
     if checkpoint is not None and not m.checkpoints:
         raise DiscoveryError(f"method {method!r} runs in one pass and takes no checkpoint; drop checkpoint=")
     if split not in ("train", "validation", "all"):

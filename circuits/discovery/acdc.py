@@ -164,7 +164,9 @@ class CandidateEvaluator:
 
 # ---- the search ----------------------------------------------------------------------------------------------
 @register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, "
-          "threshold tau", checkpoints=True)
+          "threshold tau", checkpoints=True,
+          ranges={"threshold": {"low": 0}, "metric": {"choices": ("kl", "task")}, "circuits_per_pass": {"low": 1},
+                  "max_receivers": {"low": 1}})
 def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
          circuits_per_pass: int | None = None, one_at_a_time: bool = False, max_receivers: int | None = None,
          checkpoint: Checkpoint | None = None,

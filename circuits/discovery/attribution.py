@@ -76,7 +76,8 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
     return clean, clean - ablated
 
 
-@register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)")
+@register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)",
+          ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}})
 def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None) -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
 
@@ -104,7 +105,8 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
     return _finish(session, scores, steps)
 
 
-@register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)")
+@register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
+          ranges={"steps": {"low": 1}})
 def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
     if steps < 1:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from circuits.errors import CircuitsError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(CircuitsError, ValueError):
     """The checkpoint file belongs to another run."""
 
 

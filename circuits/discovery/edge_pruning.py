@@ -39,7 +39,9 @@ from circuits.session import CircuitSession
 
 
 @register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low KL "
-          "at a target sparsity", checkpoints=True)
+          "at a target sparsity", checkpoints=True,
+          ranges={"target_sparsity": {"low": 0, "high": 1}, "steps": {"low": 1}, "lr": {"low": 0, "low_open": True},
+                  "seed": {"low": 0}, "metric": {"choices": ("kl", "task")}})
 def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: int = 500, lr: float = 0.1,
                  seed: int = 0, metric: str = "kl", init_log_alpha: float = 3.0,
                  checkpoint: Checkpoint | None = None,

@@ -22,7 +22,7 @@ from circuits.discovery.checkpoint import Checkpoint, CheckpointMismatchError
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
 from circuits.graph.structure import GraphStructure
-from circuits.session import CircuitSession
+from circuits.session import CircuitSession, SessionError
 
 
 class EdgeCuts:
@@ -99,7 +99,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
 
     ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine."""
     if int(circuits_per_pass) < 1:
-        raise ValueError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}")
+        raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
     n = cuts.shape[0]
     if incremental:
         plan = cut_passes(cuts, circuits_per_pass)
@@ -124,7 +124,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
 
 
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",
-          checkpoints=True)
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}})
 def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
           checkpoint: Checkpoint | None = None) -> Tensor:
     """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower)."""
@@ -137,7 +137,7 @@ def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: boo
 
 
 @register("node-patching", "node", "each head's / MLP's exact effect, ablated alone (incremental recompute)",
-          checkpoints=True)
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}})
 def node_patching(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
                   checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""

@@ -9,7 +9,7 @@ from circuits.discovery.registry import register
 from circuits.session import CircuitSession
 
 
-@register("random", "edge", "random scores: the baseline every method must beat")
+@register("random", "edge", "random scores: the baseline every method must beat", ranges={"seed": {"low": 0}})
 def random_scores(session: CircuitSession, seed: int = 0) -> Tensor:
     """``[S, R]`` standard-normal scores on the real edges (0 elsewhere), reproducible from ``seed``."""
     s = session.structure

@@ -1,9 +1,18 @@
 """The discovery methods, by name: each method module registers its functions here when it is imported, and
-:mod:`circuits.discovery` imports them all, so :data:`METHODS` is complete as soon as the package is."""
+:mod:`circuits.discovery` imports them all, so :data:`METHODS` is complete as soon as the package is.
+
+Each method declares its parameters: their types come from the function's signature, their ranges and choices
+from ``register(..., ranges=...)``. :meth:`Method.check_params` is the one check every entry point applies
+(``circuits.discover``, ``circuits discover --param``, sweep files), so a bad value fails before any work starts.
+"""
 
 from __future__ import annotations
 
+import builtins
 import inspect
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -11,6 +20,82 @@ from circuits.session import SessionError
 
 #: Raised when discovery cannot run as asked (the session's own errors are the same type).
 DiscoveryError = SessionError
+
+_TYPES = (bool, int, float, str)  # the parameter types a method may declare (bool before int: bool is an int)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared method parameter: its type (bool, int, float or str), default, whether None is allowed,
+    and its range (``low``/``high``, ``low_open``: ``low`` itself excluded) or its ``choices``."""
+
+    name: str
+    type: type
+    default: Any
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        """``"a number > 0"``, ``"an integer >= 1 or None"``, ``"one of 'kl', 'task'"``."""
+        if self.choices:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            text = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[self.type]
+            if self.low is not None and self.high is not None:
+                text += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            elif self.low is not None:
+                text += f" {'>' if self.low_open else '>='} {self.low:g}"
+            elif self.high is not None:
+                text += f" <= {self.high:g}"
+        return text + (" or None" if self.optional else "")
+
+    def parse(self, text: str) -> Any:
+        """A value from the command line's text (``--param steps=10``), converted by the declared type; a value
+        that does not convert is returned as text, for :meth:`check` to reject with the full message."""
+        raw = text.strip()
+        if self.optional and raw.lower() in ("none", "null", ""):
+            return None
+        if self.type is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(raw.lower(), raw)
+        if self.type in (int, float):
+            try:
+                return self.type(raw)
+            except ValueError:
+                try:
+                    as_float = float(raw)  # "1e3" for an integer parameter
+                except ValueError:
+                    return raw
+                return int(as_float) if self.type is int and as_float.is_integer() else raw
+        return raw
+
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` as this parameter's type (an integer is a valid float), or a :class:`DiscoveryError` that
+        names ``where`` (the method and option), the value and what is accepted."""
+        if value is None and self.optional:
+            return None
+        ok = False
+        if self.type is bool:
+            ok = isinstance(value, bool)
+        elif self.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if ok and self.choices:
+            ok = value in self.choices
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value <= self.high
+        if not ok:
+            example = "" if self.default is None else f" (default {self.default!r})"
+            raise DiscoveryError(f"{where}{self.name}={value!r}: expected {self.describe()}{example}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -26,22 +111,57 @@ class Method:
     why_not: str = ""  # why the other ablations are ruled out
     checkpoints: bool = False  # the method accepts checkpoint=Checkpoint
     defaults: dict = field(default_factory=dict)
+    parameters: dict[str, Param] = field(default_factory=dict)  # declared by register(): types, ranges, choices
 
     @property
     def params(self) -> dict[str, Any]:
         """The method's parameters and their defaults (read from its signature)."""
-        sig = inspect.signature(self.fn)
-        return {k: p.default for k, p in list(sig.parameters.items())[1:] if k not in ("checkpoint", "on_progress")}
+        return {name: p.default for name, p in self.parameters.items()}
+
+    def check_params(self, params: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """``params`` checked against the declared parameters (unknown names, types, ranges) and converted;
+        ``where`` prefixes each message with the option they came from (``"--param "``)."""
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            known = ", ".join(f"{k}={p.default!r} ({p.describe()})" for k, p in self.parameters.items())
+            raise DiscoveryError(f"method {self.name!r} has no parameter(s) {where}{', '.join(unknown)}; its "
+                                 f"parameters: {known or 'none'}")
+        return {k: self.parameters[k].check(v, f"{where}{self.name} ") for k, v in params.items()}
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, level: str, description: str, **kwargs: Any) -> Callable[[Callable], Callable]:
-    """Add a method to :data:`METHODS` (its parameters are read from the function's signature)."""
+def declared_parameters(fn: Callable, ranges: dict[str, dict[str, Any]]) -> dict[str, Param]:
+    """The parameters of ``fn`` after its session (``checkpoint`` and ``on_progress`` are the runner's): types
+    from the annotations, ``ranges[name]`` the :class:`Param` fields beyond them (low, high, low_open, choices)."""
+    out = {}
+    for name, p in list(inspect.signature(fn).parameters.items())[1:]:
+        if name in ("checkpoint", "on_progress"):
+            continue
+        # annotations are text (postponed evaluation); a parameter's is plain builtins: "int | None"
+        hint = eval(p.annotation, {"__builtins__": builtins}) if isinstance(p.annotation, str) else p.annotation
+        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        optional = type(None) in members
+        kinds = [m for m in members if m in _TYPES]
+        if len(kinds) != 1 or len(members) != len(kinds) + optional:
+            raise TypeError(f"{fn.__name__}: parameter {name} must be annotated bool, int, float or str "
+                            f"(optionally | None), not {hint}")
+        out[name] = Param(name, kinds[0], p.default, optional=optional, **ranges.get(name, {}))
+    unknown = sorted(set(ranges) - set(out))
+    if unknown:
+        raise TypeError(f"{fn.__name__}: ranges for parameters it does not take: {', '.join(unknown)}")
+    return out
+
+
+def register(name: str, level: str, description: str, *, ranges: dict[str, dict[str, Any]] | None = None,
+             **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Add a method to :data:`METHODS`. Its parameters' types are read from the function's signature; ``ranges``
+    declares the rest, e.g. ``{"steps": {"low": 1}, "metric": {"choices": ("kl", "task")}}``."""
 
     def wrap(fn: Callable) -> Callable:
-        METHODS[name] = Method(name, fn, level, description, **kwargs)
+        METHODS[name] = Method(name, fn, level, description, parameters=declared_parameters(fn, ranges or {}),
+                               **kwargs)
         return fn
 
     return wrap

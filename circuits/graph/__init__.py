@@ -6,7 +6,8 @@ Modules, one idea each: ``structure`` (index layout, MIB names), ``graph`` (the 
 """
 
 from circuits.graph.graph import Graph
-from circuits.graph.io import GraphFormatError, GraphMismatchError
+from circuits.graph.io import GraphFormatError, GraphMismatchError, GraphNotFoundError
+from circuits.graph.selection import SelectionError
 from circuits.graph.structure import GraphStructure
 
-__all__ = ["Graph", "GraphFormatError", "GraphMismatchError", "GraphStructure"]
+__all__ = ["Graph", "GraphFormatError", "GraphMismatchError", "GraphNotFoundError", "GraphStructure", "SelectionError"]

@@ -34,6 +34,7 @@ import torch
 from circuits.graph import io, selection
 from circuits.graph.io import GraphFormatError, GraphMismatchError, HasStructure
 from circuits.graph.pruning import node_mask, prune as prune_mask
+from circuits.graph.selection import SelectionError
 from circuits.graph.structure import GraphStructure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -280,7 +281,7 @@ class Graph:
         elif level == "edge":
             mask = selection.top_k_edges(self.structure, self.scores, k, absolute)
         else:
-            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+            raise SelectionError(f"level must be 'edge' or 'node', got {level!r}")
         return self._selected(mask, prune, {"rule": "top_k", "k": k, **extra, "absolute": absolute,
                                             "level": level}, stacklevel=4)
 
@@ -290,7 +291,7 @@ class Graph:
         if level == "node":
             scored = ~torch.isnan(self._need_node_scores()[:-1])
             if not 0.0 <= fraction <= 1.0:
-                raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+                raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
             k = int(fraction * int(scored.sum()))
         else:
             k = selection.fraction_to_k(self.structure, fraction)
@@ -300,14 +301,14 @@ class Graph:
                   level: Level = "edge") -> Graph:
         """Every edge (or node) whose score (``|score|`` if ``absolute``) is ``>= threshold``, then pruned."""
         if math.isnan(threshold):
-            raise ValueError("threshold is NaN")
+            raise SelectionError(f"threshold={threshold!r}: a NaN threshold selects nothing; give a number")
         if level == "node":
             nodes = selection.threshold_nodes(self.structure, self._need_node_scores(), threshold, absolute)
             mask = selection.edges_between(self.structure, nodes)
         elif level == "edge":
             mask = selection.threshold_edges(self.structure, self.scores, threshold, absolute)
         else:
-            raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+            raise SelectionError(f"level must be 'edge' or 'node', got {level!r}")
         return self._selected(mask, prune, {"rule": "threshold", "threshold": float(threshold),
                                             "absolute": absolute, "level": level}, stacklevel=3)
 
@@ -344,7 +345,7 @@ class Graph:
 
     def _need_node_scores(self) -> torch.Tensor:
         if self.node_scores is None:
-            raise ValueError("level='node' needs node scores; this graph has only edge scores "
+            raise SelectionError("level='node' needs node scores; this graph has only edge scores "
                              "(use level='edge', or a node-level discovery method)")
         return self.node_scores
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from circuits.errors import CircuitsError
 from circuits.graph.structure import GraphMismatchError as GraphMismatchError, GraphStructure  # re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,10 +38,17 @@ if TYPE_CHECKING:  # pragma: no cover
 SUFFIXES = (".json", ".graphml", ".pt")
 PT_FORMAT = "circuits.Graph"
 PT_VERSION = 1
+#: The largest [senders, receivers] score matrix a file may ask for (Llama-3.1-405B's has 0.79e9 entries): a
+#: damaged cfg must not make the loader allocate terabytes.
+MAX_MATRIX = 2**31
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(CircuitsError, ValueError):
     """A graph file that cannot be read: malformed, or missing a key this format requires."""
+
+
+class GraphNotFoundError(CircuitsError, FileNotFoundError):
+    """No graph file at the path given."""
 
 
 class HasStructure(Protocol):
@@ -54,7 +62,7 @@ class HasStructure(Protocol):
 def _suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: unknown graph file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        raise GraphFormatError(f"{path}: unknown graph file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
     return suffix
 
 
@@ -73,6 +81,10 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
         value = cfg.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise GraphFormatError(f"{source}: cfg[{key!r}] must be an integer, got {value!r}")
+    layers, heads = cfg["n_layers"], cfg["n_heads"]
+    if layers >= 1 and heads >= 1 and (1 + layers * (heads + 1)) * (1 + layers * (3 * heads + 1)) > MAX_MATRIX:
+        raise GraphFormatError(f"{source}: cfg n_layers={layers}, n_heads={heads} is larger than any model (its "
+                               f"score matrix would exceed {MAX_MATRIX:,} entries); check the cfg block")
     try:
         return GraphStructure(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                               n_kv_heads=cfg.get("n_key_value_heads"),
@@ -115,7 +127,8 @@ def load(path: str | os.PathLike, model: HasStructure | None = None) -> Graph:
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
-        raise FileNotFoundError(f"no graph file at {path}")
+        raise GraphNotFoundError(f"no graph file at {path}; check the path (graphs are written by "
+                                 "`circuits discover --out` or graph.save)")
     return {".json": _read_json, ".graphml": _read_graphml, ".pt": _read_pt}[suffix](path, model)
 
 

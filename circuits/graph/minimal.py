@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.selection import warn_if_uninformative
+from circuits.graph.selection import SelectionError, warn_if_uninformative
 from circuits.session import CircuitSession
 from circuits.session.normalization import normalized, undefined, warn_undefined
 
@@ -52,11 +52,11 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
     """
     target = float(target)
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1] (f = 1 is the full model), got {target}")
+        raise SelectionError(f"target must lie in (0, 1] (f = 1 is the full model), got {target}")
     if points_per_pass < 1:
-        raise ValueError(f"points_per_pass must be at least 1, got {points_per_pass}")
+        raise SelectionError(f"points_per_pass must be at least 1, got {points_per_pass}")
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        raise SelectionError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     scored = check_circuit(model, scored, "scored graph")
     warn_if_uninformative(scored, "edge")
     runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
@@ -64,7 +64,7 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
     m_full, m_empty = float(runner.metric_full.mean()), float(runner.metric_empty.mean())
     if undefined(m_full, m_empty):
         warn_undefined(m_full, m_empty, runner.task_name, runner.ablation)
-        raise ValueError("faithfulness is undefined on this task (M(full) == M(empty)), so no circuit can reach a "
+        raise SelectionError("faithfulness is undefined on this task (M(full) == M(empty)), so no circuit can reach a "
                          "target; see the warning above")
     n = scored.structure.n_edges
     found: dict[int, float] = {0: 0.0, n: 1.0}

@@ -19,11 +19,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from circuits.errors import CircuitsError
 from circuits.graph.structure import GraphStructure
 from circuits.session.normalization import FaithfulnessWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.graph import Graph
+
+
+class SelectionError(CircuitsError, ValueError):
+    """A circuit cannot be cut from the scores as asked: k, fraction, threshold or level out of range."""
 
 
 def rank_key(scores: torch.Tensor, absolute: bool) -> torch.Tensor:
@@ -37,7 +42,7 @@ def top_k_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolut
     """``[S, R]`` bool: the ``k`` edges with the highest key (ties: first in MIB order)."""
     n = structure.n_edges
     if not 0 <= k <= n:
-        raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
+        raise SelectionError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
     order = structure.on(scores.device).edge_order  # [E, 2]
     key = rank_key(scores[order[:, 0], order[:, 1]], absolute)  # [E] in MIB order
     keep = torch.sort(key, descending=True, stable=True).indices[:k]  # stable: ties stay in MIB order
@@ -56,7 +61,7 @@ def threshold_edges(structure: GraphStructure, scores: torch.Tensor, threshold: 
 def fraction_to_k(structure: GraphStructure, fraction: float) -> int:
     """MIB's count for an edge fraction: ``int(fraction * n_edges)`` (floor, float product as MIB computes it)."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
     return int(fraction * structure.n_edges)
 
 
@@ -78,7 +83,7 @@ def top_k_nodes(structure: GraphStructure, node_scores: torch.Tensor, k: int, ab
     scored[-1] = False  # logits is never ranked
     n = int(scored.sum())
     if not 0 <= k <= n:
-        raise ValueError(f"k={k} nodes requested, but only {n} nodes have a score")
+        raise SelectionError(f"k={k} nodes requested, but only {n} nodes have a score")
     key = rank_key(node_scores, absolute).masked_fill(~scored, -torch.inf)
     out = ~scored
     out[-1] = True
@@ -108,7 +113,7 @@ def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolu
     """
     n = structure.n_edges
     if not 0 <= k <= n:
-        raise ValueError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
+        raise SelectionError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
     S, R = structure.n_senders, structure.n_receivers
     mask = structure.edge_mask
     key = rank_key(scores.detach().cpu(), absolute).masked_fill(~mask, -torch.inf)  # [S, R]

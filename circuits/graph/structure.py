@@ -27,10 +27,12 @@ from typing import Iterator
 
 import torch
 
+from circuits.errors import CircuitsError
+
 QKV = ("q", "k", "v")
 
 
-class GraphMismatchError(ValueError):
+class GraphMismatchError(CircuitsError, ValueError):
     """A graph file made for a model of another shape than the one it is being loaded with."""
 
 

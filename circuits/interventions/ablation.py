@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from circuits.errors import CircuitsError
+
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
 
@@ -30,7 +32,7 @@ ABLATIONS = ("corrupted", "mean", "zero")
 ABLATION_ALIASES = {"patching": "corrupted"}
 
 
-class AblationError(ValueError):
+class AblationError(CircuitsError, ValueError):
     """The ablation cannot be built from what was given."""
 
 

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from circuits.errors import CircuitsError
 from circuits.graph.structure import GraphStructure
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(CircuitsError, ValueError):
     """The model's architecture has no decomposed forward here."""
 
 

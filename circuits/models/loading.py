@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 import circuits.models.attn_only  # noqa: F401  (registers model_type "circuits_attn_only" with the Auto classes)
+from circuits.errors import CircuitsError
 from circuits.models.architectures import READERS, UnsupportedArchitectureError
 from circuits.models.circuit_model import CircuitModel
+from circuits.models.options import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
-class ModelNotFoundError(OSError):
+class ModelNotFoundError(CircuitsError, OSError):
     """The model is neither local, bundled, cached, nor reachable."""
 
     problem: str  # set by _spec_error
@@ -57,17 +59,21 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     """
     if isinstance(spec, CircuitModel):
         return spec
+    dtype = resolve_dtype(dtype)
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(spec, nn.Module):
         # an already-loaded transformers model (the architecture is checked by CircuitModel itself)
         model = CircuitModel.from_hf(cast("PreTrainedModel", spec), tokenizer)
         return model.to(device) if device is not None else model
     if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, not {type(spec)}")
+        raise ModelSpecError(f"load_model takes a hub id, a folder, 'zoo:NAME' or a transformers model, "
+                             f"not {type(spec).__name__} {spec!r}")
     kind, name = parse_model_spec(spec)
     if kind in ("random", "tiny-random"):  # random weights of a real shape, or a tiny one: no download at all
         from circuits.models.random import random_model, tiny_random_model
 
-        weights = _dtype(dtype) or torch.float32
+        weights = dtype or torch.float32
         model = (random_model(name, dtype=weights, tokenizer=tokenizer) if kind == "random"
                  else tiny_random_model(name, dtype=weights))
         return model.to(device) if device is not None else model
@@ -118,7 +124,7 @@ def parse_model_spec(spec: str | os.PathLike) -> tuple[str, str]:
     return "hub", spec
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(CircuitsError, ValueError):
     """A model spec that names no model: an unknown ``random:`` preset or ``tiny-random`` family."""
 
     problem: str  # set by _spec_error
@@ -132,10 +138,6 @@ def _spec_error(cls: type[_SpecErr], problem: str, fix: str) -> _SpecErr:
     err = cls(f"{problem}; {fix}")
     err.problem, err.fix = problem, fix
     return err
-
-
-def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -176,12 +178,12 @@ def _load_pretrained(where: str, name: str, device, dtype, tokenizer, local: boo
     if config.model_type not in READERS:
         raise UnsupportedArchitectureError(
             f"{where}: model type {config.model_type!r} is not supported; supported: {', '.join(sorted(READERS))}")
-    hf = AutoModelForCausalLM.from_pretrained(where, dtype=_dtype(dtype) or "auto", attn_implementation="eager",
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or "auto", attn_implementation="eager",
                                               local_files_only=cached)
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=cached)
         except (OSError, ValueError, TypeError):
             tokenizer = None  # weights without a tokenizer still have a graph; tasks will ask for one
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return CircuitModel.from_hf(hf.to(device), tokenizer, name=name)
+    hf = hf.to(resolve_device(device))  # type: ignore[arg-type]  # (transformers types .to for dtypes only)
+    return CircuitModel.from_hf(hf, tokenizer, name=name)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
+from circuits.errors import CircuitsError
 from circuits.interventions.ablation import Ablated, AblationError, build_ablation, check_ablation, mean_outputs
 from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
 from circuits.interventions.residual import ResidualStrategy
@@ -50,7 +51,7 @@ CUDA_MEMORY_FRACTION = 0.5  # of the free GPU memory
 StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
 
 
-class SessionError(ValueError):
+class SessionError(CircuitsError, ValueError):
     """A circuit run cannot start as asked: the message names the problem and the fix."""
 
 

@@ -16,7 +16,10 @@ with the reason in ``notes``):
   node AUROC for node methods), ``auroc_signed`` (raw scores), ``precision_at_size`` / ``recall_at_size`` (top
   as many edges by ``|score|`` as the truth has);
 * ``discover_s``, ``evaluate_s``, ``wall_s``, ``threads``, ``host``, ``pid``, ``started``, ``finished``,
-  ``version``, ``status``, ``error``, ``traceback``, ``notes`` (warnings raised during the job).
+  ``version``, ``status``, ``error``, ``traceback``, ``notes`` (warnings raised during the job);
+* ``failure``: why a job failed: ``"error"`` (it raised), ``"oom"`` (out of memory: killed by Ray's memory monitor or
+  the kernel, or an allocation failed), ``"crashed"`` (its worker died otherwise); ``attempts``: executions the
+  row's result took; ``memory_gb``: the memory the job declared to Ray.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from circuits.sweeps.memory import failure_reason, is_out_of_memory
 from circuits.sweeps.spec import SHIPPED, JobSpec
 
 # A hook called with the job as each execution of it starts, in the worker (see execute).
@@ -83,7 +87,8 @@ def _now() -> str:
 def empty_row(job: JobSpec) -> dict:
     return {"job_id": job.job_id, "model": job.model, "task": job.task, "method": job.method,
             "params": json.dumps(job.params_dict, sort_keys=True), "ablation": job.ablation, "seed": job.seed,
-            "n": job.n, "batch_size": job.batch_size, "split": job.split, "status": "running", "error": "",
+            "n": job.n, "batch_size": job.batch_size, "split": job.split, "status": "running", "failure": "",
+            "attempts": 1, "memory_gb": math.nan, "error": "",
             "traceback": "", "notes": "", "graph_edges": math.nan, "circuit_edges": math.nan, "cpr": math.nan,
             "cmd": math.nan, "metric_full": math.nan, "metric_empty": math.nan, "curve_fractions": "",
             "curve_signed": "", "curve_absolute": "", "minimal_k": math.nan, "minimal_edges": math.nan,
@@ -146,12 +151,23 @@ def execute(job: JobSpec, cpus: float | None = None, on_job_start: JobHook | Non
         row["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - the job's error is its result
         row["status"] = "error"
+        # "oom": out of memory here, or an evaluation actor killed for memory (the runner retries those)
+        row["failure"] = "oom" if is_out_of_memory(err) or _killed_for_memory(err) else "error"
         row["error"] = f"{type(err).__name__}: {err}"
         row["traceback"] = traceback.format_exc()
     row["notes"] = "\n".join(notes)
     row["wall_s"] = time.perf_counter() - start
     row["finished"] = _now()
     return row, graph_bytes
+
+
+def _killed_for_memory(err: BaseException) -> bool:
+    """A Ray error raised inside the job (an evaluation actor's worker) that says memory ran out."""
+    try:
+        from ray.exceptions import RayError
+    except ImportError:  # pragma: no cover - no Ray, no actors
+        return False
+    return isinstance(err, RayError) and failure_reason(err) == "oom"
 
 
 def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph, resources: dict | None = None) -> None:

@@ -68,9 +68,11 @@ class ResultStore:
             return out
         for path in sorted(self.rows_dir.glob("*.json")):
             try:
-                out.append(json.loads(path.read_text()))
+                row = json.loads(path.read_text())
             except (json.JSONDecodeError, OSError):  # cannot happen with atomic writes; never fatal
                 continue
+            if isinstance(row, dict) and row.get("job_id") == path.stem:  # one row per job: its own file only
+                out.append(row)
         return out
 
     def status(self) -> dict[str, str]:

@@ -7,9 +7,14 @@
 * **Resources**: each job asks for ``[resources].cpus`` CPUs and ``gpus`` GPUs (fractions share a GPU between
   small-model jobs; ``gpus = "auto"``, the default, means one GPU per job when the cluster has GPUs, else none).
   Torch threads in a job follow its CPUs.
+* **Memory**: each job declares its memory to Ray (``[resources].memory``, estimated by default; see
+  :mod:`circuits.sweeps.memory`), so Ray does not start more jobs than a node's memory holds.
 * **Nothing is lost**: a job that raises returns a row with ``status = "error"``, its error and traceback, and
-  the sweep goes on; a worker that dies (killed, out of memory, node lost) is retried by Ray up to
-  ``[resources].max_retries`` times, after which the job's row records the crash. Each row is written to
+  the sweep goes on; a worker that dies (killed, node lost) is retried by Ray up to ``[resources].max_retries``
+  times, after which the job's row records the crash (``failure = "crashed"``). A job that runs out of memory
+  (killed by Ray's memory monitor or the kernel, or an allocation that failed) is retried by the runner, at most
+  ``max_retries`` times, each time with half as many jobs in flight, then recorded with ``failure = "oom"``
+  (Ray's own OOM retries, unbounded by default, are off in the local Ray a sweep starts). Each row is written to
   ``results/<sweep>/rows/<job_id>.json`` atomically as soon as it arrives, and ``results.parquet`` / ``.csv`` are
   rebuilt from the rows (atomically) as the sweep goes and at the end.
 * **Resume**: running the same sweep again skips every job whose row says ``ok`` (jobs are identified by a hash
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from circuits.sweeps.job import JobHook, empty_row, execute
+from circuits.sweeps.memory import GB, RAY_SYSTEM_CONFIG, failure_reason, job_memory
 from circuits.sweeps.results import ResultStore, atomic_write
 from circuits.sweeps.spec import JobSpec, SweepSpec
 
@@ -52,6 +58,8 @@ class SweepResult:
     skipped: int  # jobs already finished before this call
     failed: int
     interrupted: bool = False
+    oom_retries: int = 0  # executions rerun after running out of memory
+    max_parallel: int = 0  # jobs in flight at once at the end (lowered after each out-of-memory failure)
 
 
 def _short_temp_dir() -> str:
@@ -77,7 +85,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster needs no token (none is written)
         started_temp = temp_dir or _short_temp_dir()
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=started_temp,
-                 log_to_driver=False, configure_logging=False)
+                 log_to_driver=False, configure_logging=False, _system_config=RAY_SYSTEM_CONFIG)
     try:
         yield ray
     finally:
@@ -103,6 +111,22 @@ def job_resources(spec: SweepSpec, cluster: dict) -> tuple[float, float]:
     if gpus == "auto":
         gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
     return cpus, float(gpus)
+
+
+def _declared_memory(spec: SweepSpec, job: JobSpec, cluster: dict) -> int:
+    """Bytes ``job`` declares to Ray; an estimate larger than the cluster's memory is capped to it (the job could
+    never be scheduled otherwise), a declared amount larger than it is an error."""
+    from circuits.sweeps.spec import SweepError
+
+    wanted = job_memory(spec.resources["memory"], job)
+    available = int(cluster.get("memory", 0))
+    if available and wanted > available:
+        if spec.resources["memory"] != "auto":
+            raise SweepError(f"{spec.source}: key 'resources.memory': each job declares {wanted / GB:.2f} GB but the "
+                             f"Ray cluster has {available / GB:.2f} GB of memory; fix: declare less, or join a larger "
+                             "cluster (--address)")
+        wanted = available
+    return wanted
 
 
 def summarize(frame):
@@ -150,7 +174,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
     if skipped:
         say(f"resume: {skipped} of {len(jobs)} jobs already finished in {store.rows_dir}; running the other "
             f"{len(todo)}")
-    ran = failed = 0
+    ran = failed = oom_retries = 0
+    limit = 0
     interrupted = False
     if todo:
         with ray_session(address, num_cpus=num_cpus) as ray:
@@ -162,19 +187,22 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                     cluster.get("GPU", 0) / gpus if gpus else float("inf")]
             slots = max(1, int(min(fits))) if min(fits) != float("inf") else 1
             limit = max_parallel or len(todo)
-            options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=int(spec.resources["max_retries"]),
-                           retry_exceptions=False)
-            remote = _remote_execute(ray).options(**options)
+            max_retries = int(spec.resources["max_retries"])
+            options = dict(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
+            memory = {j.job_id: _declared_memory(spec, j, cluster) for j in todo}
             say(f"sweep {spec.name}: {len(todo)} job(s) on Ray ({cluster.get('CPU', 0):g} CPUs, "
-                f"{cluster.get('GPU', 0):g} GPUs; {cpus:g} CPU / {gpus:g} GPU per job, {min(slots, limit)} at once)")
+                f"{cluster.get('GPU', 0):g} GPUs, {cluster.get('memory', 0) / GB:.1f} GB; {cpus:g} CPU / {gpus:g} "
+                f"GPU / up to {max(memory.values()) / GB:.2f} GB per job, {min(slots, limit)} at once)")
             queue = list(todo)
             pending: dict = {}
+            oom_failures: dict[str, int] = {}
             bar = _bar(len(jobs), skipped, progress)
             last_rebuild = time.monotonic()
             try:
                 while queue or pending:
                     while queue and len(pending) < limit:
                         job = queue.pop(0)
+                        remote = _remote_execute(ray).options(**options, memory=memory[job.job_id] or None)
                         pending[remote.remote(job, cpus, on_job_start, gpus)] = job
                     bar.set_postfix_str(f"running {min(len(pending), slots)}, queued "
                                         f"{len(queue) + max(0, len(pending) - slots)}, failed {failed}")
@@ -183,11 +211,28 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                         job = pending.pop(ref)
                         try:
                             row, graph = ray.get(ref)
-                        except RayError as err:  # the worker died more often than max_retries allows
+                        except RayError as err:  # killed for memory, or died more often than max_retries allows
                             row, graph = empty_row(job), None
-                            row.update(status="error", error=f"{type(err).__name__}: the job's worker died "
-                                       f"{int(spec.resources['max_retries']) + 1} time(s): {str(err)[:500]}",
-                                       traceback=str(err), finished=row["started"])
+                            reason = failure_reason(err)
+                            died = ("was killed for memory" if reason == "oom" else
+                                    f"died {max_retries + 1} time(s)")
+                            row.update(status="error", failure=reason, traceback=str(err), finished=row["started"],
+                                       error=f"{type(err).__name__}: the job's worker {died}: {str(err)[:500]}")
+                        if row.get("failure") == "oom":
+                            n_oom = oom_failures[job.job_id] = oom_failures.get(job.job_id, 0) + 1
+                            if n_oom <= max_retries:  # again, once fewer jobs share the memory
+                                limit = max(1, min(limit, len(pending) + 1) // 2)
+                                queue.insert(0, job)
+                                oom_retries += 1
+                                say(f"job {job.job_id} ran out of memory (attempt {n_oom} of {max_retries + 1}); "
+                                    f"retrying it with at most {limit} job(s) at once")
+                                continue
+                            row["error"] = (f"out of memory in {n_oom} attempt(s), the last with at most {limit} "
+                                            f"job(s) at once; declare more memory ([resources].memory, "
+                                            f"{memory[job.job_id] / GB:.2f} GB now) or lower batch_size. "
+                                            f"{row['error']}")
+                        row["attempts"] = oom_failures.get(job.job_id, 0) + (row.get("failure") != "oom")
+                        row["memory_gb"] = round(memory[job.job_id] / GB, 3)
                         _save(row, graph, job, spec, store)
                         ran += 1
                         failed += row["status"] != "ok"
@@ -206,7 +251,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, max_parallel: int 
                 bar.close()
     frame = store.rebuild(order)
     summary = summarize(frame)
-    result = SweepResult(frame, summary, store.dir, graphs_dir, ran, skipped, failed, interrupted)
+    result = SweepResult(frame, summary, store.dir, graphs_dir, ran, skipped, failed, interrupted, oom_retries, limit)
     if out:
         report(result, spec, say, n_jobs=len(jobs))
     return result

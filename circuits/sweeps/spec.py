@@ -28,7 +28,9 @@ A sweep file (``discovery/quick.toml`` is a complete example)::
     [resources]                                 # per job
     cpus = 1
     gpus = "auto"                               # one per job where GPUs exist, else 0; 0.25: four jobs share one
-    max_retries = 2                             # when a worker dies (a job that raises is recorded, not retried)
+    memory = "auto"                             # GB each job declares to Ray (scheduling); "auto": estimated; 0: none
+    max_retries = 2                             # when a worker dies or runs out of memory (then with fewer jobs at
+                                                # once); a job that raises is recorded, not retried
 
     [output]
     graphs = "graphs"                           # -> graphs/<name>/<job_id>.json
@@ -50,13 +52,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuits.errors import CircuitsError
+
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SHIPPED = "shipped"  # task name meaning "the zoo model's own task.toml"
 
 TOP_KEYS = ("name", "description", "models", "tasks", "methods", "ablations", "seeds", "n", "batch_size", "split",
             "params", "evaluation", "resources", "output", "device", "dtype")
 EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target", "actors")
-RESOURCE_KEYS = ("cpus", "gpus", "max_retries")
+RESOURCE_KEYS = ("cpus", "gpus", "memory", "max_retries")
 OUTPUT_KEYS = ("graphs", "results")
 MODEL_KEYS = ("model", "tasks", "device", "dtype")
 DEFAULTS: dict[str, Any] = {
@@ -64,12 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "params": {}, "device": None, "dtype": None,
     "evaluation": {"split": "validation", "batch_size": 32, "fractions": list(MIB_FRACTIONS), "minimal_target": 0.9,
                    "actors": 0},
-    "resources": {"cpus": 1, "gpus": "auto", "max_retries": 2},
+    "resources": {"cpus": 1, "gpus": "auto", "memory": "auto", "max_retries": 2},
     "output": {"graphs": "graphs", "results": "results"},
 }
 
 
-class SweepError(ValueError):
+class SweepError(CircuitsError, ValueError):
     """A sweep file that cannot run: the message names the file, the key and the fix."""
 
 
@@ -313,8 +317,26 @@ def _check_model(model: str, key: str, source: str) -> None:
     # a hub id otherwise: resolved (cache first) by the job itself
 
 
+def _check_model_option(value: Any, key: str, source: str) -> None:
+    """A sweep's ``device`` / ``dtype`` (top level or per model): a dtype must exist; a device must be a device
+    name (whether the workers have it is theirs to say: they may have GPUs this driver lacks)."""
+    from circuits.models.options import ModelOptionError, parse_device, resolve_dtype
+
+    if value is None:
+        return
+    try:
+        if not isinstance(value, str):
+            raise ModelOptionError(f"expected a name, got {value!r}")
+        if key.endswith("device"):
+            parse_device(value, key)
+        else:
+            resolve_dtype(value, key)
+    except ModelOptionError as err:
+        raise _err(source, key, str(err), 'e.g. device = "cpu", dtype = "float32" (or leave them out)') from None
+
+
 def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
-    from circuits.discovery import METHODS
+    from circuits.discovery import METHODS, DiscoveryError
     from circuits.interventions.ablation import ABLATIONS, AblationError, check_ablation
 
     unknown = sorted(set(config) - set(TOP_KEYS))
@@ -325,6 +347,8 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
             example = "zoo:planted-ioi" if key == "models" else "eap"
             raise _err(source, key, "missing", f'add e.g. {key} = ["{example}"]')
     cfg = {**DEFAULTS, **config}
+    for option in ("device", "dtype"):
+        _check_model_option(cfg[option], option, source)
     name = cfg.get("name") or "sweep"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise _err(source, "name", f"{name!r} is not a folder name", "use letters, digits, '-', '_', '.'")
@@ -366,6 +390,8 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
             _check_model(entry["model"], f"{key}", source)
         for j, t in enumerate(entry_tasks):
             check_task(t, f"{key}.tasks[{j}]" if "tasks" in entry else f"tasks[{j}]", entry["model"])
+        for option in ("device", "dtype"):
+            _check_model_option(entry.get(option), f"{key}.{option}", source)
         models.append({"model": entry["model"], "tasks": list(entry_tasks), "device": entry.get("device"),
                        "dtype": entry.get("dtype")})
 
@@ -408,12 +434,13 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
             values = values if isinstance(values, list) else [values]
             if not values:
                 raise _err(source, f"params.{method}.{pname}", "empty list", "give at least one value")
-            default = allowed[pname]
+            declared = METHODS[method].parameters[pname]
             for v in values:
-                if default is not None and not isinstance(default, bool) and isinstance(default, (int, float)) \
-                        and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-                    raise _err(source, f"params.{method}.{pname}", f"expected a number, got {v!r}",
-                               f"e.g. {pname} = [{default!r}]")
+                try:
+                    declared.check(v, "")  # the values stay as written (they are part of each job's id)
+                except DiscoveryError as err:
+                    raise _err(source, f"params.{method}.{pname}", str(err),
+                               f"e.g. {pname} = [{declared.default!r}]") from None
             grid[pname] = values
         if method in methods:  # a table for a method left out (e.g. by --set methods=...) is checked, then unused
             params[method] = grid
@@ -448,6 +475,10 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
                        f"e.g. {key} = 1, or {key} = 0.25 to share one {key[:-1].upper()} between four jobs")
     if resources["cpus"] == 0 and resources["gpus"] in (0, "auto"):
         raise _err(source, "resources", "a job needs CPUs or GPUs", "set cpus = 1 (or gpus = ...)")
+    memory = resources["memory"]
+    if memory != "auto" and (not isinstance(memory, (int, float)) or isinstance(memory, bool) or not memory >= 0):
+        raise _err(source, "resources.memory", f"expected GB >= 0 or \"auto\", got {memory!r}",
+                   'e.g. memory = 4 (GB each job declares to Ray), "auto" (estimated from the model) or 0 (none)')
     if not isinstance(resources["max_retries"], int) or resources["max_retries"] < 0:
         raise _err(source, "resources.max_retries", f"expected an integer >= 0, got {resources['max_retries']!r}",
                    "e.g. max_retries = 2")

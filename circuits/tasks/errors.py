@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from circuits.errors import CircuitsError
 
-class TaskError(ValueError):
+
+class TaskError(CircuitsError, ValueError):
     """A task cannot be built: bad task file, unknown name or option, or a tokenizer that cannot express it."""
 
 

@@ -11,13 +11,12 @@ from circuits.evaluation import auroc, evaluate, minimal_circuit, precision_reca
 
 @pytest.fixture(scope="module")
 def planted():
-    zoo = pytest.importorskip("circuits.zoo")
-    try:
-        model = circuits.load_model("zoo:planted-ioi")
-        task = circuits.load_task(zoo.task_file("planted-ioi"), model, n=16)
-        truth = zoo.ground_truth("planted-ioi", model)
-    except (FileNotFoundError, OSError, AttributeError) as err:
-        pytest.skip(f"zoo:planted-ioi not available ({err})")
+    # The bundled model ships with the package: if it cannot load, the package is broken and these tests fail.
+    from circuits import zoo
+
+    model = circuits.load_model("zoo:planted-ioi")
+    task = circuits.load_task(zoo.task_file("planted-ioi"), model, n=16)
+    truth = zoo.ground_truth("planted-ioi", model)
     return model, task, truth
 
 

@@ -26,7 +26,7 @@ def gpt2_shaped():
 
 
 def attn_only(n_layers: int, n_heads: int):
-    mod = pytest.importorskip("circuits.models.attn_only")
+    from circuits.models import attn_only as mod  # part of the package: a failed import is a failure
     cfg = mod.AttnOnlyConfig(vocab_size=32, n_layer=n_layers, n_head=n_heads, d_model=8 * n_heads, n_ctx=16)
     torch.manual_seed(0)
     return circuits.CircuitModel.from_hf(mod.AttnOnlyForCausalLM(cfg), name=f"random attn-only {n_layers}l")

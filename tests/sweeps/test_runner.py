@@ -2,6 +2,9 @@
 
 Every test checks that each job's row is present exactly once; the trace hook (``JobHook(trace=...)``, given as
 ``on_job_start``) counts how often each job actually executed, so a finished job that was recomputed would show.
+On a loaded machine a worker may be killed mid-job (Ray's memory monitor) and its job run again: that is not a
+finished job recomputed, so the checks compare executions before and after a resume, and wait without tight
+timeouts.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ def check_complete(spec, frame: pd.DataFrame) -> None:
 
 def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path):
     trace = tmp_path / "trace"
-    hook = JobHook(trace=str(trace))
-    spec = sweep(tmp_path, "basic", methods=["eap", "random", "acdc"], params={"acdc": {"threshold": [math.nan]}})
+    hook = JobHook(trace=str(trace), fail_method="acdc")
+    spec = sweep(tmp_path, "basic", methods=["eap", "random", "acdc"])
     result = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     frame = result.frame
     check_complete(spec, frame)
+    before = executions(trace)
+    assert sorted(before) == sorted(frame["job_id"]) and min(before.values()) >= 1
     ok = frame[frame["status"] == "ok"]
     assert set(ok["method"]) == {"eap", "random"}
     assert ok["cpr"].notna().all() and ok["cmd"].notna().all() and ok["minimal_k"].notna().all()
@@ -63,7 +68,7 @@ def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path):
         graph = json.loads(Path(path).read_text())
         assert graph  # the scored graph (MIB JSON) written under graphs/<sweep>/
     bad = frame[frame["status"] == "error"].iloc[0]  # the job that raised: recorded, the sweep went on
-    assert "threshold is NaN" in bad["error"] and "Traceback" in bad["traceback"]
+    assert "planted failure" in bad["error"] and "Traceback" in bad["traceback"] and bad["failure"] == "error"
     assert result.failed == 1 and result.ran == 3
     assert len(result.summary) == 3
 
@@ -71,9 +76,9 @@ def test_sweep_rows_graphs_errors_and_rerun(ray_cluster, tmp_path):
     again = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     assert again.skipped == 2 and again.ran == 1
     check_complete(spec, again.frame)
-    counts = executions(trace)
-    assert sorted(counts.values()) == [1, 1, 2]
-    assert counts[bad["job_id"]] == 2
+    after = executions(trace)
+    assert {j: after[j] - before[j] for j in ok["job_id"]} == dict.fromkeys(ok["job_id"], 0)  # not recomputed
+    assert after[bad["job_id"]] > before[bad["job_id"]]  # the failed one ran again
     # and with --keep-failed nothing runs
     assert run_sweep(spec, progress=False, out=None, retry_failed=False, on_job_start=hook).ran == 0
 
@@ -87,7 +92,7 @@ def test_worker_killed_mid_job_is_retried(ray_cluster, tmp_path):
     assert (result.frame["status"] == "ok").all(), result.frame[["status", "error"]]
     counts = executions(trace)
     assert sorted(counts) == sorted(j.job_id for j in spec.expand())
-    assert all(c == 2 for c in counts.values())  # died once, succeeded on Ray's retry
+    assert all(c >= 2 for c in counts.values())  # died once, succeeded on a retry (more under memory pressure)
     assert len(list(crash.iterdir())) == 2
 
 
@@ -111,12 +116,15 @@ def test_interrupt_and_resume_in_process(ray_cluster, tmp_path):
     first = run_sweep(spec, progress=False, out=None, max_parallel=1, stop_after=2, on_job_start=hook)
     assert first.interrupted and first.ran == 2 and len(first.frame) == 2
     done = {r["job_id"]: r["started"] for _, r in first.frame.iterrows()}
+    before = executions(trace)
     second = run_sweep(spec, progress=False, out=None, on_job_start=hook)
     assert second.skipped == 2 and second.ran == 2 and not second.interrupted
     check_complete(spec, second.frame)
     for job_id, started in done.items():  # finished rows untouched
         assert second.frame.set_index("job_id").loc[job_id, "started"] == started
-    assert set(executions(trace).values()) == {1}  # no job computed twice
+    after = executions(trace)
+    assert all(after[j] == before[j] for j in done)  # no finished job computed again
+    assert sorted(after) == sorted(j.job_id for j in spec.expand())
 
 
 def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
@@ -143,11 +151,11 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
                             # test process ignoring it); Ctrl-C at a terminal is what this test stands for
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     rows = tmp_path / "results" / "sigint" / "rows"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # a loaded machine: generous (the loop ends as soon as 2 rows exist)
     while time.monotonic() < deadline and proc.poll() is None and len(list(rows.glob("*.json"))) < 2:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 130, output
     assert "INTERRUPTED" in output
     finished = {p.stem: json.loads(p.read_text())["started"] for p in rows.glob("*.json")}
@@ -160,7 +168,7 @@ def test_cli_interrupted_by_signal_then_resumed(ray_cluster, tmp_path):
     assert result.skipped == len(finished)
     after = executions(trace)
     for job_id, started in finished.items():
-        assert after[job_id] == before[job_id] == 1  # finished jobs were not recomputed
+        assert after[job_id] == before[job_id] >= 1  # finished jobs were not recomputed
         assert result.frame.set_index("job_id").loc[job_id, "started"] == started
 
 

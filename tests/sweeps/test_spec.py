@@ -46,7 +46,7 @@ def test_models_tables_and_shipped_task():
     ({"ablations": ["resample"]}, "ablations[0]", "corrupted"),
     ({"params": {"eap": {"steps": [1]}}}, "params.eap.steps", "eap has no parameter"),
     ({"params": {"acdc": {"tau": [0.1]}}}, "params.acdc.tau", "threshold (default 0.01)"),
-    ({"params": {"random": {"seed": ["x"]}}}, "params.random.seed", "number"),
+    ({"params": {"random": {"seed": ["x"]}}}, "params.random.seed", "an integer"),
     ({"tasks": ["nope"]}, "tasks[0]", "unknown task"),
     ({"tasks": ["shipped"]}, "tasks[0]", "not a zoo model"),
     ({"models": ["zoo:no-such"]}, "models[0]", "circuits zoo list"),

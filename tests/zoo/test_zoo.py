@@ -129,8 +129,7 @@ def test_trained_model_reaches_reported_accuracy(name):
 
 
 def test_attn_only_2l_heads_that_matter():
-    if "attn-only-2l" not in SHIPPED:
-        pytest.skip("attn-only-2l not shipped")
+    assert "attn-only-2l" in SHIPPED  # bundled with the package (package-data)
     from circuits.zoo.analysis import induction_report
 
     model = circuits.load_model("zoo:attn-only-2l", device="cpu")
