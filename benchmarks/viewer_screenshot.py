@@ -1,5 +1,6 @@
 """The viewer on a bundled model's circuit: EAP-IG on zoo:planted-ioi, every edge scored, with its minimal 90% circuit
-(ranked by |score|) as the file's circuit and its faithfulness measured; written as results/viewer/planted-ioi_eap-ig.html and a headless-Chromium screenshot results/viewer/planted-ioi_eap-ig.png.
+(ranked by |score|) as the file's circuit and its faithfulness measured; written as
+results/viewer/planted-ioi_eap-ig.html and a headless-Chromium screenshot results/viewer/planted-ioi_eap-ig.png.
 
     python benchmarks/viewer_screenshot.py
 """

@@ -125,9 +125,9 @@ _DRIVE = """<script>window.addEventListener('load', function () {
     set('mode', 'abs', 'change'); set('topk', '37', 'input'); out.k37 = drawn();
     set('topk', '1200', 'input'); out.k1200 = drawn();
     set('mode', 'signed', 'change'); out.signed = drawn();
-    var signedNeg = Array.prototype.some.call(document.querySelectorAll('#edges path.edge'),
-      function (p) { return p.getAttribute('stroke') !== document.querySelector('#edges path.edge').getAttribute('stroke'); });
-    out.signed_one_colour = !signedNeg;
+    var paths = document.querySelectorAll('#edges path.edge'), first = paths[0].getAttribute('stroke');
+    out.signed_one_colour = !Array.prototype.some.call(paths,
+      function (p) { return p.getAttribute('stroke') !== first; });
     set('mode', 'threshold', 'change'); set('threshold', '0', 'input'); out.threshold0 = drawn();
     set('mode', 'circuit', 'change'); out.circuit = drawn();
     set('search', 'a9.h9', 'input');
