@@ -33,8 +33,10 @@ def main() -> None:
     page = view(shown, out / "planted-ioi_eap-ig.html",
                 title="zoo:planted-ioi / EAP-IG: every edge scored, the minimal 90% circuit drawn")
     png = screenshot(page, out / "planted-ioi_eap-ig.png", width=1400, height=950)
+    planted = circuits.Graph.load(model_dir("planted-ioi") / "ground_truth.json", model=model)
     info = {"command": "python benchmarks/viewer_screenshot.py", "commit": commit(), "edges": circuit.n_edges,
-            "of": scored.structure.n_edges, "faithfulness": result.faithfulness}
+            "of": scored.structure.n_edges, "faithfulness": result.faithfulness,
+            "is_the_planted_circuit": bool((circuit.in_graph == planted.in_graph).all())}
     (out / "planted-ioi_eap-ig.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {page}, {png}: {info}")
 
