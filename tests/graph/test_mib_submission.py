@@ -174,3 +174,12 @@ def test_command_line(tmp_path, capsys):
     assert main(["check-mib", str(root), "--min-models", "1", "--min-tasks", "1"]) == 0
     assert main(["export-mib", str(MIB_FILE), "--task", "ioi", "--model", "llama3", "--out", str(root)]) == 2
     assert "MIB's llama3 has 32 x 32 (1,592,881 edges)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export-mib", "check-mib", "view"])
+def test_help_has_examples(command, capsys):
+    from circuits.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    assert "examples:" in capsys.readouterr().out

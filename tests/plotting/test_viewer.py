@@ -176,6 +176,18 @@ def test_in_chromium_signed_top_k_keeps_the_helping_edges(tmp_path):
 
 
 @needs_chromium
+@pytest.mark.parametrize("shape", [dict(has_mlp=False), dict(parallel_attn_mlp=True), dict(n_kv_heads=2)])
+def test_in_chromium_other_shapes_and_an_empty_circuit(tmp_path, shape):
+    st = GraphStructure(n_layers=2, n_heads=4, **shape)
+    g = Graph.empty(st, scores=torch.randn(st.n_senders, st.n_receivers, generator=torch.Generator().manual_seed(0)))
+    result = _drive(tmp_path, to_html(g))
+    assert result["errors"] == []
+    assert result["opening"] == st.n_edges  # fewer than 200 edges: all of them
+    assert result["k37"] == 37 and result["circuit"] == 0  # an empty circuit draws nothing, and says so
+    assert result["matched"] == 0 and result["selection"] == '0 nodes match "a9.h9"'
+
+
+@needs_chromium
 def test_in_chromium_screenshot(tmp_path, mib_graph):
     page = view(mib_graph, tmp_path / "v.html")
     png = screenshot(page, tmp_path / "v.png", width=1200, height=900)
