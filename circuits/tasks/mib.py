@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from circuits.tasks.build import TextPair
@@ -202,6 +203,17 @@ def mib_pair(record: dict, counterfactual: str | None = None, *, path: str | os.
 
 def mib_pairs(root: str | os.PathLike, split: str = "train", *, counterfactual: str | None = None,
               config: str | None = None) -> list[TextPair]:
-    """Every record of ``split`` as a pair (see :func:`mib_pair`)."""
-    return [mib_pair(record, counterfactual, path=path, line=line)
-            for path, line, record in read_records(root, split, config)]
+    """Every record of ``split`` as a pair (see :func:`mib_pair`). Records whose counterfactual is null (some of
+    MIB's arithmetic records have none) are left out with a warning, as MIB's loader filters them."""
+    records = read_records(root, split, config)
+    if counterfactual is None:  # one name for the whole split: the only counterfactual, or MIB's default
+        names = sorted({k for _, _, r in records for k in r if k.endswith("_counterfactual")})
+        defaults = [d for d in DEFAULT_COUNTERFACTUALS.values() if d in names]
+        counterfactual = names[0] if len(names) == 1 else defaults[0] if defaults else None
+    if counterfactual is not None:
+        empty = [line for _, line, r in records if counterfactual in r and r[counterfactual] is None]
+        if empty:
+            warnings.warn(f"{root}: left out {len(empty)} of {len(records)} {split} records whose {counterfactual} "
+                          f"is null (first: row {empty[0]}), as MIB's loader filters them", stacklevel=3)
+            records = [(p, line, r) for p, line, r in records if r.get(counterfactual, False) is not None]
+    return [mib_pair(record, counterfactual, path=path, line=line) for path, line, record in records]

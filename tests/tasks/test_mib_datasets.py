@@ -110,6 +110,11 @@ def test_json_per_split_and_arithmetic(tmp_path, gpt2_tok):
     assert task.answers[:, 0, 0].tolist() == [ids("46")[0], ids("45")[0], ids("58")[0]]
     assert task.distractors[:, 0, 0].tolist() == [ids("55")[0], ids("56")[0], ids("30")[0]]
     assert len(read_records(root, "validation")) == 1
+    # a record without its counterfactual (MIB's arithmetic data has some) is left out, as MIB does
+    nulled = rows + [{"prompt": "30+30=", "label": 60, "operator": "+", "random_counterfactual": None}]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in nulled) + "\n")
+    with pytest.warns(UserWarning, match="left out 1 of 4 train records whose random_counterfactual is null"):
+        assert len(load_task(root, gpt2_tok, n=None)) == 3
     # the same records as parquet load the same task
     _write_parquet(tmp_path / "as_parquet" / "data" / "train-00000-of-00001.parquet", rows)
     again = load_task(tmp_path / "as_parquet", gpt2_tok, n=None)
