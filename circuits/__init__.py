@@ -26,11 +26,12 @@ _EXPORTS = {
     "discover": "circuits.discovery",
     "evaluate": "circuits.evaluation",
     "faithfulness_curve": "circuits.evaluation",
+    "view": "circuits.plotting.viewer",
 }
 
 # sorted(_EXPORTS) + ["__version__"], spelled out so linters and type checkers see the exports.
 __all__ = ["CircuitModel", "Graph", "GraphStructure", "Task", "discover", "evaluate", "faithfulness_curve",
-           "load_model", "load_task", "__version__"]
+           "load_model", "load_task", "view", "__version__"]
 
 
 # Subpackages, importable as attributes (`circuits.zoo.task_file(...)`) without an explicit import.
@@ -52,4 +53,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.structure import GraphStructure
     from circuits.models.circuit_model import CircuitModel
     from circuits.models.loading import load_model
+    from circuits.plotting.viewer import view
     from circuits.tasks import Task, load_task

@@ -3,8 +3,9 @@
 One module per command, each with ``add_parser(sub)``: :mod:`~circuits.cli.info` (``info``),
 :mod:`~circuits.cli.tasks` (``tasks``), :mod:`~circuits.cli.discover` (``discover``), :mod:`~circuits.cli.evaluate`
 (``evaluate``, ``reproduce``), :mod:`~circuits.cli.zoo` (``zoo``), :mod:`~circuits.cli.run` (``run``, sweeps on
-Ray) and :mod:`~circuits.cli.plot` (``plot``). Commands call the Python API; nothing in the library imports this
-package. ``circuits`` (the console script) and ``python -m circuits.cli`` both run :func:`main`.
+Ray), :mod:`~circuits.cli.plot` (``plot``), :mod:`~circuits.cli.view` (``view``) and
+:mod:`~circuits.cli.mib` (``export-mib``, ``check-mib``). Commands call the Python API; nothing in the library
+imports this package. ``circuits`` (the console script) and ``python -m circuits.cli`` both run :func:`main`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuits.cli import discover, evaluate, info, plot, run, tasks, zoo
+from circuits.cli import discover, evaluate, info, mib, plot, run, tasks, view, zoo
 
-COMMANDS = (info, tasks, discover, evaluate, zoo, run, plot)  # in the order `circuits --help` lists them
+COMMANDS = (info, tasks, discover, evaluate, zoo, run, plot, view, mib)  # in the order `circuits --help` lists them
 
 
 DEBUG_HELP = "print the full traceback of an error (default: one line)"

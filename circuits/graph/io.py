@@ -14,7 +14,9 @@ EAP-IG writes for its float32 scores) and read back as float64, so any file roun
 
 ``.graphml`` holds every edge (not only the circuit) with its score, plus ``cfg`` / ``metadata`` as JSON
 strings in the graph attributes. ``.pt`` stores the dense tensors; use it for Llama-sized graphs, whose
-JSON is ~100 MB.
+JSON is ~100 MB. MIB's / EAP-IG's own ``.pt`` files (``cfg``, ``src_nodes``, ``dst_nodes``, ``edges_scores``
+``[senders, receivers]``, ``edges_in_graph``, ``nodes_in_graph``) load too, and :func:`write_mib_pt` writes them
+(what MIB submissions hold; entries of the grid that are not edges are ``-inf``).
 """
 
 from __future__ import annotations
@@ -350,8 +352,11 @@ def _read_pt(path: Path, model: HasStructure | None) -> Graph:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
         raise GraphFormatError(f"{path}: not a readable circuits graph .pt file ({e})") from None
+    if isinstance(d, dict) and "format" not in d and "edges_scores" in d:
+        return from_mib_pt_dict(d, model=model, source=path)
     if not isinstance(d, dict) or d.get("format") != PT_FORMAT:
-        raise GraphFormatError(f"{path}: not a circuits graph file (no format={PT_FORMAT!r} entry)")
+        raise GraphFormatError(f"{path}: not a circuits graph file (no format={PT_FORMAT!r} entry) nor MIB's "
+                               "(no 'edges_scores')")
     for key in ("cfg", "scores", "in_graph"):
         if key not in d:
             raise GraphFormatError(f"{path}: no {key!r} entry")
@@ -362,3 +367,64 @@ def _read_pt(path: Path, model: HasStructure | None) -> Graph:
                                f"{st.describe()}")
     return Graph(st, scores=d["scores"], in_graph=d["in_graph"], node_scores=d.get("node_scores"),
                  node_in_graph=d.get("node_in_graph"), metadata=json.loads(d.get("metadata") or "{}"))
+
+
+# ---- MIB's .pt -------------------------------------------------------------------------------------------------
+MIB_PT_KEYS = ("cfg", "src_nodes", "dst_nodes", "edges_scores", "edges_in_graph", "nodes_in_graph")
+
+
+def to_mib_pt_dict(graph: Graph, *, scores: bool = True) -> dict[str, Any]:
+    """MIB's / EAP-IG's ``.pt`` layout: the full ``[senders, receivers]`` grid in MIB's node orders, ``-inf`` where
+    the pair is not an edge (so no evaluator can rank it); ``scores=False`` writes a circuit (no scores: zeros)."""
+    st = graph.structure
+    mask = st.edge_mask  # [S, R]
+    grid = graph.scores.detach().cpu().float() if scores else torch.zeros(st.n_senders, st.n_receivers)
+    grid = grid.masked_fill(~mask, -math.inf)  # [S, R] float32
+    d: dict[str, Any] = {"cfg": st.cfg(), "src_nodes": [n.name for n in st.senders],
+                         "dst_nodes": [r.name for r in st.receivers], "edges_scores": grid,
+                         "edges_in_graph": graph.in_graph.detach().cpu().clone(),  # [S, R] bool
+                         "nodes_in_graph": graph.node_in_graph.detach().cpu().clone()}  # [n_nodes] bool
+    if scores and graph.node_scores is not None:
+        d["nodes_scores"] = graph.node_scores.detach().cpu().float()
+    return d
+
+
+def write_mib_pt(graph: Graph, path: str | os.PathLike, *, scores: bool = True) -> Path:
+    """Write ``graph`` as MIB's ``.pt`` file (see :func:`to_mib_pt_dict`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(to_mib_pt_dict(graph, scores=scores), path)
+    return path
+
+
+def from_mib_pt_dict(d: dict, model: HasStructure | None = None,
+                     source: str | os.PathLike = "<dict>") -> Graph:
+    """Build a :class:`Graph` from MIB's ``.pt`` dict; the grid's non-edge entries are ignored (MIB masks them)."""
+    from circuits.graph.graph import Graph
+
+    missing = [k for k in ("cfg", "edges_scores", "edges_in_graph") if k not in d]
+    if missing:
+        raise GraphFormatError(f"{source}: MIB .pt file without {missing} (it needs {', '.join(MIB_PT_KEYS)})")
+    st = _resolve_structure(d["cfg"], model, source)
+    shape = (st.n_senders, st.n_receivers)
+    grid, flags = d["edges_scores"], d["edges_in_graph"]
+    for key, t in (("edges_scores", grid), ("edges_in_graph", flags)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise GraphFormatError(f"{source}: {key} must be a [senders, receivers] = {list(shape)} tensor for "
+                                   f"{st.describe()}, got {got}")
+    for key, expected in (("src_nodes", [n.name for n in st.senders]), ("dst_nodes", [r.name for r in st.receivers])):
+        names = d.get(key)
+        if names is not None and list(names) != expected:
+            first = next((i for i, (a, b) in enumerate(zip(list(names), expected)) if a != b), min(len(names),
+                                                                                                  len(expected)))
+            raise GraphFormatError(f"{source}: {key} differs from MIB's order at position {first} "
+                                   f"(expected {expected[first] if first < len(expected) else 'the end'!r}); "
+                                   "the grid's rows and columns must follow MIB's node order")
+    mask = st.edge_mask
+    scores = grid.detach().to(torch.float64).masked_fill(~mask, 0.0)  # [S, R]
+    node_in = d.get("nodes_in_graph")
+    if node_in is not None and (not isinstance(node_in, torch.Tensor) or node_in.numel() != st.n_nodes):
+        node_in = None  # EAP-IG versions differ in its length; the edges decide then
+    return Graph(st, scores=scores, in_graph=flags.bool() & mask,
+                 node_in_graph=None if node_in is None else node_in.bool().flatten(), metadata={})

@@ -22,6 +22,7 @@ _EXPORTS = {
     "method_agreement": "circuits.plotting.scores",
     "write_report": "circuits.plotting.report", "load_results": "circuits.plotting.report",
     "provenance": "circuits.plotting.provenance",
+    "view": "circuits.plotting.viewer", "to_html": "circuits.plotting.viewer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,8 @@
 
 Built in: ``ioi`` (Wang et al.), ``greater-than`` (Hanna et al.), ``induction``; any TOML file in the
 working directory's ``tasks/`` folder (or a folder of ``$CIRCUITS_TASKS_PATH``) by name; any ``.toml`` task file
-or ``.jsonl`` / ``.csv`` pairs file by path.
+or ``.jsonl`` / ``.csv`` pairs file by path; a folder holding one of MIB's datasets as the hub lays it out
+(:mod:`circuits.tasks.mib`).
 See :mod:`circuits.tasks.files` for the file formats and :mod:`circuits.tasks.task` for the readout layout.
 """
 
@@ -52,6 +53,7 @@ _OPTIONS = {
     "induction": _COMMON + ("seq_len", "min_period", "max_period", "corpus", "token_ids", "corruption"),
     "template": _TEMPLATE_OPTIONS,
     "pairs": _COMMON + ("counterfactual",),
+    "mib": _COMMON + ("counterfactual", "mib_split", "config", "invalid"),
 }
 
 
@@ -111,7 +113,10 @@ def load_task(name_or_path: str | Path, model_or_tokenizer: Any, n: int = 200, s
     ("resample" pairs that fail a tokenization check in context, or "error"), ``drop_invalid_words``;
     greater-than ``centuries``; induction ``seq_len``, ``min_period``, ``max_period``, ``corpus``, ``token_ids``,
     ``corruption`` ("copy", "match": see :func:`circuits.tasks.builtin.induction_pairs`);
-    pairs files ``counterfactual`` (which MIB counterfactual to use).
+    pairs files ``counterfactual`` (which MIB counterfactual to use). A folder holding an MIB dataset (as the hub
+    lays it out; :mod:`circuits.tasks.mib`) takes ``mib_split`` (MIB's "train", "validation" or "test"; default
+    "train"), ``counterfactual``, ``config`` (e.g. "4_answer_choices") and ``invalid`` ("drop", the default, leaves
+    out records the tokenizer cannot use, as MIB does; "error" raises on the first).
     """
     tok = get_tokenizer(model_or_tokenizer)
     model = model_or_tokenizer if getattr(model_or_tokenizer, "tokenizer", None) is not None else None
@@ -122,6 +127,8 @@ def load_task(name_or_path: str | Path, model_or_tokenizer: Any, n: int = 200, s
     lowered = _ALIASES.get(key.lower(), key.lower())
     if not path.suffix and lowered in BUILTINS:
         return _load_builtin(lowered, tok, model, n, seed, options)
+    if path.is_dir():
+        return _load_mib(path, tok, model, n, seed, options)
     if path.suffix.lower() in (".toml",) + _PAIR_SUFFIXES or path.exists():
         if not path.exists():
             raise TaskError(f"task file {key!r} not found; fix: check the path (relative to {Path.cwd()})")
@@ -261,6 +268,31 @@ def _load_pairs(path: Path, tok, model, n: int, seed: int, options: dict, *, nam
     split = float(options.pop("split", 0.5))
     return _finish(options.pop("name", None) or name, encoded, [p.record for p in pairs], tok, metric,
                    description=description, source=str(path), seed=int(seed), prepend_bos=bos, options=options,
+                   split=split)
+
+
+def _load_mib(path: Path, tok, model, n: int | None, seed: int, options: dict) -> Task:
+    from circuits.tasks.files import encode_and_sample
+    from circuits.tasks.mib import is_mib_dataset, mib_pairs
+
+    _check_options("mib", options, str(path))
+    if not is_mib_dataset(path):
+        raise TaskError(f"{path} is a folder but holds no MIB dataset split (train/validation/test .jsonl, .json or "
+                        ".parquet, or data/{split}-*.parquet); fix: give a task file, or an MIB dataset folder")
+    options = dict(options)
+    split_name = str(options.pop("mib_split", "train"))
+    config = options.pop("config", None)
+    pairs = mib_pairs(path, split_name, counterfactual=options.pop("counterfactual", None), config=config)
+    bos = resolve_prepend_bos(tok, options.pop("prepend_bos", None), model)
+    encoded, kept = encode_and_sample(pairs, tok, prepend_bos=bos, n=n, seed=int(seed), source=path,
+                                      invalid=str(options.pop("invalid", "drop")))
+    metric = options.pop("metric", None) or ("logit_diff" if all(p.distractors for p in kept) else "logprob")
+    split = float(options.pop("split", 0.5))
+    name = options.pop("name", None) or path.name
+    return _finish(name, encoded, [p.record for p in kept], tok, Metric(metric).name,
+                   description=f"MIB dataset {path.name}, {split_name} split", source=str(path), seed=int(seed),
+                   prepend_bos=bos, options={"mib_split": split_name, "config": config,
+                                             "counterfactual": kept[0].record.get("counterfactual"), **options},
                    split=split)
 
 

@@ -335,7 +335,9 @@ def _tokens(value: Any, is_id: bool) -> list[Any]:
 
 def pair_from_row(row: dict, path: Path, line: int, counterfactual: str | None = None) -> TextPair:
     """One TextPair from a flat row (clean/corrupted/answer/distractor) or an MIB record."""
-    if "choices" in row and ("answerKey" in row or "answer_key" in row) and "prompt" in row:
+    mib = ("choices" in row and ("answerKey" in row or "answer_key" in row)) or any(
+        str(k).endswith("_counterfactual") for k in row)
+    if mib and "prompt" in row:
         return _mib_pair(row, path, line, counterfactual)
     _, clean = _field(row, "clean")
     _, corrupted = _field(row, "corrupted")
@@ -359,30 +361,9 @@ def pair_from_row(row: dict, path: Path, line: int, counterfactual: str | None =
 
 
 def _mib_pair(row: dict, path: Path, line: int, counterfactual: str | None) -> TextPair:
-    keys = [k for k in row if k.endswith("_counterfactual")]
-    if counterfactual is None:
-        if len(keys) != 1:
-            raise TaskFileError(path, f"MIB record with counterfactuals {keys or 'none'}",
-                                "choose one with load_task(..., counterfactual='NAME_counterfactual')", line=line)
-        counterfactual = keys[0]
-    if counterfactual not in row:
-        raise TaskFileError(path, f"no {counterfactual!r} in this record (has {keys})",
-                            "pass one of those as counterfactual=", line=line)
-    cf = row[counterfactual]
-    corrupted = cf.get("prompt") if isinstance(cf, dict) else cf
-    prompt, choices = str(row["prompt"]), list(row["choices"])
-    answer_key: Any = row.get("answerKey", row.get("answer_key"))  # a JSON cell: int() checks it
-    k = int(answer_key)
+    from circuits.tasks.mib import mib_pair
 
-    def cont(choice: str) -> str:  # MIB's choices are bare words; the model sees them after a space
-        return choice if choice[:1].isspace() or prompt[-1:].isspace() else " " + choice
-
-    answers = [cont(choices[k])]
-    distractors = [cont(c) for i, c in enumerate(choices) if i != k]
-    record = {"clean": prompt, "corrupted": str(corrupted), "answer": answers[0],
-              "distractor": distractors[0] if len(distractors) == 1 else distractors, "line": line}
-    return TextPair(clean=prompt, corrupted=str(corrupted), answers=answers, distractors=distractors,
-                    context_check=answers[0], record=record, line=line)
+    return mib_pair(row, counterfactual, path=path, line=line)
 
 
 def load_pairs(path: Path, tok, *, prepend_bos: bool, n: int | None, seed: int,
@@ -390,22 +371,37 @@ def load_pairs(path: Path, tok, *, prepend_bos: bool, n: int | None, seed: int,
     """Read, validate (every row) and subsample a pairs file; returns (encoded, pairs)."""
     rows = read_pair_rows(path)
     pairs = [pair_from_row(row, path, line, counterfactual) for line, row in rows]
+    return encode_and_sample(pairs, tok, prepend_bos=prepend_bos, n=n, seed=seed, source=path)
+
+
+_FIXES = {"length": "make the clean and corrupted prompts the same number of tokens (swap words for words of equal "
+                    "token length)",
+          "answer": "use answers/distractors that are one token, with the leading space they have after the prompt "
+                    '(" Mary"), or give token ids in answer_idx / distractor_idx',
+          "context": "end the prompt where the answer token starts (usually: no trailing space, and the answer "
+                     "begins with a space)",
+          "slot": "check the prompt"}
+
+
+def encode_and_sample(pairs: list[TextPair], tok, *, prepend_bos: bool, n: int | None, seed: int,
+                      source: Path, invalid: str = "error") -> tuple[list, list[TextPair]]:
+    """Tokenize every pair, then keep a seeded sample of ``n`` (all when None), in file order.
+
+    ``invalid``: "error" raises on the first pair that cannot be used (naming its line and the fix); "drop" leaves
+    such pairs out with one warning that counts them (MIB's loader filters its datasets the same way)."""
     encoded, problems = encode_pairs(pairs, tok, prepend_bos, TokenCache(tok))
+    if problems and (invalid == "error" or len(problems) == len(pairs)):
+        i, problem = min(problems.items())
+        more = f" ({len(problems)} bad pairs in all)" if len(problems) > 1 else ""
+        raise TaskFileError(source, problem.message + more, _FIXES[problem.kind], line=pairs[i].line)
     if problems:
         i, problem = min(problems.items())
-        fixes = {"length": "make the clean and corrupted prompts the same number of tokens (swap words for words "
-                           "of equal token length)",
-                 "answer": "use answers/distractors that are one token, with the leading space they have after "
-                           'the prompt (" Mary"), or give token ids in answer_idx / distractor_idx',
-                 "context": "end the prompt where the answer token starts (usually: no trailing space, and the "
-                            "answer begins with a space)",
-                 "slot": "check the prompt"}
-        more = f" ({len(problems)} bad pairs in all)" if len(problems) > 1 else ""
-        raise TaskFileError(path, problem.message + more, fixes[problem.kind], line=pairs[i].line)
-    order = list(range(len(pairs)))
-    if n is not None and n < len(pairs):
+        warnings.warn(f"{source}: left out {len(problems)} of {len(pairs)} records this tokenizer cannot use, as "
+                      f"MIB's loader filters them (first, line {pairs[i].line}: {problem.message})", stacklevel=3)
+    order = [i for i in range(len(pairs)) if i not in problems]
+    if n is not None and n < len(order):
         order = sorted(random.Random(seed).sample(order, n))
-    elif n is not None and n > len(pairs):
-        warnings.warn(f"{path}: asked for n={n} pairs but the file has {len(pairs)}; using all of them",
+    elif n is not None and n > len(order):
+        warnings.warn(f"{source}: asked for n={n} pairs but there are {len(order)}; using all of them",
                       stacklevel=3)
     return [encoded[i] for i in order], [pairs[i] for i in order]
