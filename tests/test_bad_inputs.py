@@ -35,6 +35,7 @@ def files(tmp_path_factory):
     (d / "params.toml").write_text('method = "eap-ig"\n[params]\nsteps = "many"\n')
     (d / "graph.json").write_text('{"edges": {"input->logits": {"score": "high"}}')
     (d / "sweep.toml").write_text('models = ["zoo:planted-ioi"]\nmethods = ["eap"]\ntasks = ["shipped"]\n')
+    circuits.load_model(ZOO).graph.save(d / "planted.json")
     return d
 
 
@@ -100,6 +101,13 @@ CLI = [
                        "--set", "params.eap-ig.steps=0"], "params.eap-ig.steps"),
     ("run-set-device", ["run", "{d}/sweep.toml", "--dry-run", "--set", "device=tpu"], "device"),
     ("run-set-dtype", ["run", "{d}/sweep.toml", "--dry-run", "--set", "dtype=float13"], "dtype"),
+    ("view-missing-graph", ["view", "{d}/none.json"], "none.json"),
+    ("view-not-html", ["view", "{d}/planted.json", "--out", "{d}/page.png"], ".html"),
+    ("view-max-edges", ["view", "{d}/planted.json", "--max-edges", "0"], "max_edges"),
+    ("export-mib-task", ["export-mib", "{d}/planted.json", "--task", "greater-than", "--model", "gpt2",
+                         "--out", "{d}/sub"], "greater-than"),
+    ("export-mib-wrong-model", ["export-mib", "{d}/planted.json", "--task", "ioi", "--model", "gpt2",
+                                "--out", "{d}/sub"], "12 x 12"),
 ]
 
 
@@ -154,6 +162,8 @@ API = [
     ("graph-load-missing", lambda m, t: circuits.Graph.load("/no/such/graph.json", model=m), "graph.json"),
     ("graph-top-fraction", lambda m, t: m.graph.top_fraction(1.5), "1.5"),
     ("graph-threshold-nan", lambda m, t: m.graph.threshold(math.nan), "nan"),
+    ("view-not-html", lambda m, t: circuits.view(m.graph, "circuit.png"), ".html"),
+    ("view-no-path", lambda m, t: circuits.view(m.graph), "path"),
 ]
 
 

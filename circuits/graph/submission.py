@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from circuits.errors import CircuitsError
 from circuits.graph.io import GraphFormatError, load, save, write_mib_pt
 from circuits.graph.structure import GraphStructure
 
@@ -49,7 +50,7 @@ _FILE_TYPES = (".json", ".pt")
 Kind = Literal["importances", "circuits"]
 
 
-class SubmissionError(ValueError):
+class SubmissionError(CircuitsError, ValueError):
     """A submission that MIB would refuse: names the folder or file, the rule and the fix."""
 
 

@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from circuits.errors import CircuitsError
+
 __all__ = ["BrowserError", "find_chromium", "screenshot", "dump_dom"]
 
 _NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -20,7 +22,7 @@ _FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no
           "--disable-extensions", "--hide-scrollbars", "--mute-audio")
 
 
-class BrowserError(RuntimeError):
+class BrowserError(CircuitsError, RuntimeError):
     """No Chromium to run, or Chromium failed on a page."""
 
 

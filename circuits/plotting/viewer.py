@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from circuits.errors import CircuitsError
 from circuits.plotting.circuit import layout
 from circuits.plotting.style import HEAD_EDGE, HEAD_FILL, MLP_EDGE, MLP_FILL, NEGATIVE, POSITIVE, QKV_STYLE
 
@@ -34,6 +35,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["view", "to_html", "viewer_data", "DEFAULT_MAX_EDGES"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "viewer"  # page.html, viewer.css, viewer.js
+
+
+class ViewerError(CircuitsError, ValueError):
+    """A viewer that cannot be written as asked (where to, how many edges): names the argument and the fix."""
+
+
 DEFAULT_MAX_EDGES = 5000  # edges embedded in the page; the slider reaches any of them
 DEFAULT_TOP_K = 200  # edges drawn on opening when the file's circuit is the whole graph
 _META_KEYS = ("method", "task", "model", "ablation", "metric", "split", "n_examples", "faithfulness", "cpr", "cmd",
@@ -82,7 +89,7 @@ def viewer_data(graph: Graph, *, max_edges: int = DEFAULT_MAX_EDGES, faithfulnes
     import torch
 
     if max_edges < 1:
-        raise ValueError(f"max_edges must be at least 1, got {max_edges}")
+        raise ViewerError(f"max_edges must be at least 1, got {max_edges}")
     st = graph.structure
     order = st.edge_order  # [E, 2] (sender, receiver), MIB order
     scores = graph.scores.detach().cpu().double()[order[:, 0], order[:, 1]]  # [E]
@@ -167,11 +174,11 @@ def view(graph: Graph | str | os.PathLike, path: str | os.PathLike | None = None
         graph = Graph.load(source)
     if path is None:
         if source is None:
-            raise ValueError("give a path to write the viewer to, e.g. circuits.view(graph, 'circuit.html')")
+            raise ViewerError("give a path to write the viewer to, e.g. circuits.view(graph, 'circuit.html')")
         path = source.with_suffix(".html")
     out = Path(path)
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"cannot write the viewer to {out}: the file name must end in .html")
+        raise ViewerError(f"cannot write the viewer to {out}: the file name must end in .html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(to_html(graph, max_edges=max_edges, title=title, faithfulness=faithfulness), encoding="utf-8")
     return out
