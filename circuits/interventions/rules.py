@@ -148,7 +148,7 @@ class _TemperatureSoftmax(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (saved,) = ctx.saved_tensors
         s = saved if ctx.temperature == 1.0 else torch.softmax(saved / ctx.temperature, dim=-1)
         return s * (grad - (grad * s).sum(-1, keepdim=True)), None
