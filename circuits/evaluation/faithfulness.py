@@ -279,6 +279,7 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
             selection, log_scale, circuits_per_pass, runner=None) -> list[FaithfulnessCurve]:
     import pandas as pd
 
+    parse_selection(selection)  # a clear error before any run
     if runner is None:
         if model is None or task is None:
             raise ValueError("a curve needs the model and the task (or runner=, an engine that holds them)")
@@ -288,7 +289,6 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     else:
         scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
-    parse_selection(selection)  # a clear error before any run
     warn_if_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
