@@ -432,6 +432,7 @@ def best_per_task(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                         "runner-up": "—" if second is None else second["method"],
                         "runner-up value": "—" if second is None else _value(second, col),
                         "margin": "—" if second is None else f"{abs(first[f'{col}_mean'] - second[f'{col}_mean']):.3f}",
+                        "beyond spread": "—" if second is None else _beyond_spread(first, second, col),
                         "best time (s)": f"{_seconds(first):.3g}",
                         "time vs runner-up": "—" if second is None or not _seconds(second) > 0
                         else f"{_seconds(first) / _seconds(second):.2g}x"})
@@ -441,6 +442,13 @@ def best_per_task(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def _value(r: Any, col: str) -> str:
     return _cell(r[f"{col}_mean"], r[f"{col}_std"], int(r[f"{col}_n"]), "{:.3f}")
+
+
+def _beyond_spread(first: Any, second: Any, col: str) -> str:
+    """"yes" when the margin of the means exceeds both spreads over seeds (else the order is not settled)."""
+    spreads = [float(r[f"{col}_std"]) for r in (first, second)]
+    spread = max([x for x in spreads if math.isfinite(x)], default=0.0)
+    return "yes" if abs(float(first[f"{col}_mean"]) - float(second[f"{col}_mean"])) > spread else "no"
 
 
 def _seconds(r: Any) -> float:
@@ -617,7 +625,9 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
         lines += ["## Best method per task", "",
                   "Per task (and ablation), the method with the best mean CPR (highest) and the best mean CMD "
                   "(lowest), the runner-up, the margin between their means, each one's spread (sample std over "
-                  "seeds), and the discovery time of both (mean seconds per job, and the ratio best / runner-up).",
+                  "seeds), whether the margin exceeds both spreads (if not, the order of the two is not settled by "
+                  "these seeds), and the discovery time of both (mean seconds per job, and the ratio best / "
+                  "runner-up).",
                   "", _md_table(list(ranked.columns), ranked.astype(str).values.tolist()), ""]
     cost = cost_per_method(summary)
     if len(cost):
