@@ -445,9 +445,10 @@ def _value(r: Any, col: str) -> str:
 
 
 def _beyond_spread(first: Any, second: Any, col: str) -> str:
-    """"yes" when the margin of the means exceeds both spreads over seeds (else the order is not settled)."""
+    """"yes" when the margin of the means exceeds both spreads over seeds and the table's rounding (else the order
+    is not settled)."""
     spreads = [float(r[f"{col}_std"]) for r in (first, second)]
-    spread = max([x for x in spreads if math.isfinite(x)], default=0.0)
+    spread = max([x for x in spreads if math.isfinite(x)] + [5e-4])  # below the table's 3 decimals: a tie
     return "yes" if abs(float(first[f"{col}_mean"]) - float(second[f"{col}_mean"])) > spread else "no"
 
 
