@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from circuits.discovery import acdc, attribution, edge_pruning, exact, random_baseline  # noqa: F401 (they register)
+# the method modules register themselves on import
+from circuits.discovery import acdc, attribution, edge_pruning, ensemble, exact, mattr, random_baseline  # noqa: F401
 from circuits.discovery.checkpoint import Checkpoint, fingerprint
 from circuits.discovery.registry import METHODS, DiscoveryError, Method, register
 from circuits.graph.graph import Graph

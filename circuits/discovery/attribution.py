@@ -14,6 +14,8 @@ differ only in *where* that gradient is taken:
   heads; each MLP) its output is set to ``ablated + alpha (clean - ablated)``, ``alpha = k / steps`` for
   ``k = 1 .. steps``, the rest of the model running on the clean input; gradients are averaged over all
   (group, alpha) runs, as the reference code does.
+* ``gim`` / ``relp``: EAP-IG (5 steps) whose backward follows GIM's or RelP's rules instead of the gradient
+  (:mod:`circuits.interventions.rules`); ``eap`` and ``eap-ig`` take the same rules as ``rule=``.
 * ``node-ap``: attribution patching of nodes. A node's output enters every downstream receiver with weight 1,
   so its score is the sum of its outgoing EAP edge scores; it comes out of the same single pass.
 
@@ -28,8 +30,10 @@ import torch
 from torch import Tensor
 
 from circuits.discovery.progress import progress
-from circuits.discovery.registry import register
+from circuits.discovery.registry import DiscoveryError, register
+from circuits.interventions import rules
 from circuits.interventions.probe import GradientProbe
+from circuits.interventions.rules import BackwardRule, resolve_rule
 from circuits.session import CircuitSession, SessionBatch
 
 # Rows (stacked steps x examples) of one attribution pass: beyond ~100 rows a CPU pass gets slower per row and
@@ -51,13 +55,23 @@ def _batches(session: CircuitSession, description: str):
     return progress(session.batches, description, session, total=len(session.batches))
 
 
-@register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1")
-def eap(session: CircuitSession) -> Tensor:
-    """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``."""
+@register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
+          ranges={"rule": {"choices": rules.RULES}})
+def eap(session: CircuitSession, rule: str | BackwardRule = "gradient") -> Tensor:
+    """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
+    rules "gim" and "relp" of :mod:`circuits.interventions.rules`)."""
+    backward = _rule(rule)
     scores = _scores_buffer(session)
     for b in _batches(session, "eap"):
-        session.backward_objective(b, GradientProbe(session.ablated(b).values, scores))
+        session.backward_objective(b, GradientProbe(session.ablated(b).values, scores, rule=backward))
     return _finish(session, scores)
+
+
+def _rule(rule: str | BackwardRule | None) -> BackwardRule | None:
+    try:
+        return resolve_rule(rule)
+    except ValueError as err:
+        raise DiscoveryError(str(err)) from None
 
 
 @register("node-ap", "node", "attribution patching on heads and MLPs")
@@ -77,14 +91,17 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
 
 
 @register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)",
-          ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}})
-def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None) -> Tensor:
+          ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}, "rule": {"choices": rules.RULES}})
+def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None,
+           rule: str | BackwardRule = "gradient") -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
 
     ``steps_per_pass``: interpolation steps stacked into one forward/backward (default: as many as keep a pass
     within :data:`MAX_ROWS_PER_PASS` rows). The steps share the sender differences, so their receiver gradients
-    are summed before the score products: stacking all steps makes those products cost one step's.
+    are summed before the score products: stacking all steps makes those products cost one step's. ``rule``:
+    the backward pass, as for :func:`eap`.
     """
+    backward = _rule(rule)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps_per_pass is not None and steps_per_pass < 1:
@@ -100,7 +117,8 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
             T = len(alphas)
             embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
             embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
-            probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T)
+            probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T,
+                                  rule=backward)
             session.backward_objective(b, probe, repeats=T)
     return _finish(session, scores, steps)
 
@@ -131,3 +149,23 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
                 session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs,
                                                             overrides={group.start: value}))
     return _finish(session, scores, steps * len(groups))
+
+
+@register("gim", "edge", "EAP-IG with GIM's backward (Edin et al. 2025): frozen norms, softmax gradient at "
+          "temperature 2, q/k/v gradients scaled 1/4, 1/4, 1/2",
+          ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}})
+def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.0) -> Tensor:
+    """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.gim` as the backward."""
+    return eap_ig(session, steps=steps, rule=rules.gim(softmax_temperature=softmax_temperature))
+
+
+@register("relp", "edge", "EAP-IG with RelP's LRP rules (Rezaei Jafari et al. 2025): LN-rule, identity rule, "
+          "half rule; attention='ah' adds the AH-rule",
+          ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}})
+def relp(session: CircuitSession, steps: int = 5, attention: str = "gradient") -> Tensor:
+    """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.relp` as the backward."""
+    try:
+        rule = rules.relp(attention=attention)
+    except ValueError as err:
+        raise DiscoveryError(str(err)) from None
+    return eap_ig(session, steps=steps, rule=rule)

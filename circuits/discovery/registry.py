@@ -22,6 +22,7 @@ from circuits.session import SessionError
 DiscoveryError = SessionError
 
 _TYPES = (bool, int, float, str)  # the parameter types a method may declare (bool before int: bool is an int)
+_SEQUENCES = (list, tuple)  # list[str] / tuple[str, ...]: a list of names (comma-separated on the command line)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Param:
     high: float | None = None
     low_open: bool = False
     choices: tuple = ()
+    sequence: bool = False  # a list of ``type`` values (``members=eap-ig,eap``); ranges and choices apply to each
+    objects: "tuple[builtins.type, ...]" = ()  # Python-only alternatives, passed as they are (a BackwardRule)
 
     def describe(self) -> str:
         """``"a number > 0"``, ``"an integer >= 1 or None"``, ``"one of 'kl', 'task'"``."""
@@ -50,6 +53,9 @@ class Param:
                 text += f" {'>' if self.low_open else '>='} {self.low:g}"
             elif self.high is not None:
                 text += f" <= {self.high:g}"
+        if self.sequence:
+            text = "a list of " + (text.replace("one of", "names from") if self.choices else text.replace("a ", "", 1)
+                                   + "s")
         return text + (" or None" if self.optional else "")
 
     def parse(self, text: str) -> Any:
@@ -58,6 +64,8 @@ class Param:
         raw = text.strip()
         if self.optional and raw.lower() in ("none", "null", ""):
             return None
+        if self.sequence:
+            return [Param(self.name, self.type, None).parse(part) for part in raw.split(",") if part.strip()]
         if self.type is bool:
             return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(raw.lower(), raw)
         if self.type in (int, float):
@@ -76,6 +84,16 @@ class Param:
         names ``where`` (the method and option), the value and what is accepted."""
         if value is None and self.optional:
             return None
+        if self.objects and isinstance(value, self.objects):
+            return value
+        if self.sequence:
+            if isinstance(value, str):  # "eap-ig,eap", as on the command line
+                value = self.parse(value)
+            if not isinstance(value, _SEQUENCES) or not value:
+                raise DiscoveryError(f"{where}{self.name}={value!r}: expected {self.describe()}")
+            item = Param(self.name, self.type, None, low=self.low, high=self.high, low_open=self.low_open,
+                         choices=self.choices)
+            return type(value)(item.check(v, where) for v in value)
         ok = False
         if self.type is bool:
             ok = isinstance(value, bool)
@@ -139,15 +157,25 @@ def declared_parameters(fn: Callable, ranges: dict[str, dict[str, Any]]) -> dict
     for name, p in list(inspect.signature(fn).parameters.items())[1:]:
         if name in ("checkpoint", "on_progress"):
             continue
-        # annotations are text (postponed evaluation); a parameter's is plain builtins: "int | None"
-        hint = eval(p.annotation, {"__builtins__": builtins}) if isinstance(p.annotation, str) else p.annotation
+        # annotations are text (postponed evaluation), read in the method's module: "int | None", "str | BackwardRule"
+        hint = (eval(p.annotation, {**fn.__globals__, "__builtins__": builtins}) if isinstance(p.annotation, str)
+                else p.annotation)
         members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
         optional = type(None) in members
         kinds = [m for m in members if m in _TYPES]
-        if len(kinds) != 1 or len(members) != len(kinds) + optional:
-            raise TypeError(f"{fn.__name__}: parameter {name} must be annotated bool, int, float or str "
-                            f"(optionally | None), not {hint}")
-        out[name] = Param(name, kinds[0], p.default, optional=optional, **ranges.get(name, {}))
+        sequences = [typing.get_args(m)[0] for m in members if typing.get_origin(m) in _SEQUENCES]
+        objects = tuple(m for m in members if isinstance(m, type) and typing.get_origin(m) is None
+                        and m not in _TYPES and m is not type(None))
+        if sequences and not kinds and set(sequences) <= set(_TYPES) and len(set(sequences)) == 1:
+            kinds, sequence = [sequences[0]], True
+        else:
+            sequence = False
+        typed = len(sequences) if sequence else len(kinds)
+        if len(kinds) != 1 or len(members) != typed + optional + len(objects):
+            raise TypeError(f"{fn.__name__}: parameter {name} must be annotated bool, int, float or str, or a list "
+                            f"of one of them (optionally | None, | a Python-only class), not {hint}")
+        out[name] = Param(name, kinds[0], p.default, optional=optional, sequence=sequence, objects=objects,
+                          **ranges.get(name, {}))
     unknown = sorted(set(ranges) - set(out))
     if unknown:
         raise TypeError(f"{fn.__name__}: ranges for parameters it does not take: {', '.join(unknown)}")

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.minimal import SELECTIONS, check_circuit
+from circuits.graph.minimal import check_circuit
 from circuits.graph.pruning import prune as prune_mask
-from circuits.graph.selection import edges_between, fraction_to_k, warn_if_uninformative
+from circuits.graph.selection import edges_between, fraction_to_k, parse_selection, select, warn_if_uninformative
 from circuits.session import CircuitSession, FaithfulnessWarning, normalized, undefined, warn_undefined
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,11 +265,11 @@ def _check_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
 def _select(scored: Graph, fraction: float, absolute: bool, level: str, selection: str) -> tuple[int, Graph]:
     with warnings.catch_warnings():  # small fractions often prune to nothing: expected on a curve, shown as 0 edges
         warnings.filterwarnings("ignore", message=".*none lies on a path from input to logits.*")
-        if selection == "greedy":
+        if selection != "top_k":
             if level != "edge":
-                raise ValueError("selection='greedy' works on edges (level='edge')")
+                raise ValueError(f"selection={selection!r} works on edges (level='edge')")
             k = fraction_to_k(scored.structure, fraction)
-            return k, scored.greedy(k, absolute)
+            return k, select(scored, selection, k, absolute)
         circuit = scored.top_fraction(fraction, absolute, level="node" if level == "node" else "edge")
         return int(circuit.metadata["selection"]["k"]), circuit
 
@@ -279,6 +279,7 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
             selection, log_scale, circuits_per_pass, runner=None) -> list[FaithfulnessCurve]:
     import pandas as pd
 
+    parse_selection(selection)  # a clear error before any run
     if runner is None:
         if model is None or task is None:
             raise ValueError("a curve needs the model and the task (or runner=, an engine that holds them)")
@@ -288,8 +289,6 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     else:
         scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     warn_if_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
@@ -322,14 +321,16 @@ def faithfulness_curve(model: CircuitModel | None, task: Task | None, scored: Gr
                        circuits_per_pass: int | None = None, runner=None) -> FaithfulnessCurve:
     """f of the top ``fraction`` of ``scored``'s edges, at each of ``fractions`` (MIB's by default).
 
-    Every point is a pruned selection (``scored.top_fraction(fraction, absolute)``; ``selection="greedy"``
-    for EAP-IG's greedy construction, ``level="node"`` for node scores). All points are run together: per batch
-    of examples one patched forward evaluates every circuit (chunked over circuits only when memory requires),
-    and the full and empty circuits come from cached runs. ``absolute=False`` ranks raw scores (MIB's CPR runs),
-    ``True`` ranks ``|score|`` (MIB's CMD runs). ``log_scale`` integrates over log(fraction) instead (older MIB
-    scripts); the default is the linear axis of MIB's released evaluation. ``runner``: evaluate the circuits
-    with this engine instead of a new :class:`~circuits.session.CircuitSession` (e.g. a Ray
-    :class:`~circuits.sweeps.actors.EvaluatorPool`; ``model``, ``task``, ``ablation``, ``split`` are then its).
+    Every point is a pruned selection (``scored.top_fraction(fraction, absolute)``; ``selection="greedy"`` for
+    EAP-IG's greedy construction, ``"sign_consistent[:0.9]"`` (bootstrapped sign agreement first, see
+    :meth:`Graph.sign_consistent`) or ``"ratio[:0.5]"`` (:meth:`Graph.ratio`), ``level="node"`` for node scores).
+    All points are run together: per batch of examples one patched forward evaluates every circuit (chunked over
+    circuits only when memory requires), and the full and empty circuits come from cached runs. ``absolute=False``
+    ranks raw scores (MIB's CPR runs), ``True`` ranks ``|score|`` (MIB's CMD runs). ``log_scale`` integrates over
+    log(fraction) instead (older MIB scripts); the default is the linear axis of MIB's released evaluation.
+    ``runner``: evaluate the circuits with this engine instead of a new :class:`~circuits.session.CircuitSession`
+    (e.g. a Ray :class:`~circuits.sweeps.actors.EvaluatorPool`; ``model``, ``task``, ``ablation``, ``split`` are
+    then its).
 
     >>> curve = faithfulness_curve(model, task, scored)    # doctest: +SKIP
     >>> curve.cpr, curve.cmd, curve.to_frame()             # doctest: +SKIP

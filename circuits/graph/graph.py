@@ -323,6 +323,44 @@ class Graph:
         return self._selected(mask, prune, {"rule": "greedy", "k": int(k), "absolute": absolute, "level": "edge"},
                               stacklevel=3)
 
+    def sign_consistent(self, k: int, min_agreement: float = 0.9, *, absolute: bool = False,
+                        prune: bool = True) -> Graph:
+        """``k`` edges, those whose score kept its sign in at least ``min_agreement`` of bootstrap resamples of the
+        examples first, ranked by score (``|score|`` if ``absolute``), then the unstable ones (Nikankin et al.
+        2025). Needs the per-edge agreement that
+        :func:`circuits.discovery.bootstrap.discover_with_sign_agreement` stores in ``metadata["sign_agreement"]``.
+        """
+        if not 0.0 <= min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must lie in [0, 1], got {min_agreement}")
+        mask = selection.sign_consistent_edges(self.structure, self.scores, self.sign_agreement, int(k),
+                                               float(min_agreement), absolute)
+        return self._selected(mask, prune, {"rule": "sign_consistent", "k": int(k), "min_agreement": min_agreement,
+                                            "absolute": absolute, "level": "edge"}, stacklevel=3)
+
+    @property
+    def sign_agreement(self) -> torch.Tensor:
+        """``[n_edges]`` in MIB order: the fraction of bootstrap resamples in which each edge's score had the sign
+        it has here (from ``metadata["sign_agreement"]``)."""
+        record = self.metadata.get("sign_agreement")
+        if not isinstance(record, Mapping) or "values" not in record:
+            raise ValueError("this graph carries no sign agreement; score it with circuits.discovery.bootstrap."
+                             "discover_with_sign_agreement(model, task, method, resamples=20)")
+        values = torch.as_tensor(record["values"], dtype=torch.float32)
+        if values.shape != (self.structure.n_edges,):
+            raise ValueError(f"metadata['sign_agreement'] has {values.numel()} values for {self.structure.n_edges} "
+                             "edges: it was made for another graph")
+        return values
+
+    def ratio(self, k: int, positive_fraction: float = 0.5, *, prune: bool = True) -> Graph:
+        """``k`` edges: ``round(positive_fraction * k)`` with the largest positive scores, the rest with the most
+        negative ones (Nikankin et al. 2025's positive/negative ratio; a side that runs out is filled by
+        ``|score|``)."""
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise ValueError(f"positive_fraction must lie in [0, 1], got {positive_fraction}")
+        mask = selection.ratio_edges(self.structure, self.scores, int(k), float(positive_fraction))
+        return self._selected(mask, prune, {"rule": "ratio", "k": int(k), "positive_fraction": positive_fraction,
+                                            "absolute": False, "level": "edge"}, stacklevel=3)
+
     def minimal(self, model, task, target: float = 0.9, *, absolute: bool = False, **options) -> Graph:
         """The smallest top-k circuit whose faithfulness on ``task`` reaches ``target`` (bisection over k; runs
         patched forwards of ``model``). ``options``: ablation, split, batch_size, selection ("top_k" or

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.selection import SelectionError, warn_if_uninformative
+from circuits.graph.selection import (
+    SELECTIONS,
+    SelectionError,
+    parse_selection,
+    select as select_by,
+    warn_if_uninformative,
+)
 from circuits.session import CircuitSession
 from circuits.session.normalization import normalized, undefined, warn_undefined
 
@@ -21,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
     from circuits.tasks.task import Task
 
-SELECTIONS = ("top_k", "greedy")
+__all__ = ["SELECTIONS", "check_circuit", "minimal_circuit"]
 
 
 def check_circuit(model: Any, circuit: Any, what: str = "circuit") -> Graph:
@@ -55,8 +61,7 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
         raise SelectionError(f"target must lie in (0, 1] (f = 1 is the full model), got {target}")
     if points_per_pass < 1:
         raise SelectionError(f"points_per_pass must be at least 1, got {points_per_pass}")
-    if selection not in SELECTIONS:
-        raise SelectionError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    parse_selection(selection)  # a clear error before any run
     scored = check_circuit(model, scored, "scored graph")
     warn_if_uninformative(scored, "edge")
     runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
@@ -74,7 +79,7 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
         if k not in circuits:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*none lies on a path from input to logits.*")
-                circuits[k] = scored.greedy(k, absolute) if selection == "greedy" else scored.top_k(k, absolute)
+                circuits[k] = select_by(scored, selection, k, absolute)
         return circuits[k]
 
     lo, hi = 0, n

@@ -65,6 +65,108 @@ def fraction_to_k(structure: GraphStructure, fraction: float) -> int:
     return int(fraction * structure.n_edges)
 
 
+# ---- beyond top-k: sign-consistent and positive/negative-ratio selection (Nikankin et al. 2025) -----------------
+#: Selection rules by name, with the one parameter each takes after a colon (``"ratio:0.8"``) and its default.
+SELECTIONS: dict[str, tuple[str, float] | None] = {
+    "top_k": None, "greedy": None, "sign_consistent": ("min_agreement", 0.9), "ratio": ("positive_fraction", 0.5)}
+
+
+def parse_selection(text: str) -> tuple[str, dict[str, float]]:
+    """``"top_k"``, ``"greedy"``, ``"sign_consistent[:MIN_AGREEMENT]"`` or ``"ratio[:POSITIVE_FRACTION]"`` ->
+    ``(rule, {parameter: value})``."""
+    name, _, value = str(text).strip().partition(":")
+    if name not in SELECTIONS:
+        raise SelectionError(f"selection must be one of {', '.join(SELECTIONS)} (sign_consistent and ratio take a "
+                         f"value after a colon, e.g. 'ratio:0.8'), got {text!r}")
+    param = SELECTIONS[name]
+    if param is None:
+        if value:
+            raise SelectionError(f"selection {name!r} takes no value, got {text!r}")
+        return name, {}
+    try:
+        number = float(value) if value else param[1]
+    except ValueError:
+        raise SelectionError(f"selection {text!r}: {param[0]} must be a number, e.g. '{name}:{param[1]}'") from None
+    if not 0.0 <= number <= 1.0:
+        raise SelectionError(f"selection {text!r}: {param[0]} must lie in [0, 1]")
+    return name, {param[0]: number}
+
+
+def _ranked(structure: GraphStructure, keys: list[torch.Tensor], k: int) -> torch.Tensor:
+    """``[S, R]`` bool: the first ``k`` edges in the lexicographic order of ``keys`` (each ``[E]`` in MIB order,
+    higher first; the first key decides, later keys break its ties, MIB order breaks the rest)."""
+    n = structure.n_edges
+    if not 0 <= k <= n:
+        raise SelectionError(f"k={k} edges requested, but the graph has {n:,} edges ({structure.describe()})")
+    device = keys[0].device
+    order = structure.on(device).edge_order
+    perm = torch.arange(n, device=device)
+    for key in reversed(keys):  # stable sorts from the last key to the first: lexicographic
+        perm = perm[torch.sort(key[perm], descending=True, stable=True).indices]
+    out = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=device)
+    keep = perm[:k]
+    out[order[keep, 0], order[keep, 1]] = True
+    return out
+
+
+def sign_consistent_edges(structure: GraphStructure, scores: torch.Tensor, agreement: torch.Tensor, k: int,
+                          min_agreement: float = 0.9, absolute: bool = False) -> torch.Tensor:
+    """``[S, R]`` bool: ``k`` edges, those whose sign agreed in at least ``min_agreement`` of the bootstrap
+    resamples first (by key, as :func:`top_k_edges`), then the others (by key). ``agreement [E]`` in MIB order.
+
+    Unstable edges are ranked last rather than dropped, so every k is defined and k = every edge is the full
+    model (a faithfulness curve ends at f = 1)."""
+    order = structure.on(scores.device).edge_order
+    key = rank_key(scores[order[:, 0], order[:, 1]], absolute)  # [E]
+    stable = (agreement.to(scores.device) >= min_agreement).float()
+    return _ranked(structure, [stable, key], k)
+
+
+def ratio_edges(structure: GraphStructure, scores: torch.Tensor, k: int, positive_fraction: float = 0.5
+                ) -> torch.Tensor:
+    """``[S, R]`` bool: ``round(positive_fraction * k)`` edges of the largest positive scores and the rest of the
+    most negative ones (Nikankin et al.'s positive/negative ratio). When one side runs out, the largest
+    ``|score|`` of what is left fills the count."""
+    order = structure.on(scores.device).edge_order
+    values = scores[order[:, 0], order[:, 1]].double()  # [E]
+    values = torch.nan_to_num(values, nan=0.0)
+    n_pos = int(round(positive_fraction * k))
+    positive, negative = values > 0, values < 0
+    take_pos = min(n_pos, int(positive.sum()))
+    take_neg = min(k - take_pos, int(negative.sum()))
+    chosen = torch.zeros_like(positive)
+    if take_pos:
+        chosen |= _ranked_flat(torch.where(positive, values, -torch.inf), take_pos)
+    if take_neg:
+        chosen |= _ranked_flat(torch.where(negative, -values, -torch.inf), take_neg)
+    rest = k - take_pos - take_neg
+    if rest:
+        chosen |= _ranked_flat(torch.where(chosen, -torch.inf, values.abs()), rest)
+    out = torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=scores.device)
+    out[order[chosen, 0], order[chosen, 1]] = True
+    return out
+
+
+def _ranked_flat(key: torch.Tensor, k: int) -> torch.Tensor:  # [E] -> [E] bool, the k highest (MIB order ties)
+    out = torch.zeros(key.shape, dtype=torch.bool, device=key.device)
+    out[torch.sort(key, descending=True, stable=True).indices[:k]] = True
+    return out
+
+
+def select(graph: Graph, selection: str, k: int, absolute: bool = False, *, prune: bool = True) -> Graph:
+    """``graph`` cut to ``k`` edges by the rule named in ``selection`` (:func:`parse_selection`): what
+    faithfulness curves, minimal circuits and sweeps call. ``ratio`` is signed by construction (``absolute`` is
+    ignored there)."""
+    name, options = parse_selection(selection)
+    if name == "greedy":
+        return graph.greedy(k, absolute, prune=prune)
+    if name == "sign_consistent":
+        return graph.sign_consistent(k, options["min_agreement"], absolute=absolute, prune=prune)
+    if name == "ratio":
+        return graph.ratio(k, options["positive_fraction"], prune=prune)
+    return graph.top_k(k, absolute, prune=prune)
+
+
 # ---- node level ----------------------------------------------------------------------------------------------
 def edges_between(structure: GraphStructure, nodes: torch.Tensor) -> torch.Tensor:
     """``[S, R]`` bool: every edge whose sender and receiver's node are both in ``nodes`` ([n_nodes] bool)."""

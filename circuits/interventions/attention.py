@@ -66,8 +66,10 @@ def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, 
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P, P]
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    # softmax in at least fp32 (as HF does for bf16/fp16 models), never below the model's own precision
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+    if attn.softmax is not None:  # a backward rule's softmax (same forward)
+        pattern = attn.softmax(scores).to(v.dtype)
+    else:  # softmax in at least fp32 (as HF does for bf16/fp16 models), never below the model's own precision
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     return torch.matmul(pattern, v)
 
 

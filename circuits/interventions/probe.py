@@ -18,6 +18,7 @@ from circuits.interventions.residual import PlainResidual, Receivers
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.structure import GraphStructure
+    from circuits.interventions.rules import BackwardRule
     from circuits.models.architectures import Attention, Norm
 
 
@@ -30,11 +31,13 @@ class GradientProbe(PlainResidual):
     the output it must write instead of its own (``[k, B, P, d]``: integrated gradients over activations; sender
     0, the input, ``[1, B, P, d]``). ``repeats``: the run holds T stacked copies of the batch (``T * B`` rows,
     e.g. EAP-IG's interpolation steps) that share ``diffs``; their gradients are summed before the score
-    products, so T steps cost one.
+    products, so T steps cost one. ``rule``: a backward rule (:mod:`circuits.interventions.rules`) in place of
+    the gradient; the run must use ``rule.apply(spec)`` (``CircuitSession.backward_objective`` does), and the probe
+    applies the rule's q/k/v scales and frozen norm to the q/k/v receivers it scores itself.
     """
 
     def __init__(self, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
-                 overrides: dict[int, Tensor] | None = None, repeats: int = 1):
+                 overrides: dict[int, Tensor] | None = None, repeats: int = 1, rule: BackwardRule | None = None):
         if repeats != 1 and diffs is None:
             raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
         super().__init__(record=False)
@@ -45,6 +48,8 @@ class GradientProbe(PlainResidual):
         self.ablated = ablated  # [S, B|1, P|1, d]
         self.scores = scores  # [S, R] accumulator
         self.diffs = diffs
+        self.rule = rule
+        self.qkv_scale = (1.0, 1.0, 1.0) if rule is None else rule.qkv_scale
 
     def begin(self, first: Tensor, structure: GraphStructure) -> Tensor:
         super().begin(first, structure)
@@ -130,11 +135,14 @@ class _ProbedProjection(torch.autograd.Function):
         attn, norm, probe = ctx.attn, ctx.norm, ctx.probe
         H = attn.n_heads
         x_hat, inv = _norm_stats(norm, x[0])  # [B, P, d], [B, P, 1]
+        frozen = bool(getattr(norm, "frozen", False))  # a backward rule froze the norm's statistics
         total = torch.zeros_like(x_hat)
         for i, (g, W) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V))):
             if g is None:
                 continue
-            g_x = _norm_vjp_heads(norm, x_hat, inv, g, W)  # [H, B, P, d]: each head's own input gradient
+            if probe.qkv_scale[i] != 1.0:  # a backward rule's q/k/v gradient scale (GIM)
+                g = g * probe.qkv_scale[i]
+            g_x = _norm_vjp_heads(norm, x_hat, inv, g, W, frozen)  # [H, B, P, d]: each head's own input gradient
             probe._score(g_x, ctx.n, slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H))
             total += g_x.sum(0)
         return total[None].to(x.dtype), None, None, None, None, None
@@ -151,21 +159,23 @@ def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:
     return xf * inv, inv
 
 
-def _norm_vjp_heads(norm, x_hat: Tensor, inv: Tensor, g: Tensor, W: Tensor) -> Tensor:
+def _norm_vjp_heads(norm, x_hat: Tensor, inv: Tensor, g: Tensor, W: Tensor, frozen: bool = False) -> Tensor:
     """Each head's gradient at the norm's input, from its projection gradient ``g [H, B, P, e]`` through
     ``norm(x) @ W_h`` (``W [K, d, e]``; head h uses ``W[h // (H / K)]``, grouped keys/values): ``[H, B, P, d]``.
 
     LayerNorm: ``inv * (gw - mean(gw) - x_hat * mean(gw * x_hat))`` with ``gw = (g @ W_h^T) * w``. The norm
     weight is folded into ``W``, and ``mean(gw)`` is a product with ``W``'s column sums, so the only passes over
     ``[H, B, P, d]`` are the projection, one reduction and two in-place updates. RMSNorm has no mean term.
+    ``frozen``: the statistics are constants (a backward rule's frozen norm): ``inv * (gw - mean(gw))``.
     """
     K, d = W.shape[0], W.shape[1]
     H = g.shape[0]
     Ww = norm.weight.to(x_hat.dtype)[None, :, None] * W.to(x_hat.dtype)  # [K, d, e]
     gk = g.to(x_hat.dtype).reshape(K, H // K, *g.shape[1:])  # [K, H/K, B, P, e]
     gw = torch.einsum("kjbpe,kde->kjbpd", gk, Ww).reshape(H, *g.shape[1:3], d)  # [H, B, P, d]
-    proj = torch.einsum("hbpd,bpd->hbp", gw, x_hat) / d  # mean(gw * x_hat)
-    gw.addcmul_(x_hat[None], proj[..., None], value=-1.0)
+    if not frozen:
+        proj = torch.einsum("hbpd,bpd->hbp", gw, x_hat) / d  # mean(gw * x_hat)
+        gw.addcmul_(x_hat[None], proj[..., None], value=-1.0)
     if norm.kind == "layernorm":
         mean = torch.einsum("kjbpe,ke->kjbp", gk, Ww.sum(1)).reshape(H, *g.shape[1:3]) / d  # mean(gw)
         gw.sub_(mean[..., None])

@@ -60,6 +60,8 @@ class Attention:
     b_O: Tensor | None  # [d]: not any one head's output, so it is a constant of the residual stream
     scale: float
     rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None  # (x, position_ids) -> cos, sin [N, P, r]
+    # scores [H, N, P, P] -> pattern: a backward rule's softmax (circuits.interventions.rules); None: the softmax
+    softmax: Callable[[Tensor], Tensor] | None = None
 
     @property
     def n_heads(self) -> int:
@@ -81,13 +83,23 @@ class Mlp:
     act: Callable[[Tensor], Tensor]
     W_gate: Tensor | None = None  # [d, m]: SwiGLU's gate, the one passed through act (Llama's gate_proj)
     b_gate: Tensor | None = None
+    product_scale: float = 1.0  # a backward rule's gradient multiplier of each factor of the gated product
 
     def __call__(self, x: Tensor) -> Tensor:  # [..., d] -> [..., d]
         if self.W_gate is None:
             h = self.act(_linear(x, self.W_in, self.b_in))
         else:
-            h = self.act(_linear(x, self.W_gate, self.b_gate)) * _linear(x, self.W_in, self.b_in)
+            gate, up = self.act(_linear(x, self.W_gate, self.b_gate)), _linear(x, self.W_in, self.b_in)
+            if self.product_scale != 1.0:  # the forward is unchanged; each factor's gradient is scaled
+                gate = _scale_grad(gate, self.product_scale)
+                up = _scale_grad(up, self.product_scale)
+            h = gate * up
         return _linear(h, self.W_out, self.b_out)
+
+
+def _scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x`` whose gradient is multiplied by ``scale``."""
+    return x.detach() + (x - x.detach()) * scale if x.requires_grad else x
 
 
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

@@ -104,9 +104,10 @@ class CircuitModel:
 
     def run(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
             residual: ResidualStrategy | None = None, record: bool = False,
-            logit_positions: Tensor | None = None) -> ForwardResult:
+            logit_positions: Tensor | None = None, spec: TransformerSpec | None = None) -> ForwardResult:
         """The decomposed forward with one residual strategy (default: the plain model; ``record=True``: the plain
-        model recording every sender's output); see :func:`circuits.interventions.forward.decomposed_forward`."""
+        model recording every sender's output); see :func:`circuits.interventions.forward.decomposed_forward`.
+        ``spec``: this model's spec rewritten (a backward rule's, :mod:`circuits.interventions.rules`)."""
         if record and residual is not None:
             raise ValueError("record=True is the plain recorded run; a strategy records itself (record= of its own)")
         input_ids = input_ids.to(self.device)
@@ -114,7 +115,7 @@ class CircuitModel:
             attention_mask = attention_mask.to(self.device)
         if record:
             residual = PlainResidual(record=True)
-        return decomposed_forward(self.spec, input_ids, attention_mask, residual=residual,
+        return decomposed_forward(self.spec if spec is None else spec, input_ids, attention_mask, residual=residual,
                                   logit_positions=logit_positions)
 
     def sender_outputs(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

@@ -404,6 +404,85 @@ def _graph_figures(results: pd.DataFrame, ok: pd.Series, out_dir: Path, prov: Ma
     return figs
 
 
+# ---- which method wins -----------------------------------------------------------------------------------------
+
+def best_per_task(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per (task scope, criterion): the best method on mean CPR (highest) and on mean CMD (lowest), the
+    runner-up, the margin of the means, both spreads over seeds and both discovery times."""
+    import pandas as pd
+
+    scope = [k for k in keys if k != "method"]
+    if "method" not in keys or not scope:
+        return pd.DataFrame()
+    rows = []
+    for key, group in summary.groupby(scope, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for col, label, higher in (("cpr", "CPR ↑", True), ("cmd", "CMD ↓", False)):
+            if f"{col}_mean" not in group:
+                continue
+            ranked = group.dropna(subset=[f"{col}_mean"]).sort_values(f"{col}_mean", ascending=not higher,
+                                                                        kind="stable")
+            if ranked.empty:
+                continue
+            first = ranked.iloc[0]
+            second = ranked.iloc[1] if len(ranked) > 1 else None
+
+            row: dict[str, Any] = dict(zip(scope, key))
+            row.update({"criterion": label, "best": first["method"], "best value": _value(first, col),
+                        "runner-up": "—" if second is None else second["method"],
+                        "runner-up value": "—" if second is None else _value(second, col),
+                        "margin": "—" if second is None else f"{abs(first[f'{col}_mean'] - second[f'{col}_mean']):.3f}",
+                        "beyond spread": "—" if second is None else _beyond_spread(first, second, col),
+                        "best time (s)": f"{_seconds(first):.3g}",
+                        "time vs runner-up": "—" if second is None or not _seconds(second) > 0
+                        else f"{_seconds(first) / _seconds(second):.2g}x"})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _value(r: Any, col: str) -> str:
+    return _cell(r[f"{col}_mean"], r[f"{col}_std"], int(r[f"{col}_n"]), "{:.3f}")
+
+
+def _beyond_spread(first: Any, second: Any, col: str) -> str:
+    """"yes" when the margin of the means exceeds both spreads over seeds and the table's rounding (else the order
+    is not settled)."""
+    spreads = [float(r[f"{col}_std"]) for r in (first, second)]
+    spread = max([x for x in spreads if math.isfinite(x)] + [5e-4])  # below the table's 3 decimals: a tie
+    return "yes" if abs(float(first[f"{col}_mean"]) - float(second[f"{col}_mean"])) > spread else "no"
+
+
+def _seconds(r: Any) -> float:
+    return float(r.get("wall_time_s_mean", float("nan")))
+
+
+def cost_per_method(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean discovery wall time over the tasks it ran on, and its ratio to ``eap-ig`` on the same
+    tasks (geometric mean of the per-task ratios)."""
+    import pandas as pd
+
+    if "wall_time_s_mean" not in summary or "method" not in summary:
+        return pd.DataFrame()
+    scope = [k for k in ("model", "task", "ablation") if k in summary]
+    reference = [m for m in summary["method"].unique() if str(m).split(" ")[0] == "eap-ig"]
+    ref = summary[summary["method"] == reference[0]] if reference else None
+    rows = []
+    for method, group in summary.groupby("method", sort=True):
+        times = group["wall_time_s_mean"].to_numpy(dtype=float)
+        row: dict[str, Any] = {"method": method, "tasks": int(np.isfinite(times).sum()),
+                               "mean time (s)": f"{np.nanmean(times):.3g}" if np.isfinite(times).any() else "—"}
+        ratio = "—"
+        if ref is not None and scope:
+            joined = group.merge(ref, on=scope, suffixes=("", "_ref"))
+            r = joined["wall_time_s_mean"].to_numpy(dtype=float) / joined["wall_time_s_mean_ref"].to_numpy(dtype=float)
+            r = r[np.isfinite(r) & (r > 0)]
+            if r.size:
+                ratio = f"{float(np.exp(np.log(r).mean())):.2g}x"
+        row[f"vs {reference[0] if reference else 'eap-ig'}"] = ratio
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---- the report ------------------------------------------------------------------------------------------------
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -541,6 +620,22 @@ def write_report(results: pd.DataFrame, out_dir: str | os.PathLike, *,
               "Spearman: rank correlation of the edge scores with exact patching. Best CPR and CMD per task in bold.",
               "", _md_table(header, rows), "",
               f"<sub>{provenance_line(prov)}. Table as CSV: [summary.csv](summary.csv).</sub>", ""]
+
+    ranked = best_per_task(summary, keys)
+    if len(ranked):
+        lines += ["## Best method per task", "",
+                  "Per task (and ablation), the method with the best mean CPR (highest) and the best mean CMD "
+                  "(lowest), the runner-up, the margin between their means, each one's spread (sample std over "
+                  "seeds), whether the margin exceeds both spreads (if not, the order of the two is not settled by "
+                  "these seeds), and the discovery time of both (mean seconds per job, and the ratio best / "
+                  "runner-up).",
+                  "", _md_table(list(ranked.columns), ranked.astype(str).values.tolist()), ""]
+    cost = cost_per_method(summary)
+    if len(cost):
+        lines += ["## Time cost per method", "",
+                  "Mean discovery wall time per job over every task, and relative to `eap-ig` where it ran "
+                  "(ratios are within this run's machine, so they compare; the absolute times do not travel).", "",
+                  _md_table(list(cost.columns), cost.astype(str).values.tolist()), ""]
 
     if figs:
         lines += ["## Figures", ""]

@@ -290,12 +290,14 @@ class CircuitSession:
 
     def backward_objective(self, batch: SessionBatch, probe: GradientProbe, repeats: int = 1) -> None:
         """Attribution: one forward through ``probe`` and the backward of the summed objective, whose receiver
-        gradients the probe turns into scores. ``repeats``: the run stacks that many copies of the batch."""
+        gradients the probe turns into scores. ``repeats``: the run stacks that many copies of the batch. The
+        probe's backward rule, if any, runs on the model's spec rewritten by the rule."""
         ids, mask, at = batch.clean, batch.attention_mask, batch.positions
         if repeats > 1:
             ids, mask, at = ids.repeat(repeats, 1), mask.repeat(repeats, 1), at.repeat(repeats, 1)
+        spec = None if probe.rule is None else probe.rule.apply(self.model.spec)  # a backward rule's spec
         with torch.enable_grad():
-            logits = self.model.run(ids, mask, residual=probe, logit_positions=at).logits  # [T*b, K, V]
+            logits = self.model.run(ids, mask, residual=probe, logit_positions=at, spec=spec).logits  # [T*b, K, V]
             if repeats > 1:
                 logits = logits.view(repeats, len(batch), *logits.shape[1:])
             self.objective(logits, batch).sum().backward()

@@ -87,6 +87,7 @@ def _now() -> str:
 def empty_row(job: JobSpec) -> dict:
     return {"job_id": job.job_id, "model": job.model, "task": job.task, "method": job.method,
             "params": json.dumps(job.params_dict, sort_keys=True), "ablation": job.ablation, "seed": job.seed,
+            "selection": job.evaluation_dict.get("selection", "top_k"),
             "n": job.n, "batch_size": job.batch_size, "split": job.split, "status": "running", "failure": "",
             "attempts": 1, "memory_gb": math.nan, "error": "",
             "traceback": "", "notes": "", "graph_edges": math.nan, "circuit_edges": math.nan, "cpr": math.nan,
@@ -131,12 +132,20 @@ def execute(job: JobSpec, cpus: float | None = None, on_job_start: JobHook | Non
             task = resolve_task(job, model)
             row["graph_edges"] = model.structure.n_edges
             t0 = time.perf_counter()
-            graph = discover(model, task, job.method, ablation=job.ablation, split=job.split,
-                             batch_size=job.batch_size, **job.params_dict)
+            ev = job.evaluation_dict
+            if str(ev.get("selection", "top_k")).startswith("sign_consistent"):  # needs the bootstrap's agreement
+                from circuits.discovery.bootstrap import discover_with_sign_agreement
+
+                graph = discover_with_sign_agreement(model, task, job.method, resamples=int(ev.get("resamples", 20)),
+                                                     seed=job.seed, ablation=job.ablation, split=job.split,
+                                                     batch_size=job.batch_size, **job.params_dict)
+            else:
+                graph = discover(model, task, job.method, ablation=job.ablation, split=job.split,
+                                 batch_size=job.batch_size, **job.params_dict)
             row["discover_s"] = time.perf_counter() - t0
             graph.metadata["job_id"] = job.job_id
             graph.metadata["job"] = job.to_dict()
-            if not bool(graph.in_graph.all()) or job.method in ("acdc", "edge-pruning"):
+            if not bool(graph.in_graph.all()) or job.method in ("acdc", "edge-pruning", "edge-pruning-eap-ig"):
                 row["circuit_edges"] = int(graph.n_edges)
             with tempfile.TemporaryDirectory() as tmp:
                 path = graph.save(Path(tmp) / f"{job.job_id}.json")
@@ -179,8 +188,9 @@ def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph,
         return
     ev = job.evaluation_dict
     level = graph.metadata.get("level", "edge")
+    selection = ev.get("selection", "top_k")
     opts = dict(fractions=ev["fractions"], ablation=job.ablation, split=ev["split"], batch_size=ev["batch_size"],
-                level=level)
+                level=level, selection=selection)
     if ev.get("actors", 0) > 0:  # a large job: its curve points are split over a pool of model replicas
         scores = _pooled_mib_scores(job, model, task, graph, ev, level, resources or {})
         if scores.get("actors"):
@@ -197,7 +207,7 @@ def evaluate_into(row: dict, notes: list[str], job: JobSpec, model, task, graph,
     if target > 0 and level == "edge":
         try:
             small = minimal_circuit(model, task, graph, target=target, ablation=job.ablation, split=ev["split"],
-                                    batch_size=ev["batch_size"])
+                                    batch_size=ev["batch_size"], selection=selection)
             m = small.metadata["minimal"]
             row["minimal_k"], row["minimal_edges"] = int(m["k"]), int(m["n_edges"])
             row["minimal_faithfulness"] = float(m["faithfulness"])
@@ -230,12 +240,13 @@ def _pooled_mib_scores(job: JobSpec, model, task, graph, ev: dict, level: str, r
         from circuits.evaluation import mib_scores
 
         return mib_scores(model, task, graph, fractions=ev["fractions"], ablation=job.ablation, split=ev["split"],
-                          batch_size=ev["batch_size"], level=level)
+                          batch_size=ev["batch_size"], level=level, selection=ev.get("selection", "top_k"))
     # each actor loads its own replica from the model's spec (one per GPU where the job's resources name GPUs)
     with EvaluatorPool(job.model, task, n_actors=int(ev["actors"]), ablation=job.ablation, split=ev["split"],
                        batch_size=ev["batch_size"], cpus=res.get("cpus", 1), gpus=res.get("gpus", 0),
                        device=job.device, dtype=job.dtype) as pool:
-        return {**pool.mib_scores(graph, fractions=ev["fractions"], level=level), "actors": len(pool)}
+        return {**pool.mib_scores(graph, fractions=ev["fractions"], level=level,
+                                  selection=ev.get("selection", "top_k")), "actors": len(pool)}
 
 
 def _num(x: float) -> float | None:

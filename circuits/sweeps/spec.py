@@ -22,6 +22,8 @@ A sweep file (``discovery/quick.toml`` is a complete example)::
     batch_size = 32
     fractions = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]   # MIB's
     minimal_target = 0.9                        # faithfulness the minimal circuit must reach (0: skip)
+    selection = "top_k"                         # how curves and minimal circuits cut the scores: top_k, greedy,
+                                                # "sign_consistent[:0.9]" (bootstrapped, resamples = 20), "ratio[:0.5]"
     actors = 0                                  # > 0: the job's curve points run on that many Ray actors (model
                                                 # replicas, [resources] each): for models too slow for one worker
 
@@ -59,7 +61,7 @@ SHIPPED = "shipped"  # task name meaning "the zoo model's own task.toml"
 
 TOP_KEYS = ("name", "description", "models", "tasks", "methods", "ablations", "seeds", "n", "batch_size", "split",
             "params", "evaluation", "resources", "output", "device", "dtype")
-EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target", "actors")
+EVAL_KEYS = ("split", "batch_size", "fractions", "minimal_target", "actors", "selection", "resamples")
 RESOURCE_KEYS = ("cpus", "gpus", "memory", "max_retries")
 OUTPUT_KEYS = ("graphs", "results")
 MODEL_KEYS = ("model", "tasks", "device", "dtype")
@@ -67,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "description": "", "ablations": ["corrupted"], "seeds": [0], "n": 64, "batch_size": 16, "split": "train",
     "params": {}, "device": None, "dtype": None,
     "evaluation": {"split": "validation", "batch_size": 32, "fractions": list(MIB_FRACTIONS), "minimal_target": 0.9,
-                   "actors": 0},
+                   "actors": 0, "selection": "top_k", "resamples": 20},
     "resources": {"cpus": 1, "gpus": "auto", "memory": "auto", "max_retries": 2},
     "output": {"graphs": "graphs", "results": "results"},
 }
@@ -114,6 +116,9 @@ class JobSpec:
     def job_id(self) -> str:
         identity = self.to_dict()
         identity["evaluation"].pop("actors", None)  # how the work is spread does not change the result
+        for key, default in (("selection", "top_k"), ("resamples", 20)):  # keys added later: old ids stay valid
+            if identity["evaluation"].get(key) == default:
+                identity["evaluation"].pop(key)
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -461,6 +466,17 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
     if not isinstance(evaluation["actors"], int) or isinstance(evaluation["actors"], bool) or evaluation["actors"] < 0:
         raise _err(source, "evaluation.actors", f"expected an integer >= 0, got {evaluation['actors']!r}",
                    "actors = 0 (the job evaluates alone) or e.g. 4 (one model replica per GPU)")
+    from circuits.graph.selection import parse_selection
+
+    try:
+        parse_selection(evaluation["selection"])
+    except ValueError as err:
+        raise _err(source, "evaluation.selection", str(err),
+                   "e.g. selection = \"top_k\" or \"sign_consistent:0.9\"") from None
+    if not isinstance(evaluation["resamples"], int) or isinstance(evaluation["resamples"], bool) \
+            or evaluation["resamples"] < 1:
+        raise _err(source, "evaluation.resamples", f"expected a positive integer, got {evaluation['resamples']!r}",
+                   "resamples = 20 (bootstrap resamples of sign-consistent selection)")
     if not isinstance(evaluation["batch_size"], int) or evaluation["batch_size"] < 1:
         raise _err(source, "evaluation.batch_size", f"expected a positive integer, got {evaluation['batch_size']!r}",
                    "e.g. batch_size = 32")

@@ -125,3 +125,21 @@ def test_cli_help(capsys):
         main(["plot", "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and "--results" in text and "dot -Tsvg" in text
+
+
+def test_best_method_per_task_and_cost():
+    """ioi: eap-ig's CPR mean 0.9 beats eap's 0.7 by 0.2, which is not beyond eap's spread (0.2); eap-ig's CMD
+    0.1 beats 0.3. Times: both methods take 20 s on average (10, 20, 30 s), so 1x."""
+    from circuits.plotting.report import best_per_task, cost_per_method
+
+    summary = summarize(synthetic())
+    best = best_per_task(summary, ["model", "task", "method"]).set_index(["task", "criterion"])
+    row = best.loc[("ioi", "CPR ↑")]
+    assert row["best"] == "eap-ig" and row["runner-up"] == "eap"
+    assert row["margin"] == "0.200" and row["beyond spread"] == "no"
+    assert row["best value"].startswith("0.900") and row["time vs runner-up"] == "1x"
+    assert best.loc[("ioi", "CMD ↓"), "best"] == "eap-ig"
+    gt = best.loc[("greater-than", "CPR ↑")]
+    assert gt["best"] == "eap-ig" and gt["margin"] == "0.125"
+    cost = cost_per_method(summary).set_index("method")
+    assert cost.loc["eap", "vs eap-ig"] == "1.2x"  # ioi 20 s / 20 s, greater-than 20 / 15: geometric mean 1.15
