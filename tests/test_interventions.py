@@ -319,6 +319,6 @@ def test_logit_positions_unembed_only_what_is_read(arch):
     assert picked.shape == (2, B, 2, V) and torch.allclose(picked, expected, atol=1e-6)
     plain = model.logits(clean, logit_positions=at)
     assert torch.allclose(plain, model.logits(clean).gather(1, at[..., None].expand(*at.shape, V)), atol=1e-6)
-    with torch.no_grad():  # no gradient needed: the last MLP runs at the read positions only, same logits
+    with torch.no_grad():  # no gradient: the last layer (queries, head outputs, MLP) runs at the read positions only
         assert torch.allclose(model.patched_logits(clean, masks, ablated, logit_positions=at), expected, atol=1e-6)
         assert torch.allclose(model.logits(clean, logit_positions=at), plain, atol=1e-6)

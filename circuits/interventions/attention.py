@@ -44,27 +44,46 @@ def allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch
 
 
 def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, allowed: Tensor,
-                              qkv: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                     qkv: tuple[Tensor, Tensor, Tensor] | None = None, query_rows: Tensor | None = None) -> Tensor:
     """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each) or ``[1, N, P, d]``
-    (one stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (``[H, N, P, e]`` each)."""
+    (one stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (``[H, N, P, e]`` each).
+
+    ``query_rows [N, K]``: the positions whose output anything reads (the last layer's, when only the logits at a
+    task's read positions follow): queries, scores and ``z [H, N, K, e]`` are computed there only, keys and
+    values at every position. Exact: a query's attention depends on no other query."""
     H = attn.n_heads
+
+    def at_queries(t: Tensor) -> Tensor:  # [h, N, P, f] -> [h, N, K, f]
+        if query_rows is None:
+            return t
+        return t.gather(2, query_rows[None, :, :, None].expand(t.shape[0], *query_rows.shape, t.shape[-1]))
+
     if qkv is not None:
         q, k, v = qkv
+        q = at_queries(q)
     elif x.shape[0] == 1:
         xn = norm(x)
-        q, k, v = (project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
+        q = project(at_queries(xn), attn.W_Q, attn.b_Q, H)
+        k, v = (project(xn, W, b, H) for W, b in ((attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
     elif x.dtype in (torch.float32, torch.float64):
         # 3H separate inputs: fold the norm into the projections instead of materialising 3H normalised copies
-        q, k, v = (project_folded(x[i * H:(i + 1) * H], norm, W, b, H)
-                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
+        q = project_folded(at_queries(x[:H]), norm, attn.W_Q, attn.b_Q, H)
+        k, v = (project_folded(x[i * H:(i + 1) * H], norm, W, b, H)
+                for i, (W, b) in ((1, (attn.W_K, attn.b_K)), (2, (attn.W_V, attn.b_V))))
     else:  # half precision: normalise exactly as the model does, the order of roundings matters there
         xn = norm(x)
-        q, k, v = (project(xn[i * H:(i + 1) * H], W, b, H)
-                   for i, (W, b) in enumerate(((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))))
+        q = project(at_queries(xn[:H]), attn.W_Q, attn.b_Q, H)
+        k, v = (project(xn[i * H:(i + 1) * H], W, b, H)
+                for i, (W, b) in ((1, (attn.W_K, attn.b_K)), (2, (attn.W_V, attn.b_V))))
+    if query_rows is not None:
+        allowed = allowed.gather(1, query_rows[..., None].expand(*query_rows.shape, allowed.shape[-1]))  # [N, K, P]
     if attn.rotary is not None:
-        cos, sin = attn.rotary(q, positions)  # [N, P, r]
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P, P]
+        cos, sin = attn.rotary(k, positions)  # [N, P, r]
+        k = rotate(k, cos, sin)
+        if query_rows is not None:
+            cos, sin = attn.rotary(q, positions.gather(1, query_rows))  # [N, K, r]
+        q = rotate(q, cos, sin)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P | K, P]
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     if attn.softmax is not None:  # a backward rule's softmax (same forward)
         pattern = attn.softmax(scores).to(v.dtype)

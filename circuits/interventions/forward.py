@@ -43,8 +43,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
 
     ``logit_positions [B, K]`` unembeds only those positions (logits ``[B, K, V]``): a task reads a few positions,
     and the unembedding of a large vocabulary is otherwise a third of the forward. When the strategy needs no
-    output at every position and no gradient is taken, the last layer's MLP, which only the logits read, is
-    computed at those positions only.
+    output at every position and no gradient is taken, the last layer, which only the logits read, is computed
+    at those positions only: its MLP, and its heads' queries and outputs (keys and values need every position).
     """
     residual = PlainResidual() if residual is None else residual
     B, P = input_ids.shape
@@ -82,11 +82,17 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
                 attn = head_subset(layer.attn, heads)
             x = residual.read(receivers, then=mlp_r)  # [3H' | 1, N, P, d]
             qkv = residual.project_qkv(x, attn, layer.attn_norm)
-            z = attention_values(attn, layer.attn_norm, x, positions, allowed, qkv)  # [H', N, P, e]
+            last = readout_only and layer_idx == len(spec.layers) - 1  # only the read positions are read after it
+            query_rows = read_rows if last else None
+            z = attention_values(attn, layer.attn_norm, x, positions, allowed, qkv, query_rows)  # [H', N, P|K, e]
             if residual.per_head:
-                outputs = torch.matmul(z.flatten(1, 2), attn.W_O).view(len(heads), *z.shape[1:3], -1)  # [H', N, P, d]
+                outputs = torch.matmul(z.flatten(1, 2), attn.W_O).view(len(heads), *z.shape[1:3], -1)  # [H', N, ., d]
             else:  # heads summed inside W_O
                 outputs = torch.einsum("hnpe,hed->npd", z, attn.W_O)[None]
+            if query_rows is not None:  # [h, N, K, d] -> [h, N, P, d], zero where nothing reads
+                index = query_rows[None, ..., None].expand(outputs.shape[0], *query_rows.shape, outputs.shape[-1])
+                outputs = x.new_zeros(outputs.shape[0], outputs.shape[1], P, outputs.shape[-1]).scatter_(2, index,
+                                                                                                         outputs)
         if mlp_r is not None and spec.parallel_attn_mlp:
             mlp_in = residual.read(mlp_r)
         residual.write_heads(layer_idx, heads, outputs)
