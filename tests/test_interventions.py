@@ -322,3 +322,32 @@ def test_logit_positions_unembed_only_what_is_read(arch):
     with torch.no_grad():  # no gradient: the last layer (queries, head outputs, MLP) runs at the read positions only
         assert torch.allclose(model.patched_logits(clean, masks, ablated, logit_positions=at), expected, atol=1e-6)
         assert torch.allclose(model.logits(clean, logit_positions=at), plain, atol=1e-6)
+
+
+def test_receivers_with_the_same_masks_share_one_mix(arch):
+    """Single-edge cuts leave every receiver but the cut one with the same masks in every circuit: those read one
+    shared mix (a layer's q, k, v and MLP inputs become one stream). Same logits as with gradients on the masks,
+    where each receiver keeps its own mix."""
+    from circuits.interventions.masked import MaskedResidual
+
+    model = tiny_model(arch)
+    s = model.structure
+    clean, corrupted = _ids(60), _ids(61)
+    ablated = ablated_outputs(model, "corrupted", clean, corrupted_ids=corrupted)
+    edges = s.edge_order[torch.randperm(s.n_edges, generator=torch.Generator().manual_seed(5))[:4]]
+    masks = s.edge_mask.float()[None].repeat(4, 1, 1)
+    masks[torch.arange(4), edges[:, 0], edges[:, 1]] = 0.0  # [4, S, R]: one cut each
+    with torch.no_grad():
+        shared = model.patched_logits(clean, masks, ablated)
+    own = model.patched_logits(clean, masks.clone().requires_grad_(True), ablated)
+    assert torch.allclose(shared, own.detach(), atol=1e-5)
+
+    residual = MaskedResidual(masks, ablated)
+    residual.begin(model.spec.token_embed[clean], s)
+    residual.n_written = s.n_senders  # every sender written: compare the receivers' whole columns
+    layer0 = list(range(s.attn_receivers(0).start, s.attn_receivers(0).stop))
+    cut = [r for r in layer0 if bool((masks[:, :, r] != s.edge_mask.float()[:, r]).any())]
+    unique, inverse = residual._same_mix(layer0)
+    assert len(unique) == len(set(cut)) + (len(cut) < len(layer0))  # each cut receiver alone, the rest together
+    untouched = [i for i, r in enumerate(layer0) if r not in cut]
+    assert len({int(inverse[i]) for i in untouched}) <= 1

@@ -291,11 +291,42 @@ class MaskedResidual(ResidualStrategy):
                 listed + ([then] if then is not None and ahead else [])
             if isinstance(receivers, slice) and then is not None and ahead and then == receivers.stop:
                 index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
+            same = self._same_mix(listed + ([then] if then is not None and ahead else []))
+            if same is not None:  # [U, C, X]: one mix per distinct mask column
+                unique, inverse = same
+                mixed = self._mix(unique, 0)
+                if then is not None and ahead:
+                    last = int(inverse[-1])
+                    self.partial[then] = (self.n_written, mixed[last:last + 1], self.base)
+                    inverse = inverse[:-1]
+                if bool((inverse == inverse[0]).all()):  # one stream for all: the forward normalises it once
+                    return mixed[int(inverse[0])].reshape(1, self.N, self.P, self.d)
+                mixed = mixed.index_select(0, inverse.to(mixed.device))
+                return mixed.reshape(R, self.N, self.P, self.d)
             mixed = self._mix(index, 0)  # [R (+1), C, X]
             if then is not None and ahead:
                 self.partial[then] = (self.n_written, mixed[-1:], self.base)
                 mixed = mixed[:-1]
         return mixed.reshape(R, self.N, self.P, self.d)
+
+    def _same_mix(self, receivers: list[int]) -> tuple[list[int], Tensor] | None:
+        """Receivers whose masks over the senders written so far are the same in every circuit read the same mix
+        (downstream of a single cut, every q, k, v and MLP input of a layer): ``(one receiver per distinct mix,
+        [len(receivers)] index of each one's)``, or None when all differ or the masks take gradients (each
+        receiver's mask entries then need their own gradient)."""
+        if len(receivers) < 2 or self.masks.requires_grad:
+            return None
+        cols = self.masks[:, :self.n_written].index_select(2, torch.as_tensor(receivers, device=self.masks.device))
+        cols = cols.permute(2, 0, 1).reshape(len(receivers), -1)  # [R', C * n_written]
+        distinct, inverse = torch.unique(cols, dim=0, return_inverse=True)
+        if distinct.shape[0] == len(receivers):
+            return None
+        first = torch.full((distinct.shape[0],), len(receivers), dtype=torch.long, device=inverse.device)
+        first.scatter_reduce_(0, inverse, torch.arange(len(receivers), device=inverse.device), reduce="amin")
+        order = first.argsort()  # distinct mixes in the order their first receiver comes
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)
+        return [receivers[int(i)] for i in first[order]], rank[inverse].cpu()
 
 
 class _MixSenders(torch.autograd.Function):

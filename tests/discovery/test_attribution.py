@@ -7,8 +7,8 @@ import torch
 
 import circuits
 from circuits.discovery import METHODS, DiscoveryError, discover
-from circuits.session import CircuitSession
 from circuits.models.random import random_model
+from circuits.session import CircuitSession
 from circuits.tasks import task_vocabulary, word_level_tokenizer
 
 ARCHS = {"gpt2": {}, "gpt_neox": {}, "llama": {"n_kv_heads": 2}}
@@ -125,37 +125,24 @@ def test_exact_equals_manual_single_edge_cuts(tokenizer):
         assert float(scores[i, j]) == pytest.approx(float(full - cut), rel=1e-5, abs=1e-9), name
 
 
-def test_exact_resumes_from_a_checkpoint_to_the_same_result(tokenizer, tmp_path, monkeypatch):
-    import circuits.discovery.exact as exact_mod
-
+def test_exact_resumes_from_a_checkpoint_to_the_same_result(tokenizer, tmp_path, interrupt_after_saves):
     model = small_model(tokenizer, dtype=torch.float32)
     task = circuits.load_task("ioi", model, n=6, seed=4)
     reference = discover(model, task, "exact", split="all", circuits_per_pass=8).scores
     ckpt = tmp_path / "exact.ckpt"
-    calls = {"n": 0}
-    original = exact_mod.Checkpoint.maybe_save
-
-    def save_then_die(self, state):
-        self.every = 0
-        original(self, state)
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", save_then_die)
+    interrupt_after_saves(5)
     with pytest.raises(KeyboardInterrupt):
         discover(model, task, "exact", split="all", circuits_per_pass=8, checkpoint=ckpt)
     assert ckpt.exists()
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", original)
+    interrupt_after_saves(None)
     resumed = discover(model, task, "exact", split="all", circuits_per_pass=8, checkpoint=ckpt).scores
     assert torch.equal(resumed, reference)
     assert not ckpt.exists(), "a finished run removes its checkpoint"
     other = circuits.load_task("ioi", model, n=6, seed=5)  # a checkpoint of another run is refused
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", save_then_die)
-    calls["n"] = 0
+    interrupt_after_saves(5)
     with pytest.raises(KeyboardInterrupt):
         discover(model, task, "exact", split="all", circuits_per_pass=8, checkpoint=ckpt)
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", original)
+    interrupt_after_saves(None)
     with pytest.raises(ValueError, match="different run"):
         discover(model, other, "exact", split="all", circuits_per_pass=8, checkpoint=ckpt)
 
@@ -232,7 +219,7 @@ def test_bad_input_is_named(tokenizer):
     with pytest.raises(DiscoveryError, match="another tokenizer|different tokenizer"):
         discover(model, gpt2_task, "eap")
     # an ablation a method's definition rules out
-    from circuits.discovery import Method, register
+    from circuits.discovery import register
     register("corrupted-only", "edge", "test method", ablations=("corrupted",),
              why_not="it needs paired counterfactuals")(lambda ctx: torch.zeros(1))
     try:

@@ -6,18 +6,6 @@ import pytest
 
 import circuits
 from circuits.evaluation.ground_truth import auroc
-from circuits.zoo import task_file
-
-PLANTED = ["planted-induction", "planted-ioi"]
-
-
-@pytest.fixture(scope="module", params=PLANTED)
-def planted(request):
-    name = request.param
-    model = circuits.load_model(f"zoo:{name}", device="cpu")
-    task = circuits.load_task(task_file(name), model, n=32, seed=1)
-    truth = circuits.Graph.load(circuits.models.loading.ZOO_DIR / name / "ground_truth.json", model=model)
-    return name, model, task, truth
 
 
 @pytest.fixture(scope="module")

@@ -101,31 +101,21 @@ def test_passes_recompute_only_what_a_cut_changes(tokenizer):
     assert len(node_plan) == 1 + 2 * s.n_layers  # the input; per layer its heads (one set of descendants), its MLP
 
 
-def test_incremental_resume_is_bit_exact(tokenizer, tmp_path, monkeypatch):
-    import circuits.discovery.exact as exact_mod
+def test_incremental_resume_is_bit_exact(tokenizer, tmp_path, interrupt_after_saves):
+    from circuits.discovery.checkpoint import Checkpoint
 
     model = model_of(tokenizer, "gpt2")
     task = circuits.load_task("ioi", model, n=8, seed=4)
     session = lambda: CircuitSession(model, task, split="all", batch_size=4)  # noqa: E731
     reference = single_cut_effects(session(), EdgeCuts(model.structure), circuits_per_pass=6)
     ckpt_path = tmp_path / "exact.ckpt"
-    calls = {"n": 0}
-    original = exact_mod.Checkpoint.maybe_save
-
-    def save_then_die(self, state):
-        self.every = 0
-        original(self, state)
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt("simulated interruption")
-
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", save_then_die)
+    interrupt_after_saves(7)
     with pytest.raises(KeyboardInterrupt):
         single_cut_effects(session(), EdgeCuts(model.structure), circuits_per_pass=6,
-                           checkpoint=exact_mod.Checkpoint(ckpt_path, "k"))
-    monkeypatch.setattr(exact_mod.Checkpoint, "maybe_save", original)
+                           checkpoint=Checkpoint(ckpt_path, "k"))
+    interrupt_after_saves(None)
     state = torch.load(ckpt_path, weights_only=False)
     assert 0 < state["next_pass"] < len(cut_passes(EdgeCuts(model.structure), 6))
     resumed = single_cut_effects(session(), EdgeCuts(model.structure), circuits_per_pass=6,
-                                 checkpoint=exact_mod.Checkpoint(ckpt_path, "k"))
+                                 checkpoint=Checkpoint(ckpt_path, "k"))
     assert torch.equal(resumed, reference)
