@@ -20,6 +20,7 @@ must equal this run's).
 
     python benchmarks/exact_speed.py                 # writes results/exact_speed.{json,md}
     python benchmarks/exact_speed.py --gpt2-nodes 3  # a smaller sample
+    python benchmarks/exact_speed.py --render        # rewrite the .md from the last run's .json
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from _common import RESULTS, write  # noqa: E402
 from discovery_speed import random_pairs_task  # noqa: E402
 
 import circuits  # noqa: E402
@@ -174,7 +175,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per engine (the fastest is kept)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--before", default=BEFORE, help="also time exact at this git revision ('' to skip)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     args = p.parse_args()
+    if args.render:
+        render_saved()
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -199,6 +204,16 @@ def main() -> None:
     rows[-1]["sampled_nodes"] = [f"{names[n]} ({int((s.receiver_node[s.edge_order[sample][:, 1]] == n).sum())})"
                                  for n in nodes]
 
+    command = "python benchmarks/exact_speed.py" + (f" --gpt2-nodes {args.gpt2_nodes}"
+                                                     if args.gpt2_nodes != 6 else "")
+    goals, markdown = report(rows, args.gpt2_nodes)
+    json_path, md_path = write("exact_speed", {"rows": rows, "gpt2_nodes": args.gpt2_nodes, "goals": goals},
+                               markdown, command)
+    print(f"wrote {md_path} and {json_path}")
+
+
+def report(rows: list[dict], gpt2_nodes: int) -> tuple[dict, str]:
+    """The goals reached and the Markdown table of measured ``rows``."""
     ok_per_edge = rows[0]["incremental_forwards_per_edge"] <= PER_EDGE_GOAL
     ok_speedup = all(r["speedup"] >= SPEEDUP_GOAL for r in rows)
     has_before = all("before_s" in r for r in rows)
@@ -228,13 +243,21 @@ def main() -> None:
         + (f" {rev}: forwards / edge | incremental vs {rev} | max abs difference vs {rev} |" if has_before else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if has_before else ""),
     ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['pairs']} x {r['tokens']} | {r['edges_timed']:,} / "
+                     f"{r['edges_in_graph']:,} | {r['hf_forward_s']:.4f} | "
+                     f"**{r['incremental_forwards_per_edge']:.3f}** | {r['plain_forwards_per_edge']:.3f} | "
+                     f"**{r['speedup']:.1f}x** | {r['max_abs_difference']:.1e} "
+                     f"({r['max_relative_difference']:.0e} of the largest effect) |"
+                     + (f" {r['before_forwards_per_edge']:.3f} | **{r['speedup_vs_before']:.1f}x** | "
+                        f"{r['max_abs_difference_vs_before']:.1e} |" if has_before else ""))
     lines += [
         "",
         f"Goals: at most {PER_EDGE_GOAL} forwards per edge on zoo:gpt2-tasks "
         f"({'met' if ok_per_edge else 'NOT met'}); at least {SPEEDUP_GOAL:.0f}x today's implementation on both"
         + (f" ({rev}: {'met' if ok_before else 'NOT met'})" if has_before else " (not timed: --before '')")
         + f"; the recompute alone, against this code's plain engine: {recompute_alone}.",
-        f"The GPT-2-small row times {args.gpt2_nodes} receiver nodes drawn with probability proportional to their "
+        f"The GPT-2-small row times {gpt2_nodes} receiver nodes drawn with probability proportional to their "
         "incoming edges (seeded) and 32 of each one's edges (one pass, as in a whole-graph run): an estimate of "
         "the mean cost per edge over the whole graph, which on the plain engine would take hours on this machine. "
         f"Nodes: {', '.join(rows[1]['sampled_nodes'])}.",
@@ -244,13 +267,20 @@ def main() -> None:
         "quarters of a forward once the last layer runs at the read positions only), which bounds the ratio near "
         "4x for any engine that recomputes exactly what a cut changes.",
     ]
-    command = "python benchmarks/exact_speed.py" + (f" --gpt2-nodes {args.gpt2_nodes}"
-                                                     if args.gpt2_nodes != 6 else "")
-    json_path, md_path = write("exact_speed", {"rows": rows, "goals": {
-        "per_edge": PER_EDGE_GOAL, "speedup": SPEEDUP_GOAL, "per_edge_met": ok_per_edge, "speedup_met": ok_speedup,
-        "speedup_vs_before_met": ok_before}},
-                               "\n".join(lines), command)
-    print(f"wrote {md_path} and {json_path}")
+    goals = {"per_edge": PER_EDGE_GOAL, "speedup": SPEEDUP_GOAL, "per_edge_met": ok_per_edge,
+             "speedup_met": ok_speedup, "speedup_vs_before_met": ok_before}
+    return goals, "\n".join(lines)
+
+
+def render_saved() -> None:
+    """Rewrite results/exact_speed.md from results/exact_speed.json (same numbers and provenance)."""
+    saved = json.loads((RESULTS / "exact_speed.json").read_text())
+    goals, markdown = report(saved["rows"], saved.get("gpt2_nodes", 6))
+    m = saved["machine"]
+    header = (f"# exact_speed\n\nRegenerate: `{saved['command']}`\n\nCommit `{saved['commit']}`, {saved['date']}; "
+              f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads).\n\n")
+    (RESULTS / "exact_speed.md").write_text(header + markdown.strip() + "\n")
+    print(f"wrote {RESULTS / 'exact_speed.md'} from {RESULTS / 'exact_speed.json'}")
 
 
 if __name__ == "__main__":
