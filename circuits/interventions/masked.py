@@ -287,11 +287,8 @@ class MaskedResidual(ResidualStrategy):
                 mixed = mixed + self._mix(listed, done)
         else:
             ahead = then is not None and R > 1 and self.n_upstream[then] >= self.n_written
-            index: slice | list[int] = receivers if isinstance(receivers, slice) and not ahead else \
-                listed + ([then] if then is not None and ahead else [])
-            if isinstance(receivers, slice) and then is not None and ahead and then == receivers.stop:
-                index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
-            same = self._same_mix(listed + ([then] if then is not None and ahead else []))
+            wanted = listed + [then] if then is not None and ahead else listed
+            same = self._same_mix(wanted)
             if same is not None:  # [U, C, X]: one mix per distinct mask column
                 unique, inverse = same
                 mixed = self._mix(unique, 0)
@@ -303,6 +300,9 @@ class MaskedResidual(ResidualStrategy):
                     return mixed[int(inverse[0])].reshape(1, self.N, self.P, self.d)
                 mixed = mixed.index_select(0, inverse.to(mixed.device))
                 return mixed.reshape(R, self.N, self.P, self.d)
+            index: slice | list[int] = receivers if isinstance(receivers, slice) and not ahead else wanted
+            if isinstance(receivers, slice) and then is not None and ahead and then == receivers.stop:
+                index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
             mixed = self._mix(index, 0)  # [R (+1), C, X]
             if then is not None and ahead:
                 self.partial[then] = (self.n_written, mixed[-1:], self.base)
