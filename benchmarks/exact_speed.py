@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write  # noqa: E402
+from _common import RESULTS, interleaved_medians, write  # noqa: E402
 from discovery_speed import random_pairs_task  # noqa: E402
 
 import circuits  # noqa: E402
@@ -109,14 +109,9 @@ def node_stratified_sample(structure, n_nodes: int, per_node: int, seed: int) ->
 def hf_forward_seconds(model, task, repeats: int = 5) -> float:
     """Median time of one plain HF forward of every clean prompt in one batch."""
     batch = task.as_batch()
-    times = []
     with torch.no_grad():
-        model.hf(input_ids=batch.clean, attention_mask=batch.attention_mask)  # warm-up
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model.hf(input_ids=batch.clean, attention_mask=batch.attention_mask)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        return interleaved_medians({"hf": lambda: model.hf(input_ids=batch.clean,
+                                                           attention_mask=batch.attention_mask)}, repeats)["hf"]
 
 
 def timed_exact(model, task, edges, *, incremental: bool, batch_size: int, circuits_per_pass: int):
