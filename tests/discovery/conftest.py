@@ -4,6 +4,7 @@ edge pruning); the planted models with their tasks and ground truths; an interru
 from __future__ import annotations
 
 import pytest
+import torch
 
 import circuits
 import circuits.discovery.checkpoint as checkpoint_mod
@@ -13,6 +14,35 @@ from circuits.tasks import task_vocabulary, word_level_tokenizer
 from circuits.zoo import task_file
 
 PLANTED = ["planted-induction", "planted-ioi"]
+
+
+def perturbed_random_model(tokenizer, family: str, n_layers: int, dtype=torch.float64, seed: int = 0, **config):
+    """A random ``family`` model (4 heads, d 32) with every weight, norm and bias moved by N(0, 0.3): every term of
+    the forward matters, so a wrong formula or a stale held output shows in the numbers."""
+    model = random_model(family, n_layers=n_layers, n_heads=4, d_model=32, vocab_size=len(tokenizer),
+                         tokenizer=tokenizer, n_ctx=64, dtype=dtype, seed=seed, **config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.hf.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def assert_exact_is_manual_patching(model, task, scores, edge_names) -> None:
+    """Exact scores against their definition (corrupted ablation, all pairs): the full metric minus the metric
+    with that one edge cut by an [S, R] mask."""
+    batch = task.as_batch()
+    s = model.structure
+    ablated = circuits.interventions.ablation.ablated_outputs(model, "corrupted", batch.clean, batch.attention_mask,
+                                                              corrupted_ids=batch.corrupted)
+    full = task.base_metric(model.logits(batch.clean, batch.attention_mask), batch).mean()
+    for name in edge_names:
+        i, j = s.edge_index(name)
+        mask = torch.ones(s.n_senders, s.n_receivers, dtype=torch.float64)
+        mask[i, j] = 0
+        cut = task.base_metric(model.patched_logits(batch.clean, mask, ablated, attention_mask=batch.attention_mask),
+                               batch).mean()
+        assert float(scores[i, j]) == pytest.approx(float(full - cut), rel=1e-5, abs=1e-9), name  # float32 metric
 
 
 @pytest.fixture(scope="module", params=PLANTED)

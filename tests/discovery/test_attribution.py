@@ -7,9 +7,9 @@ import torch
 
 import circuits
 from circuits.discovery import METHODS, DiscoveryError, discover
-from circuits.models.random import random_model
 from circuits.session import CircuitSession
 from circuits.tasks import task_vocabulary, word_level_tokenizer
+from tests.discovery.conftest import assert_exact_is_manual_patching, perturbed_random_model
 
 ARCHS = {"gpt2": {}, "gpt_neox": {}, "llama": {"n_kv_heads": 2}}
 
@@ -20,13 +20,7 @@ def tokenizer():
 
 
 def small_model(tokenizer, arch="gpt2", dtype=torch.float64, seed=0):
-    model = random_model(arch, n_layers=2, n_heads=4, d_model=32, vocab_size=len(tokenizer), tokenizer=tokenizer,
-                         n_ctx=64, dtype=dtype, seed=seed, **ARCHS[arch])
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # randomise norms and biases too, so every term of the forward matters
-        for p in model.hf.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
+    return perturbed_random_model(tokenizer, arch, 2, dtype=dtype, seed=seed, **ARCHS[arch])
 
 
 def mask_gradient(model, task, metric_sign=1.0):
@@ -111,18 +105,8 @@ def test_exact_equals_manual_single_edge_cuts(tokenizer):
     model = small_model(tokenizer, "llama")
     task = circuits.load_task("ioi", model, n=8, seed=3)
     scores = discover(model, task, "exact", split="all", circuits_per_pass=7).scores
-    batch = task.as_batch()
-    s = model.structure
-    ablated = circuits.interventions.ablation.ablated_outputs(model, "corrupted", batch.clean, batch.attention_mask,
-                                                              corrupted_ids=batch.corrupted)
-    full = task.base_metric(model.logits(batch.clean, batch.attention_mask), batch).mean()
-    for name in ["input->a0.h1<q>", "a0.h2->a1.h3<k>", "m0->logits", "a1.h0->m1", "input->logits"]:
-        i, j = s.edge_index(name)
-        mask = torch.ones(s.n_senders, s.n_receivers, dtype=torch.float64)
-        mask[i, j] = 0
-        cut = task.base_metric(model.patched_logits(batch.clean, mask, ablated, attention_mask=batch.attention_mask),
-                               batch).mean()
-        assert float(scores[i, j]) == pytest.approx(float(full - cut), rel=1e-5, abs=1e-9), name
+    assert_exact_is_manual_patching(model, task, scores, ["input->a0.h1<q>", "a0.h2->a1.h3<k>", "m0->logits",
+                                                          "a1.h0->m1", "input->logits"])
 
 
 def test_exact_resumes_from_a_checkpoint_to_the_same_result(tokenizer, tmp_path, interrupt_after_saves):

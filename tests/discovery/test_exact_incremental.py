@@ -8,9 +8,9 @@ import torch
 import circuits
 from circuits.discovery import discover
 from circuits.discovery.exact import EdgeCuts, NodeCuts, cut_passes, single_cut_effects
-from circuits.models.random import random_model
 from circuits.session import CircuitSession
 from circuits.tasks import task_vocabulary, word_level_tokenizer
+from tests.discovery.conftest import assert_exact_is_manual_patching, perturbed_random_model
 
 # every supported family: sequential and parallel blocks, grouped-query attention
 ARCHS = {
@@ -28,14 +28,7 @@ def tokenizer():
 
 
 def model_of(tokenizer, arch: str, seed: int = 0):
-    family = arch.split("-")[0]
-    model = random_model(family, n_layers=3, n_heads=4, d_model=32, vocab_size=len(tokenizer), tokenizer=tokenizer,
-                         n_ctx=64, dtype=torch.float64, seed=seed, **ARCHS[arch])
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # norms and biases random too, so a stale held output would show
-        for p in model.hf.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return model
+    return perturbed_random_model(tokenizer, arch.split("-")[0], 3, seed=seed, **ARCHS[arch])
 
 
 @pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero"])
@@ -58,19 +51,8 @@ def test_incremental_equals_manual_patching(tokenizer):
     model = model_of(tokenizer, "llama")
     task = circuits.load_task("ioi", model, n=8, seed=3)
     scores = discover(model, task, "exact", split="all", circuits_per_pass=5).scores
-    batch = task.as_batch()
-    s = model.structure
-    ablated = circuits.interventions.ablation.ablated_outputs(model, "corrupted", batch.clean, batch.attention_mask,
-                                                              corrupted_ids=batch.corrupted)
-    full = task.base_metric(model.logits(batch.clean, batch.attention_mask), batch).mean()
-    for name in ["input->a0.h1<q>", "a0.h2->a2.h3<k>", "a1.h0->a2.h1<v>", "m0->logits", "a2.h0->m2",
-                 "input->logits", "m1->m2"]:
-        i, j = s.edge_index(name)
-        mask = torch.ones(s.n_senders, s.n_receivers, dtype=torch.float64)
-        mask[i, j] = 0
-        cut = task.base_metric(model.patched_logits(batch.clean, mask, ablated, attention_mask=batch.attention_mask),
-                               batch).mean()
-        assert float(scores[i, j]) == pytest.approx(float(full - cut), rel=1e-5, abs=1e-9), name  # float32 metric
+    assert_exact_is_manual_patching(model, task, scores, ["input->a0.h1<q>", "a0.h2->a2.h3<k>", "a1.h0->a2.h1<v>",
+                                                          "m0->logits", "a2.h0->m2", "input->logits", "m1->m2"])
 
 
 def test_passes_recompute_only_what_a_cut_changes(tokenizer):
