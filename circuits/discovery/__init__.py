@@ -12,7 +12,7 @@ parameters, the task, the ablation, the data size, the wall time and the package
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -27,13 +27,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
     from circuits.tasks.task import Task
 
-__all__ = ["discover", "METHODS", "Method", "DiscoveryError", "register"]
+class Workers(Protocol):
+    """What spreads one discovery over several processes (``circuits.sweeps.actors.EvaluatorPool``):
+    ``run(method, session, params, check)`` returns what ``method.fn(session, **params)`` returns in one
+    process, checking the session's signal first when ``check``."""
+
+    def run(self, method: Method, session: CircuitSession, params: dict[str, Any], *, check: bool = True) -> Any:
+        ...
+
+
+__all__ = ["discover", "Workers", "METHODS", "Method", "DiscoveryError", "register"]
 
 
 def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablation: str = "corrupted",
              split: str = "train", batch_size: int = 16, reference: Task | None = None,
              checkpoint: str | None = None, check: bool = True, show_progress: bool | None = None,
-             **params: Any) -> Graph:
+             workers: Workers | None = None, **params: Any) -> Graph:
     """Score the edges (or nodes) of ``model``'s graph for ``task`` with ``method``.
 
     ``split``: the part of the task discovery runs on ("train", the default, leaves "validation" for
@@ -41,7 +50,9 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     "mean" (over ``reference``, default the training split's clean prompts) or "zero". ``checkpoint``: a file
     path for long methods (exact, node-patching, acdc, edge-pruning) to save progress to and resume from.
     ``show_progress``: progress bars (None: when stderr is a terminal). Other keyword arguments are the method's
-    parameters (``circuits.discovery.METHODS[name].params``).
+    parameters (``circuits.discovery.METHODS[name].params``). ``workers``: a pool of model replicas to spread
+    the run over (``circuits.sweeps.actors.EvaluatorPool``; ``pool.discover(method)`` passes itself), with the
+    scores of one process.
     """
     from circuits import __version__
 
@@ -60,7 +71,10 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     if session.ablation not in m.ablations:
         raise DiscoveryError(f"method {method!r} cannot use ablation={session.ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")
-    if check:
+    if checkpoint is not None and workers is not None:
+        raise DiscoveryError("a run spread over workers resumes lost work by itself and takes no checkpoint; "
+                             "drop checkpoint= or workers=")
+    if check and workers is None:  # the workers check on their replicas, so this process needs no forwards
         session.check_signal()
     resolved = {**m.params, **params}
     kwargs: dict[str, Any] = dict(params)
@@ -70,7 +84,7 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
                           batch_size=batch_size, data=int(session.data.clean.sum()))
         kwargs["checkpoint"] = Checkpoint(checkpoint, key)
     start = time.perf_counter()
-    scores = m.fn(session, **kwargs)
+    scores = m.fn(session, **kwargs) if workers is None else workers.run(m, session, kwargs, check=check)
     in_graph = None
     if isinstance(scores, tuple):  # (scores, in_graph): methods that choose their own circuit (ACDC, pruning)
         scores, in_graph = scores

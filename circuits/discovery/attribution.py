@@ -52,11 +52,17 @@ def _finish(session: CircuitSession, scores: Tensor, n_steps: int = 1) -> Tensor
 
 
 def _batches(session: CircuitSession, description: str):
-    return progress(session.batches, description, session, total=len(session.batches))
+    batches = session.in_share(session.batches)  # all of them, or this worker's share of a spread run
+    return progress(batches, description, session, total=len(batches))
+
+
+def _batch_units(session: CircuitSession, **params) -> int:
+    """What a spread run splits (``Method.units``): the session's batches, as scores are sums over examples."""
+    return len(session.batches)
 
 
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
-          ranges={"rule": {"choices": rules.RULES}})
+          ranges={"rule": {"choices": rules.RULES}}, units=_batch_units)
 def eap(session: CircuitSession, rule: str | BackwardRule = "gradient") -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
     rules "gim" and "relp" of :mod:`circuits.interventions.rules`)."""
@@ -74,7 +80,7 @@ def _rule(rule: str | BackwardRule | None) -> BackwardRule | None:
         raise DiscoveryError(str(err)) from None
 
 
-@register("node-ap", "node", "attribution patching on heads and MLPs")
+@register("node-ap", "node", "attribution patching on heads and MLPs", units=_batch_units)
 def node_ap(session: CircuitSession) -> Tensor:
     """``[n_nodes]`` node attribution: each sender's summed outgoing EAP scores (``logits`` gets NaN)."""
     edge_scores = eap(session)
@@ -91,7 +97,8 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
 
 
 @register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)",
-          ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}, "rule": {"choices": rules.RULES}})
+          ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}, "rule": {"choices": rules.RULES}},
+          units=_batch_units)
 def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None,
            rule: str | BackwardRule = "gradient") -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
@@ -124,7 +131,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
 
 
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
-          ranges={"steps": {"low": 1}})
+          ranges={"steps": {"low": 1}}, units=_batch_units)
 def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
     if steps < 1:
@@ -153,7 +160,7 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
 
 @register("gim", "edge", "EAP-IG with GIM's backward (Edin et al. 2025): frozen norms, softmax gradient at "
           "temperature 2, q/k/v gradients scaled 1/4, 1/4, 1/2",
-          ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}})
+          ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}}, units=_batch_units)
 def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.0) -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.gim` as the backward."""
     return eap_ig(session, steps=steps, rule=rules.gim(softmax_temperature=softmax_temperature))
@@ -161,7 +168,7 @@ def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.
 
 @register("relp", "edge", "EAP-IG with RelP's LRP rules (Rezaei Jafari et al. 2025): LN-rule, identity rule, "
           "half rule; attention='ah' adds the AH-rule",
-          ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}})
+          ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}}, units=_batch_units)
 def relp(session: CircuitSession, steps: int = 5, attention: str = "gradient") -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.relp` as the backward."""
     try:

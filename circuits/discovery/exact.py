@@ -92,6 +92,22 @@ def cut_passes(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int) -> list[Tensor
     return plan
 
 
+def pass_plan(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int, incremental: bool = True) -> list[Tensor]:
+    """Cut indices per pass: :func:`cut_passes` for the incremental engine, else consecutive cuts."""
+    if incremental:
+        return cut_passes(cuts, circuits_per_pass)
+    return list(torch.arange(cuts.shape[0]).split(circuits_per_pass))
+
+
+def _edge_units(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True, **params) -> int:
+    """What a spread run splits (``Method.units``): the passes, whose cuts' effects are independent."""
+    return len(pass_plan(EdgeCuts(session.structure), circuits_per_pass, incremental))
+
+
+def _node_units(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True, **params) -> int:
+    return len(pass_plan(NodeCuts(session.structure), circuits_per_pass, incremental))
+
+
 def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, circuits_per_pass: int = 32,
                        incremental: bool = True, checkpoint: Checkpoint | None = None,
                        description: str = "exact") -> Tensor:
@@ -101,10 +117,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
     if int(circuits_per_pass) < 1:
         raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
     n = cuts.shape[0]
-    if incremental:
-        plan = cut_passes(cuts, circuits_per_pass)
-    else:
-        plan = list(torch.arange(n).split(circuits_per_pass))
+    plan = pass_plan(cuts, circuits_per_pass, incremental)
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None and "next_pass" not in state:
         raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by an older "
@@ -113,7 +126,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
     start = state["next_pass"] if state else 0
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     strategy = session.incremental if incremental else None
-    passes = range(start, len(plan))
+    passes = [p for p in session.in_share(range(len(plan))) if p >= start]  # a spread run: this worker's share
     for p in progress(passes, description, session, total=len(passes), unit="pass"):
         idx = plan[p]
         cut = session.objective_of(~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, n]
@@ -124,7 +137,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
 
 
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",
-          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}})
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_edge_units)
 def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
           checkpoint: Checkpoint | None = None) -> Tensor:
     """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower)."""
@@ -137,7 +150,7 @@ def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: boo
 
 
 @register("node-patching", "node", "each head's / MLP's exact effect, ablated alone (incremental recompute)",
-          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}})
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_node_units)
 def node_patching(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
                   checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""

@@ -128,6 +128,10 @@ class Method:
     ablations: tuple[str, ...] = ("corrupted", "mean", "zero")
     why_not: str = ""  # why the other ablations are ruled out
     checkpoints: bool = False  # the method accepts checkpoint=Checkpoint
+    # Spreading one run over workers: ``units(session, **params)`` is the length of the method's fixed work list
+    # (attribution: the session's batches; exact patching: its passes), whose parts run wherever
+    # ``session.share`` says and whose outputs add up to the whole run's (``EvaluatorPool``). None: one process.
+    units: Callable[..., int] | None = None
     defaults: dict = field(default_factory=dict)
     parameters: dict[str, Param] = field(default_factory=dict)  # declared by register(): types, ranges, choices
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 import torch
 from torch import Tensor
@@ -46,6 +46,8 @@ CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations one patched pass may use o
 # the caches and each row gets slower (GPT-2 small, 1 thread: 16-48 rows per pass ~10-20% faster than 128).
 CPU_ROWS_PER_PASS = 48
 CUDA_MEMORY_FRACTION = 0.5  # of the free GPU memory
+
+T = TypeVar("T")
 
 #: Builds the residual strategy that runs ``masks [c, S, R]`` on one batch (default: :class:`MaskedResidual`).
 StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
@@ -147,6 +149,9 @@ class CircuitSession:
         self.memory_budget = memory_budget
         self.show_progress = show_progress
         self.extras: dict = {}
+        # One worker's part of a run spread over several (circuits.sweeps.actors): the positions, in the method's
+        # work list (its batches, exact's passes), of the units this process runs; None: all of them.
+        self.share: tuple[int, ...] | None = None
         check_task_fits_model(self.data, model)
         self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device)
         self.forwards = 0  # patched forwards run (benchmarks count them)
@@ -165,6 +170,12 @@ class CircuitSession:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def in_share(self, units: Iterable[T]) -> list[T]:
+        """The units of a method's fixed work list that this process runs: all of them, or those at the positions
+        in :attr:`share` when one run is spread over workers (their outputs then add up to the whole run's)."""
+        units = list(units)
+        return units if self.share is None else [units[i] for i in self.share]
 
     # ---- what is the same for every circuit --------------------------------------------------------------------
     @cached_property

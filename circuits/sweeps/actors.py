@@ -1,34 +1,70 @@
 """Spreading one large job over Ray: a pool of actors, each holding a model replica (one per GPU where GPUs
-exist), that evaluates batches of circuits (edge masks) with the result of one process.
+exist), that discovers and evaluates with the result of one process.
 
-    pool = EvaluatorPool("zoo:planted-ioi", task, n_actors=2)      # or a loaded CircuitModel
-    values = pool.circuit_metrics(masks, kl=True) # [C, S, R] -> [C, n] each, as CircuitSession.circuit_metrics
-    curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
-    scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
-    with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
-        graph = circuits.discover(model, task, "acdc", threshold=0.01)
+    with ray_session(), EvaluatorPool("zoo:planted-ioi", task, n_actors=2) as pool:  # or a loaded CircuitModel
+        scored = pool.discover("eap-ig", steps=5)  # = circuits.discover(model, task, "eap-ig", workers=pool)
+        values = pool.circuit_metrics(masks, kl=True) # [C, S, R] -> [C, n] each, as CircuitSession.circuit_metrics
+        curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
+        scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
+        with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
+            graph = circuits.discover(model, task, "acdc", threshold=0.01)
 
-Why the result is the same as one process: a circuit's metric on an example depends only on that circuit's mask,
-the example and the model (each circuit is its own rows of the batched forward; nothing is reduced across
-circuits), and every actor builds the same :class:`~circuits.session.CircuitSession` (same split, batch
-plan, ablation and cached clean / ablated runs) from the same model weights. The pool splits the circuits into
-contiguous chunks, one per actor, and concatenates the answers in order. The numbers agree with one process to
-floating-point rounding (tested to 1e-5): the batched matmuls, and which nodes a patched pass skips (a node idle
-in every circuit of the pass), depend on which circuits share a pass.
+What is split, and why the result is one process's:
+
+* **Discovery by attribution** (eap, eap-ig, eap-ig-activations, node-ap, gim, relp) splits the *examples*: the
+  scores are sums over the session's batches, so each actor scores a share of the batches (``session.share``)
+  and the driver adds the shares up (in float64, in share order). Each share is normalised by the whole run's
+  example count, as one process normalises the whole sum, so only the order of the float32 additions differs.
+* **Exact and node patching** split the *cuts*: their passes (a fixed plan) are independent, so each actor runs
+  a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* **Evaluation** (circuit metrics, faithfulness curves, ACDC's candidate batches) splits the *circuits*: a
+  circuit's metric on an example depends only on its mask, the example and the model, so each actor takes a
+  contiguous chunk and the answers are concatenated in order. They agree with one process to rounding (tested
+  to 1e-5): which nodes a patched pass skips depends on which circuits share the pass.
+
+Every actor builds the same :class:`~circuits.session.CircuitSession` (same data, batch plan, ablation and
+metric) from the same weights; nothing about batches is prepared here. **Lost workers**: an actor whose process
+or node dies is restarted by Ray (``max_restarts``, on any node with room) and the work it had in flight goes
+back to the queue, to the next idle actor; each piece of work is kept from the one call that returned it, so
+no finished work is lost and none is counted twice. Work is handed out a piece at a time (``chunks_per_actor``
+pieces per actor for a discovery), so faster actors take more.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import hashlib
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from circuits.session import CircuitMetrics
+from circuits.discovery import METHODS, DiscoveryError
+from circuits.session import CircuitMetrics, CircuitSession
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.discovery import Method
+    from circuits.graph.graph import Graph
+
+#: What one spread discovery's actors rebuild their session from (sent with every piece of work, so an actor
+#: that Ray restarted builds it again): (key, [task ref], [reference ref], ablation, batch size). The refs are in
+#: lists so Ray passes them as references, fetched only by an actor that has no session for the key yet.
+Setup = tuple[str, list, list, str, int]
+
+
+def _setup_key(session: CircuitSession) -> str:
+    """What identifies a session's data and settings: its examples, reference set, ablation, metric, batches."""
+    h = hashlib.blake2b(digest_size=16)
+    for task in (session.data, session.reference):
+        for t in (task.clean, task.corrupted):
+            h.update(t.numpy().tobytes())
+    h.update(repr((session.ablation, session.metric.name, session.batch_size, session.n_examples)).encode())
+    return h.hexdigest()
 
 
 class _Replica:
-    """The actor: one model replica and one CircuitSession (and, on demand, an ACDC evaluator)."""
+    """The actor: one model replica, one evaluation CircuitSession, and (on demand) the session of a spread
+    discovery and ACDC's evaluator."""
 
     def __init__(self, model: Any, task: Any, ablation: str, split: str, batch_size: int,
                  circuits_per_pass: int | None, threads: int | None, task_options: dict | None,
@@ -45,12 +81,17 @@ class _Replica:
             from circuits.tasks import load_task
 
             task = load_task(task, model, **(task_options or {}))
-        from circuits.session import CircuitSession
-
         self.model, self.task = model, task
         self.session = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
                                       circuits_per_pass=circuits_per_pass)
+        self.discovery: tuple[str, CircuitSession] | None = None  # the latest spread discovery's session
         self.acdc_evaluators: dict = {}
+
+    def node(self) -> str:
+        """The Ray node this replica runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def circuit_metrics(self, masks: torch.Tensor, kl: bool):
         return self.session.circuit_metrics(masks, kl=kl)
@@ -58,46 +99,95 @@ class _Replica:
     def baselines(self):
         r = self.session
         return (r.metric_full, r.metric_empty, r.n_examples, r.ablation, r.split, r.task_name, r.metric.name,
-                r.structure)
+                r.structure, self.model.name)
 
-    def acdc_setup(self, key: int, task: Any, reference: Any, ablation: str, batch_size: int, metric: str,
-                   fast: bool) -> None:
-        """Build ACDC's evaluator on this replica from the driver's discovery split (the same examples)."""
-        from circuits.discovery.acdc import CandidateEvaluator, objective_metric
-        from circuits.session import CircuitSession
+    # ---- a discovery spread over the pool -------------------------------------------------------------------
+    def _discovery_session(self, setup: Setup) -> CircuitSession:
+        key, task, reference, ablation, batch_size = setup
+        if self.discovery is None or self.discovery[0] != key:
+            import ray
 
-        session = CircuitSession(self.model, task, ablation=ablation, batch_size=batch_size, reference=reference)
-        self.acdc_evaluators = {key: CandidateEvaluator(session, objective_metric(session, metric), fast)}
+            self.discovery = None  # free the previous run's cached activations first
+            session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, split="all",
+                                     reference=ray.get(reference[0]), batch_size=batch_size, show_progress=False)
+            self.discovery = (key, session)
+        return self.discovery[1]
 
-    def acdc_objective(self, key: int, masks: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+    def check_signal(self, setup: Setup) -> None:
+        self._discovery_session(setup).check_signal()
+
+    def units(self, setup: Setup, method: str, params: dict) -> int:
+        units = METHODS[method].units
+        assert units is not None
+        return units(self._discovery_session(setup), **params)
+
+    def discover_share(self, setup: Setup, method: str, params: dict, share: tuple[int, ...]) -> torch.Tensor:
+        """``method``'s output on the units ``share`` of its work list (they add up over shares)."""
+        session = self._discovery_session(setup)
+        session.share = share
+        try:
+            return METHODS[method].fn(session, **params).cpu()
+        finally:
+            session.share = None
+
+    # ---- ACDC's candidate batches ---------------------------------------------------------------------------
+    def acdc_objective(self, setup: Setup, metric: str, fast: bool, masks: torch.Tensor,
+                       anchor: torch.Tensor | None) -> torch.Tensor:
+        """ACDC's objective of candidate circuits, by an evaluator built (once per run) on the driver's data."""
+        key, task, reference, ablation, batch_size = setup
+        if key not in self.acdc_evaluators:
+            import ray
+
+            from circuits.discovery.acdc import CandidateEvaluator, objective_metric
+
+            self.acdc_evaluators = {}
+            session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, batch_size=batch_size,
+                                     reference=ray.get(reference[0]))
+            self.acdc_evaluators[key] = CandidateEvaluator(session, objective_metric(session, metric), fast)
         return self.acdc_evaluators[key].objective(masks, anchor)
 
 
+class PoolError(RuntimeError):
+    """The pool cannot finish: every actor is lost."""
+
+
 class EvaluatorPool:
-    """``n_actors`` Ray actors evaluating circuits of one (model, task, ablation, split); see the module docstring.
+    """``n_actors`` Ray actors discovering and evaluating circuits of one (model, task, ablation, split); see the
+    module docstring.
 
     ``model``: a spec string (``"zoo:NAME"``, hub id, ``"tiny-random"``; each actor loads its own replica) or a
     loaded :class:`CircuitModel` (shipped once through Ray's object store). ``task``: a built task, or its name
     with ``task_options`` (``n``, ``seed``) when ``model`` is a string. ``gpus`` per actor: ``"auto"`` = one
-    where the cluster has GPUs, else none. ``device`` / ``dtype``: how string-spec replicas load. Ray must be
-    initialised (``circuits.sweeps.ray_session()``).
+    where the cluster has GPUs, else none. ``device`` / ``dtype``: how string-spec replicas load. Actors are
+    spread over the cluster's nodes. ``max_restarts``: how often Ray restarts a lost actor (its work goes to the
+    others meanwhile). ``chunks_per_actor``: pieces of work per actor in a discovery (more: finer balance and
+    less recomputed after a loss; fewer: fewer score tensors sent back). ``on_progress(done, total)``: called
+    on the driver as the units of a discovery finish. Ray must be initialised (``circuits.sweeps.ray_session()``).
     """
 
     def __init__(self, model: Any, task: Any, *, n_actors: int = 2, ablation: str = "corrupted",
                  split: str = "validation", batch_size: int = 32, circuits_per_pass: int | None = None,
                  cpus: float = 1, gpus: float | str = "auto", task_options: dict | None = None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, max_restarts: int = 3,
+                 chunks_per_actor: int = 4, on_progress: Callable[[int, int], None] | None = None):
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError("EvaluatorPool needs Ray: use it inside `with circuits.sweeps.ray_session():`")
         if n_actors < 1:
             raise ValueError(f"n_actors must be at least 1, got {n_actors}")
+        if chunks_per_actor < 1:
+            raise ValueError(f"chunks_per_actor must be at least 1, got {chunks_per_actor}")
         if gpus == "auto":
             gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         self.ray = ray
         self.ablation, self.split, self.batch_size = ablation, split, batch_size
-        actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus)
+        self.max_restarts, self.chunks_per_actor, self.on_progress = max_restarts, chunks_per_actor, on_progress
+        self._model, self._task, self._task_options = model, task, task_options
+        self._device, self._dtype = device, dtype
+        # max_task_retries=0: a call lost with its actor comes back here, and _dispatch gives it to a live actor
+        actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
+                                             max_task_retries=0, scheduling_strategy="SPREAD")
         model_ref = model if isinstance(model, str) else ray.put(model)
         task_ref = task if isinstance(task, str) else ray.put(task)
         # Ray actor handles: _Replica's methods are called as ``handle.method.remote(...)``, which Ray types only
@@ -106,7 +196,8 @@ class EvaluatorPool:
                                               max(1, int(cpus)), task_options, device, dtype)
                                  for _ in range(n_actors)]
         (self.metric_full, self.metric_empty, self.n_examples, self.ablation, self.split, self.task_name,
-         metric_name, self.structure) = ray.get(self.actors[0].baselines.remote())
+         metric_name, self.structure, self.model_name) = self._dispatch(
+            lambda a, _: a.baselines.remote(), [None])[0]
         from circuits.tasks.metrics import Metric
 
         self.metric = Metric(metric_name)  # the CircuitSession interface: curves can run on the pool
@@ -114,20 +205,114 @@ class EvaluatorPool:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def _chunks(self, C: int) -> list[slice]:
-        k = min(len(self.actors), C)
+    def nodes(self) -> list[str]:
+        """The Ray node id of each actor, in order."""
+        return self.ray.get([a.node.remote() for a in self.actors])
+
+    def _chunks(self, C: int, k: int | None = None) -> list[slice]:
+        k = min(k or len(self.actors), C)
         bounds = [round(i * C / k) for i in range(k + 1)]
         return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+    def _dispatch(self, submit: Callable[[Any, Any], Any], pieces: Sequence[Any],
+                  sizes: Sequence[int] | None = None) -> list[Any]:
+        """``[submit(actor, piece) for piece in pieces]``'s results, in order; each piece runs on the next idle
+        actor. A piece whose actor is lost goes back to the front of the queue (to another actor, or to the same
+        one once Ray has restarted it); a result is taken once, from the call that returned it. ``sizes``: units
+        per piece, reported to ``on_progress``."""
+        from ray.exceptions import ObjectLostError, RayActorError
+
+        todo, idle = deque(range(len(pieces))), deque(range(len(self.actors)))
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (piece, actor)
+        results: dict[int, Any] = {}
+        losses = [0] * len(self.actors)
+        done_units, total = 0, sum(sizes) if sizes is not None else len(pieces)
+        while todo or running:
+            while todo and idle:
+                a, i = idle.popleft(), todo.popleft()
+                running[submit(self.actors[a], pieces[i])] = (i, a)
+            if not running:
+                raise PoolError(f"every actor of the pool was lost (each more than max_restarts={self.max_restarts} "
+                                "times); check the cluster's nodes, or raise max_restarts")
+            ready, _ = self.ray.wait(list(running), num_returns=1)
+            i, a = running.pop(ready[0])
+            try:
+                results[i] = self.ray.get(ready[0])
+            except (RayActorError, ObjectLostError):  # the actor (or the node holding the result) was lost
+                todo.appendleft(i)
+                losses[a] += 1
+                if losses[a] <= self.max_restarts:
+                    idle.append(a)  # last in line: a live actor takes the piece first
+                continue
+            idle.append(a)
+            done_units += sizes[i] if sizes is not None else 1
+            if self.on_progress is not None:
+                self.on_progress(done_units, total)
+        return [results[i] for i in range(len(pieces))]
 
     def circuit_metrics(self, masks: torch.Tensor, *, kl: bool = False) -> CircuitMetrics:
         """``masks [C, S, R]`` -> metric (and KL) ``[C, n]``, as one session's, the circuits split across actors."""
         if masks.dim() == 2:
             masks = masks[None]
         masks = masks.detach().cpu()
-        chunks = self._chunks(masks.shape[0])
-        parts = self.ray.get([a.circuit_metrics.remote(masks[c].clone(), kl) for a, c in zip(self.actors, chunks)])
+        parts = self._dispatch(lambda a, c: a.circuit_metrics.remote(masks[c].clone(), kl),
+                               self._chunks(masks.shape[0]))
         return CircuitMetrics(torch.cat([p.metric for p in parts]),
                               torch.cat([p.kl for p in parts]) if kl else None)
+
+    # ---- discovery over the pool ----------------------------------------------------------------------------
+    def discover(self, method: str = "eap-ig", **kwargs: Any) -> Graph:
+        """``circuits.discover(model, task, method, workers=self, **kwargs)`` on the pool's model and task, with
+        the pool's ablation and batch size unless given: the scores of one process, the work spread over the
+        actors (module docstring). With a spec-string model the driver loads one copy too (on CPU), for the
+        graph's structure and ACDC's search."""
+        from circuits.discovery import discover
+
+        kwargs.setdefault("ablation", self.ablation)
+        kwargs.setdefault("batch_size", self.batch_size)
+        model, task = self._driver_model_and_task()
+        return discover(model, task, method, workers=self, **kwargs)
+
+    def _driver_model_and_task(self) -> tuple[Any, Any]:
+        model, task = self._model, self._task
+        if isinstance(model, str):
+            from circuits.sweeps.job import resolve_model
+
+            model = self._model = resolve_model(model, "cpu", self._dtype)
+        if isinstance(task, str):
+            from circuits.tasks import load_task
+
+            task = self._task = load_task(task, model, **(self._task_options or {}))
+        return model, task
+
+    def run(self, method: Method, session: CircuitSession, params: dict[str, Any], *, check: bool = True) -> Any:
+        """What ``method.fn(session, **params)`` returns in one process (:class:`circuits.discovery.Workers`):
+        attribution's batches or exact patching's passes split over the actors and their outputs summed; ACDC's
+        search on the driver with its candidate batches on the pool."""
+        params = {k: v for k, v in params.items() if k != "checkpoint"}  # a spread run keeps its work itself
+        if method.units is None:
+            if method.name == "acdc":
+                if check:
+                    session.check_signal()
+                with self.acdc():
+                    return method.fn(session, **params)
+            spread = sorted(name for name, m in METHODS.items() if m.units is not None)
+            raise DiscoveryError(f"method {method.name!r} runs in one process (each step depends on the last); "
+                                 f"a pool spreads {', '.join(spread)} and acdc's candidate batches")
+        ray = self.ray
+        setup: Setup = (_setup_key(session), [ray.put(session.data)], [ray.put(session.reference)],
+                        session.ablation, session.batch_size)
+        n_units = self._dispatch(lambda a, _: a.units.remote(setup, method.name, params), [None])[0]
+        if check:
+            self._dispatch(lambda a, _: a.check_signal.remote(setup), [None])
+        chunks = self._chunks(n_units, len(self.actors) * self.chunks_per_actor)
+        shares = [tuple(range(c.start, c.stop)) for c in chunks]
+        parts = self._dispatch(lambda a, share: a.discover_share.remote(setup, method.name, params, share), shares,
+                               sizes=[len(share) for share in shares])
+        total = torch.zeros_like(parts[0], dtype=torch.float64)
+        for part in parts:  # in share order: the same sum whichever actor ran which share
+            total += part
+        return total.to(parts[0].dtype)
 
     # ---- the evaluation API over the pool -------------------------------------------------------------------
     def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",
@@ -159,18 +344,16 @@ class EvaluatorPool:
             def __init__(self, session, metric, fast):
                 self.session, self.fast = session, fast
                 self.n_forward = 0
-                self.key = id(self)
-                name = "task" if metric is session.metric else "kl"
-                task, ref = pool.ray.put(session.data), pool.ray.put(session.reference)
-                pool.ray.get([a.acdc_setup.remote(self.key, task, ref, session.ablation, session.batch_size, name,
-                                                  fast) for a in pool.actors])
+                self.metric = "task" if metric is session.metric else "kl"
+                self.setup: Setup = (f"{_setup_key(session)}-{self.metric}-{fast}", [pool.ray.put(session.data)],
+                                     [pool.ray.put(session.reference)], session.ablation, session.batch_size)
 
             def objective(self, masks: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
                 masks = masks.detach().cpu()
                 anchor = None if anchor is None else anchor.detach().cpu().clone()
-                chunks = pool._chunks(masks.shape[0])
-                parts = pool.ray.get([a.acdc_objective.remote(self.key, masks[c].clone(), anchor)
-                                      for a, c in zip(pool.actors, chunks)])
+                parts = pool._dispatch(lambda a, c: a.acdc_objective.remote(self.setup, self.metric, self.fast,
+                                                                            masks[c].clone(), anchor),
+                                       pool._chunks(masks.shape[0]))
                 self.n_forward += masks.shape[0]
                 return torch.cat(parts)
 
