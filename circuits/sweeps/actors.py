@@ -190,6 +190,8 @@ class EvaluatorPool:
                                              max_task_retries=0, scheduling_strategy="SPREAD")
         model_ref = model if isinstance(model, str) else ray.put(model)
         task_ref = task if isinstance(task, str) else ray.put(task)
+        self._refs = (model_ref, task_ref)  # held: a restarted actor is built from them again
+        self.rerun = 0  # pieces of work run again after their actor was lost
         # Ray actor handles: _Replica's methods are called as ``handle.method.remote(...)``, which Ray types only
         # for @ray.method-decorated methods (ray is imported lazily here, so they are not decorated): untyped.
         self.actors: list[Any] = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
@@ -240,6 +242,7 @@ class EvaluatorPool:
                 results[i] = self.ray.get(ready[0])
             except (RayActorError, ObjectLostError):  # the actor (or the node holding the result) was lost
                 todo.appendleft(i)
+                self.rerun += 1
                 losses[a] += 1
                 if losses[a] <= self.max_restarts:
                     idle.append(a)  # last in line: a live actor takes the piece first

@@ -1,4 +1,4 @@
-"""EvaluatorPool: circuits evaluated by 2 Ray actors (model replicas) give the result of one process."""
+"""EvaluatorPool: discovery and circuits evaluated by 2 Ray actors (model replicas) give the result of one process."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from circuits.sweeps.job import resolve_model  # noqa: E402
 def setup(ray_cluster):
     torch.set_num_threads(1)
     model = resolve_model("tiny-random")
-    task = circuits.load_task("ioi", model, n=12, seed=0)
+    task = circuits.load_task("ioi", model, n=24, seed=0)  # 12 training pairs: 4 batches of 3 for discovery
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scored = circuits.discover(model, task, "eap", batch_size=6)
@@ -68,3 +68,48 @@ def test_acdc_candidates_on_the_pool(setup):
     assert torch.equal(one.in_graph, spread.in_graph)
     torch.testing.assert_close(one.scores, spread.scores, rtol=0, atol=2e-6)  # same objectives up to rounding
     assert spread.metadata["result"]["n_circuits_evaluated"] == one.metadata["result"]["n_circuits_evaluated"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = pool.discover("acdc", **kwargs)  # the same through the pool's discover
+    assert torch.equal(one.in_graph, again.in_graph)
+
+
+# Attribution splits the batches: each share's scores are its sum over examples divided by the whole run's
+# example count, and the driver adds the shares. Only the order of the float32 additions differs from one
+# process (relative rounding ~1e-7 per addition), so 1e-5 of the largest |score| bounds it; a share counted
+# twice, lost, or normalised by its own size would be off by ~25-100%.
+ATTRIBUTION = [("eap", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}), ("node-ap", {}),
+               ("gim", {"steps": 2}), ("relp", {"steps": 2})]
+
+
+def _scores(graph):
+    """Edge scores on the graph's edges ``[E]``, or node scores ``[n_nodes]`` (logits NaN)."""
+    return graph.scores[graph.structure.edge_mask] if graph.node_scores is None else graph.node_scores
+
+
+@pytest.mark.parametrize("method,params", ATTRIBUTION + [("exact", {"circuits_per_pass": 4}), ("node-patching", {})],
+                         ids=lambda x: x if isinstance(x, str) else "")
+def test_discover_on_the_pool_equals_one_process(setup, method, params):
+    model, task, _, pool = setup
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = circuits.discover(model, task, method, batch_size=3, **params)
+    spread = pool.discover(method, batch_size=3, **params)
+    a, b = _scores(one), _scores(spread)
+    assert torch.equal(a.isnan(), b.isnan())  # node methods: logits NaN; edge methods: none
+    a, b = a[~a.isnan()], b[~b.isnan()]
+    assert float(a.abs().max()) > 0 and (a != 0).float().mean() > 0.9  # real scores, not an empty graph
+    if method in ("exact", "node-patching"):  # the shares are disjoint passes, the same passes as one process
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    else:
+        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    assert spread.metadata["params"] == one.metadata["params"] and spread.metadata["n_examples"] == 12
+    assert spread.metadata["method"] == method and spread.metadata["split"] == "train"
+
+
+def test_discover_on_the_pool_refuses_sequential_methods(setup):
+    _, _, _, pool = setup
+    with pytest.raises(circuits.discovery.DiscoveryError, match="'edge-pruning' runs in one process.*eap-ig"):
+        pool.discover("edge-pruning")
+    with pytest.raises(circuits.discovery.DiscoveryError, match="takes no checkpoint"):
+        pool.discover("exact", checkpoint="x.ckpt")
