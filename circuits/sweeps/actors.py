@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -207,9 +208,21 @@ class EvaluatorPool:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def nodes(self) -> list[str]:
-        """The Ray node id of each actor, in order."""
-        return self.ray.get([a.node.remote() for a in self.actors])
+    def nodes(self, timeout_s: float = 120.0) -> list[str]:
+        """The Ray node id of each actor, in order (an actor Ray is restarting is waited for)."""
+        from ray.exceptions import ActorUnavailableError
+
+        deadline, out = time.monotonic() + timeout_s, []
+        for a in self.actors:
+            while True:
+                try:
+                    out.append(self.ray.get(a.node.remote()))
+                    break
+                except ActorUnavailableError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        return out
 
     def _chunks(self, C: int, k: int | None = None) -> list[slice]:
         k = min(k or len(self.actors), C)
@@ -221,14 +234,14 @@ class EvaluatorPool:
         """``[submit(actor, piece) for piece in pieces]``'s results, in order; each piece runs on the next idle
         actor. A piece whose actor is lost goes back to the front of the queue (to another actor, or to the same
         one once Ray has restarted it); a result is taken once, from the call that returned it. ``sizes``: units
-        per piece, reported to ``on_progress``."""
+        per piece, reported to ``on_progress`` as they finish."""
         from ray.exceptions import ObjectLostError, RayActorError
 
         todo, idle = deque(range(len(pieces))), deque(range(len(self.actors)))
         running: dict[Any, tuple[int, int]] = {}  # object ref -> (piece, actor)
         results: dict[int, Any] = {}
         losses = [0] * len(self.actors)
-        done_units, total = 0, sum(sizes) if sizes is not None else len(pieces)
+        done_units, total = 0, sum(sizes or ())
         while todo or running:
             while todo and idle:
                 a, i = idle.popleft(), todo.popleft()
@@ -248,8 +261,8 @@ class EvaluatorPool:
                     idle.append(a)  # last in line: a live actor takes the piece first
                 continue
             idle.append(a)
-            done_units += sizes[i] if sizes is not None else 1
-            if self.on_progress is not None:
+            if sizes is not None and self.on_progress is not None:
+                done_units += sizes[i]
                 self.on_progress(done_units, total)
         return [results[i] for i in range(len(pieces))]
 
