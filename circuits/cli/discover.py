@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from circuits.cli.options import UsageError, model_options, parse_params
+from circuits.cli.options import UsageError, add_worker_options, check_workers, model_options, parse_params, worker_pool
 
 EPILOG = """examples:
   circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
@@ -16,15 +16,18 @@ EPILOG = """examples:
   circuits discover --model gpt2 --task ioi --method eap-ig --param steps=10 --out graphs/gpt2-ioi.json
   circuits discover --method exact --checkpoint runs/exact.ckpt  # interrupt and run again to resume
   circuits discover --config discovery/ioi.toml --method acdc --param threshold=0.02
+  circuits discover --model gpt2 --task ioi --method eap-ig --workers 4              # 4 Ray actors (GPUs)
+  circuits discover --model gpt2 --task ioi --method exact --workers 8 --address auto # a running Ray cluster
 
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
-batch_size, out, top, device, dtype, checkpoint, and a [params] table); the command line overrides it.
+batch_size, out, top, device, dtype, checkpoint, workers, address, and a [params] table); the command line
+overrides it.
 """
 
 DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
-           "dtype", "checkpoint", "params")
+           "dtype", "checkpoint", "params", "workers", "address")
 
 
 def load_config(path: str) -> dict:
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     ablation, split = str(opts["ablation"]), str(opts["split"])
     n, seed, batch_size = (_integer(opts, key, low) for key, low in (("n", 2), ("seed", 0), ("batch_size", 1)))
     params = parse_params(args.param or [], method, config.get("params"))  # every check before the model loads
+    check_workers(opts["workers"], opts["address"])
 
     start = time.perf_counter()
     model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]))
@@ -68,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
           f"{task.base_metric.name}")
-    graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
-                              checkpoint=opts["checkpoint"], **params)
+    with worker_pool(opts["workers"], opts["address"], opts["model"], task, ablation=ablation, split=split,
+                     batch_size=batch_size, dtype=opts["dtype"]) as pool:  # None without --workers
+        graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
+                                  checkpoint=opts["checkpoint"], workers=pool, **params)
     meta = graph.metadata
     print(f"method {meta['method']} {meta['params']}, ablation {meta['ablation']}: {meta['wall_time_s']:.1f} s")
     frame = graph.to_frame()
@@ -172,5 +178,6 @@ def add_parser(sub) -> None:
                    "and drawing that follow discovery")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
+    add_worker_options(p)
     p.set_defaults(func=run)
 

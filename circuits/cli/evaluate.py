@@ -8,7 +8,7 @@ import math
 import time
 from pathlib import Path
 
-from circuits.cli.options import UsageError, model_options, parse_params
+from circuits.cli.options import UsageError, add_worker_options, check_workers, model_options, parse_params, worker_pool
 
 EPILOG_EVALUATE = """examples:
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --k 200
@@ -16,6 +16,7 @@ EPILOG_EVALUATE = """examples:
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --curve --absolute # CMD's curve
   circuits evaluate --model gpt2 --task ioi --graph published:ioi --ablation mean
   circuits evaluate --model gpt2 --task ioi --graph scored.json --minimal 0.9 --save results/min.json
+  circuits evaluate --model gpt2 --task ioi --graph scored.json --curve --workers 4 [--address auto]  # on Ray
 
 The graph is evaluated as it is (its in_graph edges) unless --k, --fraction or --threshold selects a circuit from
 its scores. f = (M(C) - M(empty)) / (M(full) - M(empty)) on the means over the task's validation split.
@@ -62,6 +63,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     chosen = [x is not None for x in (args.k, args.fraction, args.threshold)]
     if sum(chosen) > 1:
         raise UsageError("give at most one of --k, --fraction, --threshold")
+    check_workers(args.workers, args.address)
+    if args.workers is not None and not args.curve:
+        raise UsageError("--workers spreads the circuits of a curve (--curve) over Ray actors; one circuit (as given, "
+                         "--k, --fraction, --threshold, --minimal) runs in one process: drop --workers")
     model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
@@ -69,8 +74,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                    "split": args.split}
     print(f"model     {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     if args.curve:
-        curve = faithfulness_curve(model, task, graph, absolute=args.absolute, ablation=args.ablation,
-                                   split=args.split, batch_size=args.batch_size, level=args.level)
+        with worker_pool(args.workers, args.address, args.model, task, ablation=args.ablation, split=args.split,
+                         batch_size=args.batch_size, dtype=args.dtype) as pool:
+            if pool is None:
+                curve = faithfulness_curve(model, task, graph, absolute=args.absolute, ablation=args.ablation,
+                                           split=args.split, batch_size=args.batch_size, level=args.level)
+            else:  # the curve's circuits split over the actors
+                curve = pool.faithfulness_curve(graph, absolute=args.absolute, level=args.level)
         print(f"task      {task.name}: {curve.n_examples} {curve.split} examples, metric {curve.metric_name}, "
               f"ablation {curve.ablation}")
         print(f"full      {curve.metric_name} {_fmt(curve.metric_full)}; empty {_fmt(curve.metric_empty)}")
@@ -216,6 +226,7 @@ def add_parser(sub) -> None:
                     help="examples evaluated (default: %(default)s)")
     ev.add_argument("--save-circuit", default=None, help="write the evaluated circuit here (.json, .graphml, .pt)")
     _common(ev)
+    add_worker_options(ev)
     ev.set_defaults(func=_evaluate)
 
     rp = sub.add_parser("reproduce", help="re-find a published circuit (IOI, greater-than) and compare",

@@ -3,7 +3,8 @@ the method's declared parameter types (so ``threshold=abc`` fails here, naming t
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from circuits.errors import CircuitsError
 
@@ -42,3 +43,41 @@ def model_options(device: str | None, dtype: str | None) -> dict[str, Any]:
 
     return {"device": None if device is None else resolve_device(device, "--device"),
             "dtype": resolve_dtype(dtype, "--dtype")}
+
+
+def add_worker_options(p) -> None:
+    """``--workers N`` and ``--address``: one run spread over Ray actors, each a model replica."""
+    p.add_argument("--workers", type=int, help="spread the run over N Ray actors, each a model replica (one GPU each "
+                   "where the cluster has GPUs, else one CPU); the results are one process's")
+    p.add_argument("--address", help="with --workers: join a running Ray cluster (auto, or ray://HOST:10001; "
+                   "default: start a local Ray)")
+
+
+def check_workers(workers: Any, address: Any) -> None:
+    """``--workers`` / ``--address`` checked before a model loads."""
+    if workers is None:
+        if address is not None:
+            raise UsageError("--address joins a Ray cluster for --workers; add --workers N")
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"--workers {workers!r}: expected an integer >= 1 (Ray actors, one model replica each)")
+
+
+@contextmanager
+def worker_pool(workers: int | None, address: str | None, model_spec: str, task: Any, *, ablation: str,
+                split: str, batch_size: int, dtype: str | None) -> Iterator[Any]:
+    """None without ``--workers``; else an :class:`~circuits.sweeps.actors.EvaluatorPool` of ``workers`` actors on
+    Ray (local, or the cluster at ``address``), each loading ``model_spec`` itself (on its own GPU where there
+    is one), shut down on exit."""
+    check_workers(workers, address)
+    if workers is None:
+        yield None
+        return
+    from circuits.sweeps import ray_session
+    from circuits.sweeps.actors import EvaluatorPool
+
+    with ray_session(address=address):
+        print(f"ray    {workers} actor(s), each loading {model_spec}" + (f" (cluster {address})" if address else ""))
+        with EvaluatorPool(str(model_spec), task, n_actors=workers, ablation=ablation, split=split,
+                           batch_size=batch_size, dtype=dtype) as pool:
+            yield pool
