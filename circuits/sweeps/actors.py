@@ -72,11 +72,6 @@ class _Replica:
                  device: str | None = None, dtype: str | None = None):
         if threads:
             torch.set_num_threads(max(1, int(threads)))
-        if isinstance(model, list) or isinstance(task, list):  # [ref]: shipped through the object store
-            import ray
-
-            model = ray.get(model[0]) if isinstance(model, list) else model
-            task = ray.get(task[0]) if isinstance(task, list) else task
         if isinstance(model, str):
             from circuits.sweeps.job import resolve_model
 
@@ -194,11 +189,9 @@ class EvaluatorPool:
         # max_task_retries=0: a call lost with its actor comes back here, and _dispatch gives it to a live actor
         actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
                                              max_task_retries=0, scheduling_strategy="SPREAD")
-        # In lists, so Ray passes the references as they are: a restarted actor fetches them again (the pool holds
-        # them), and Ray does not warn about restartable actors built from object-store arguments.
-        model_ref = model if isinstance(model, str) else [ray.put(model)]
-        task_ref = task if isinstance(task, str) else [ray.put(task)]
-        self._refs = (model_ref, task_ref)
+        model_ref = model if isinstance(model, str) else ray.put(model)
+        task_ref = task if isinstance(task, str) else ray.put(task)
+        self._refs = (model_ref, task_ref)  # held: a restarted actor is built from them again
         self.rerun = 0  # pieces of work run again after their actor was lost
         # Ray actor handles: _Replica's methods are called as ``handle.method.remote(...)``, which Ray types only
         # for @ray.method-decorated methods (ray is imported lazily here, so they are not decorated): untyped.
