@@ -16,7 +16,7 @@ member's ranking.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -63,6 +63,13 @@ def ensemble(session: CircuitSession, members: list[str] | tuple[str, ...] = DEF
     """``[S, R]``: every method of ``members`` (names in :data:`METHODS`, at their defaults) scores the session;
     their signed normalised ranks are combined by ``combine`` ("mean", "min" or "max"). The members, their
     parameters and wall times go into the graph's metadata (``metadata["result"]``)."""
+    return score_ensemble(session, members, combine, lambda name: METHODS[name].fn(session))
+
+
+def score_ensemble(session: CircuitSession, members: list[str] | tuple[str, ...] | str, combine: str,
+                   score: Callable[[str], Any]) -> Tensor:
+    """:func:`ensemble` with each member's scores from ``score(name)`` (what ``METHODS[name].fn(session)``
+    returns: in this process, or spread over workers by ``EvaluatorPool``)."""
     if isinstance(members, str):
         members = [m.strip() for m in members.split(",") if m.strip()]
     members = list(members)
@@ -83,7 +90,7 @@ def ensemble(session: CircuitSession, members: list[str] | tuple[str, ...] = DEF
     ranks, record = [], []
     for name in members:
         start = time.perf_counter()
-        scores: Any = METHODS[name].fn(session)
+        scores: Any = score(name)
         if isinstance(scores, tuple):  # (scores, in_graph): the member's own circuit is not used
             scores = scores[0]
         ranks.append(signed_normalized_rank(scores.to(session.device), mask))

@@ -17,6 +17,7 @@ What is split, and why the result is one process's:
   example count, as one process normalises the whole sum, so only the order of the float32 additions differs.
 * **Exact and node patching** split the *cuts*: their passes (a fixed plan) are independent, so each actor runs
   a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* **Ensembles** spread each member so, and combine the members' ranks on the driver.
 * **Evaluation** (circuit metrics, faithfulness curves, ACDC's candidate batches) splits the *circuits*: a
   circuit's metric on an example depends only on its mask, the example and the model, so each actor takes a
   contiguous chunk and the answers are concatenated in order. They agree with one process to rounding (tested
@@ -304,9 +305,14 @@ class EvaluatorPool:
     def run(self, method: Method, session: CircuitSession, params: dict[str, Any], *, check: bool = True) -> Any:
         """What ``method.fn(session, **params)`` returns in one process (:class:`circuits.discovery.Workers`):
         attribution's batches or exact patching's passes split over the actors and their outputs summed; ACDC's
-        search on the driver with its candidate batches on the pool."""
+        search on the driver with its candidate batches on the pool; an ensemble's members each spread so."""
         params = {k: v for k, v in params.items() if k != "checkpoint"}  # a spread run keeps its work itself
         if method.units is None:
+            if method.name == "ensemble":  # each member spread in turn, their ranks combined here
+                from circuits.discovery.ensemble import DEFAULT_MEMBERS, score_ensemble
+
+                return score_ensemble(session, params.get("members", DEFAULT_MEMBERS), params.get("combine", "mean"),
+                                      lambda name: self.run(METHODS[name], session, {}, check=check))
             if method.name == "acdc":
                 if check:
                     session.check_signal()
@@ -314,7 +320,7 @@ class EvaluatorPool:
                     return method.fn(session, **params)
             spread = sorted(name for name, m in METHODS.items() if m.units is not None)
             raise DiscoveryError(f"method {method.name!r} runs in one process (each step depends on the last); "
-                                 f"a pool spreads {', '.join(spread)} and acdc's candidate batches")
+                                 f"a pool spreads {', '.join(spread)}, acdc's candidate batches and ensembles of them")
         ray = self.ray
         setup: Setup = (_setup_key(session), [ray.put(session.data)], [ray.put(session.reference)],
                         session.ablation, session.batch_size)

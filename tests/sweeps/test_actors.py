@@ -107,6 +107,21 @@ def test_discover_on_the_pool_equals_one_process(setup, method, params):
     assert spread.metadata["method"] == method and spread.metadata["split"] == "train"
 
 
+def test_ensemble_on_the_pool_equals_one_process(setup):
+    """Each member spread over the pool; the rank combination of members whose scores agree to rounding."""
+    model, task, _, pool = setup
+    params = {"members": ["eap", "exact"], "combine": "min"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = circuits.discover(model, task, "ensemble", batch_size=3, **params)
+    spread = pool.discover("ensemble", batch_size=3, **params)
+    a, b = _scores(one), _scores(spread)
+    assert 0.5 < float(a.abs().max()) <= 1.0  # combined normalised ranks
+    # ranks are equal unless two of eap's scores are within rounding of each other: a few ties may swap
+    assert float((a - b).abs().max()) <= 0.05 and float((a == b).float().mean()) > 0.98
+    assert [m["method"] for m in spread.metadata["result"]["members"]] == ["eap", "exact"]
+
+
 def test_discover_on_the_pool_refuses_sequential_methods(setup):
     _, _, _, pool = setup
     with pytest.raises(circuits.discovery.DiscoveryError, match="'edge-pruning' runs in one process.*eap-ig"):
