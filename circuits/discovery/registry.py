@@ -130,6 +130,8 @@ class Method:
     checkpoints: bool = False  # the method accepts checkpoint=Checkpoint
     defaults: dict = field(default_factory=dict)
     parameters: dict[str, Param] = field(default_factory=dict)  # declared by register(): types, ranges, choices
+    # params -> CircuitSession.fit's arguments (the pass the method runs); None: patched passes of circuits
+    memory: Callable[[dict], dict] | None = None
 
     @property
     def params(self) -> dict[str, Any]:
