@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from circuits.cli.options import UsageError, model_options, parse_params
+from circuits.cli.options import UsageError, add_memory_arguments, memory_options, model_options, parse_params
 
 EPILOG = """examples:
   circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
@@ -18,13 +18,15 @@ EPILOG = """examples:
   circuits discover --config discovery/ioi.toml --method acdc --param threshold=0.02
 
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
-batch_size, out, top, device, dtype, checkpoint, and a [params] table); the command line overrides it.
+batch_size, out, top, device, dtype, checkpoint, memory_budget, examples_per_pass, position_chunk, and a
+[params] table); the command line overrides it.
+  circuits discover --model random:llama-3.1-8b --method eap-ig --memory-budget 60GB  # chunked to fit, or refused
 """
 
 DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
-           "dtype", "checkpoint", "params")
+           "dtype", "checkpoint", "params", "memory_budget", "examples_per_pass", "position_chunk")
 
 
 def load_config(path: str) -> dict:
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     ablation, split = str(opts["ablation"]), str(opts["split"])
     n, seed, batch_size = (_integer(opts, key, low) for key, low in (("n", 2), ("seed", 0), ("batch_size", 1)))
     params = parse_params(args.param or [], method, config.get("params"))  # every check before the model loads
+    memory = memory_options(_text(opts["memory_budget"]), *(_optional_integer(opts, key)
+                                                           for key in ("examples_per_pass", "position_chunk")))
 
     start = time.perf_counter()
     model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]))
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
           f"{task.base_metric.name}")
     graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
-                              checkpoint=opts["checkpoint"], **params)
+                              checkpoint=opts["checkpoint"], **memory, **params)
     meta = graph.metadata
     print(f"method {meta['method']} {meta['params']}, ablation {meta['ablation']}: {meta['wall_time_s']:.1f} s")
     frame = graph.to_frame()
@@ -100,6 +104,14 @@ def _integer(opts: dict, key: str, low: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise UsageError(f"--{key.replace('_', '-')} {value!r}: expected an integer >= {low}")
     return value
+
+
+def _optional_integer(opts: dict, key: str) -> int | None:
+    return None if opts[key] is None else _integer(opts, key, 1)
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def _zoo_file(model_spec, filename: str) -> str | None:
@@ -172,5 +184,6 @@ def add_parser(sub) -> None:
                    "and drawing that follow discovery")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
+    add_memory_arguments(p)
     p.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ import math
 import time
 from pathlib import Path
 
-from circuits.cli.options import UsageError, model_options, parse_params
+from circuits.cli.options import UsageError, add_memory_arguments, memory_options, model_options, parse_params
 
 EPILOG_EVALUATE = """examples:
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --k 200
@@ -62,6 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     chosen = [x is not None for x in (args.k, args.fraction, args.threshold)]
     if sum(chosen) > 1:
         raise UsageError("give at most one of --k, --fraction, --threshold")
+    memory = memory_options(args.memory_budget, args.examples_per_pass)
     model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
@@ -70,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"model     {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     if args.curve:
         curve = faithfulness_curve(model, task, graph, absolute=args.absolute, ablation=args.ablation,
-                                   split=args.split, batch_size=args.batch_size, level=args.level)
+                                   split=args.split, batch_size=args.batch_size, level=args.level, **memory)
         print(f"task      {task.name}: {curve.n_examples} {curve.split} examples, metric {curve.metric_name}, "
               f"ablation {curve.ablation}")
         print(f"full      {curve.metric_name} {_fmt(curve.metric_full)}; empty {_fmt(curve.metric_empty)}")
@@ -97,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if how != "as given":
             how += " by |score|" if args.absolute else " by score"
         result = evaluate(model, task, circuit, args.ablation, split=args.split, batch_size=args.batch_size,
-                          level=args.level)
+                          level=args.level, **memory)
         print(f"task      {task.name}: {result.n_examples} {result.split} examples, metric {result.metric_name}, "
               f"ablation {result.ablation}")
         print(f"circuit   {args.graph}, {how}: {result.n_edges:,} edges, {result.n_nodes} nodes (after pruning)")
@@ -215,6 +216,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--split", default="validation", choices=["validation", "train", "all"],
                     help="examples evaluated (default: %(default)s)")
     ev.add_argument("--save-circuit", default=None, help="write the evaluated circuit here (.json, .graphml, .pt)")
+    add_memory_arguments(ev, positions=False)
     _common(ev)
     ev.set_defaults(func=_evaluate)
 

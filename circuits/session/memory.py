@@ -141,14 +141,14 @@ def parse_memory(value: int | float | str, where: str = "memory_budget") -> int:
     """Bytes from ``4GB``, ``512 MB``, ``1.5GiB``, ``2e9`` or an integer (units are powers of 1024); a
     :class:`ValueError` naming ``where`` for anything else (negative, zero, not a size)."""
     if isinstance(value, bool):
-        raise ValueError(f"{where}={value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
+        raise ValueError(f"{where} {value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
     if isinstance(value, (int, float)):
         number, unit = float(value), ""
     else:
         match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
         if match is None or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"{where}={value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
+            raise ValueError(f"{where} {value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
         number, unit = float(match.group(1)), match.group(2).lower()
     if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{where}={value!r}: a memory budget must be a positive size, e.g. 4GB")
+        raise ValueError(f"{where} {value!r}: a memory budget must be a positive size, e.g. 4GB")
     return max(1, int(number * _UNITS[unit]))
