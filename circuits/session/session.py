@@ -181,6 +181,7 @@ class CircuitSession:
         self.position_chunk = position_chunk  # None: every position at once, or what the budget allows (fit)
         self.steps_per_pass: int | None = None  # stacked attribution steps the budget allows (fit), None: any
         self._run_peak = 0  # the estimate of the largest pass fitted (bytes)
+        self._fitted_budget: int | None = None
         self.show_progress = show_progress
         self.extras: dict = {}
         check_task_fits_model(self.data, model)
@@ -440,7 +441,9 @@ class CircuitSession:
         (nothing is chunked: today's plan)."""
         if self.memory_budget is None and self.device.type != "cuda":
             return None
-        return self.memory_budget_bytes
+        if self._fitted_budget is None:  # read once: the free memory shrinks as the session's caches fill
+            self._fitted_budget = self.memory_budget_bytes
+        return self._fitted_budget
 
     def fit(self, kind: str, *, steps: int = 1, sender_copies: int = 1, fixed_steps: bool = False) -> int:
         """Chunk this session's passes of ``kind`` (:mod:`circuits.session.memory`) to the memory budget, before
@@ -479,18 +482,17 @@ class CircuitSession:
         smallest = estimate(examples[-1], step_options[-1], chunks[-1])
         at = [f"{examples[-1]} example(s) per pass", f"{step_options[-1]} stacked step(s)" if kind == "attribution"
               else "1 circuit per pass"] + ([f"a position chunk of {chunks[-1]}"] if kind == "attribution" else [])
-        change = ["memory_budget (--memory-budget)"]
+        change = ["raise memory_budget (--memory-budget)"]
         if self.examples_per_pass:
-            change.append("examples_per_pass (--examples-per-pass)")
+            change.append("lower examples_per_pass (--examples-per-pass)")
         if fixed_steps:
-            change.append("steps_per_pass (--param steps_per_pass=)")
+            change.append("lower steps_per_pass (--param steps_per_pass=)")
         if self.position_chunk and kind == "attribution":
-            change.append("position_chunk (--position-chunk)")
-        change += ["a smaller dtype (--dtype bfloat16)" if widths.itemsize > 2 else "shorter prompts"]
+            change.append("lower position_chunk (--position-chunk)")
+        change.append("use a smaller dtype (--dtype bfloat16)" if widths.itemsize > 2 else "use shorter prompts")
         raise MemoryBudgetError(
             f"this {kind} run needs about {smallest.describe()} of activations even at {', '.join(at)} "
-            f"({P} positions), over the memory budget of {format_bytes(budget)}; raise or change "
-            + ", or ".join(change))
+            f"({P} positions), over the memory budget of {format_bytes(budget)}: " + ", or ".join(change))
 
     def _apply_fit(self, examples: int, position_chunk: int | None, peak: int) -> None:
         if examples < max(len(b) for b in self.batches):  # re-plan as sub-batches; per-batch caches are stale
