@@ -94,6 +94,24 @@ def test_eap_ig_budget_unstacks_steps(setup):
     assert session.steps_per_pass == 1 and session.examples_per_pass == 2 and len(session.batches) == N // 2
 
 
+def test_ensemble_fits_every_member(counts):
+    """An ensemble's session is fitted for each member's pass: chunks only shrink, the stacked steps stay."""
+    model, task = tiny_model("gpt2"), tiny_task(n=N, vocab=64)
+    base = circuits.discover(model, task, "ensemble", members=["eap-ig", "eap"], split="all", batch_size=BATCH,
+                             check=False)
+    base_forwards, _ = counts.take()
+    chunked = circuits.discover(model, task, "ensemble", members=["eap-ig", "eap"], split="all", batch_size=BATCH,
+                                check=False, memory_budget=budget_for(model, task, "attribution", 2, sender_copies=2))
+    forwards, _ = counts.take()
+    assert forwards > base_forwards
+    torch.testing.assert_close(chunked.scores, base.scores, **TOL)
+    session = CircuitSession(model, task, split="all", batch_size=BATCH, examples_per_pass=2,
+                             memory_budget=budget_for(model, task, "attribution", 2, sender_copies=2, steps=2))
+    assert session.fit("attribution", steps=5, sender_copies=2) == 2
+    assert session.fit("attribution") == 1 and session.fit("patched") == 1
+    assert session.steps_per_pass == 2 and session.examples_per_pass == 2
+
+
 def test_exact_chunked_over_examples_equals_unchunked(setup, counts):
     model, task = setup
     base = circuits.discover(model, task, "node-patching", split="all", batch_size=BATCH, check=False)

@@ -66,7 +66,9 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
         raise DiscoveryError(f"method {method!r} cannot use ablation={session.ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")
     resolved = {**m.params, **params}
-    session.fit(**(m.memory(resolved) if m.memory else {"kind": "patched"}))  # before any forward
+    plans = m.memory(resolved) if m.memory else {"kind": "patched"}
+    for plan in plans if isinstance(plans, list) else [plans]:  # before any forward; chunks fit every plan
+        session.fit(**plan)
     if check:
         session.check_signal()
     kwargs: dict[str, Any] = dict(params)

@@ -130,8 +130,9 @@ class Method:
     checkpoints: bool = False  # the method accepts checkpoint=Checkpoint
     defaults: dict = field(default_factory=dict)
     parameters: dict[str, Param] = field(default_factory=dict)  # declared by register(): types, ranges, choices
-    # params -> CircuitSession.fit's arguments (the pass the method runs); None: patched passes of circuits
-    memory: Callable[[dict], dict] | None = None
+    # params -> CircuitSession.fit's arguments (the pass the method runs; a list: several kinds of pass);
+    # None: patched passes of circuits
+    memory: Callable[[dict], dict | list[dict]] | None = None
 
     @property
     def params(self) -> dict[str, Any]:

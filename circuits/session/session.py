@@ -180,6 +180,7 @@ class CircuitSession:
         self.examples_per_pass = examples_per_pass  # None: the whole batch, or what the budget allows (fit)
         self.position_chunk = position_chunk  # None: every position at once, or what the budget allows (fit)
         self.steps_per_pass: int | None = None  # stacked attribution steps the budget allows (fit), None: any
+        self._explicit = {"examples": examples_per_pass, "positions": position_chunk}  # kept as given by fit
         self._run_peak = 0  # the estimate of the largest pass fitted (bytes)
         self._fitted_budget: int | None = None
         self.show_progress = show_progress
@@ -458,13 +459,15 @@ class CircuitSession:
         widths = ModelWidths.of(self.model)
         P = max(int(b.clean.shape[1]) for b in self.batches)
         K = max(int(b.positions.shape[1]) for b in self.batches)
-        largest = max(len(b) for b in self.batches)
-        examples = [self.examples_per_pass] if self.examples_per_pass else list(range(largest, 0, -1))
+        largest = max(len(b) for b in self.batches)  # chunks fitted before only shrink
+        given_e, given_p = self._explicit["examples"], self._explicit["positions"]
+        examples = [given_e] if given_e else list(range(largest, 0, -1))
         step_options = [steps] if fixed_steps else list(range(steps, 0, -1))
         chunks: list[int | None] = [None]
         if kind == "attribution":
-            chunks = [self.position_chunk] if self.position_chunk else \
-                sorted({max(1, P // 2**i) for i in range(P.bit_length() + 1)}, reverse=True)
+            longest = min(P, self.position_chunk or P)
+            chunks = [given_p] if given_p else \
+                sorted({max(1, longest // 2**i) for i in range(longest.bit_length() + 1)}, reverse=True)
 
         def estimate(e: int, t: int, p: int | None):
             return estimate_peak(widths, kind, examples=e, positions=P, read_positions=K, steps=t,
@@ -476,18 +479,18 @@ class CircuitSession:
                     peak = estimate(e, t, p).total
                     if peak <= budget:
                         self._apply_fit(e, p if p is not None and p < P else self.position_chunk, peak)
-                        if kind == "attribution":
+                        if kind == "attribution" and steps > 1:  # a plan that stacks steps
                             self.steps_per_pass = min(t, self.steps_per_pass or t)
                         return t
         smallest = estimate(examples[-1], step_options[-1], chunks[-1])
         at = [f"{examples[-1]} example(s) per pass", f"{step_options[-1]} stacked step(s)" if kind == "attribution"
               else "1 circuit per pass"] + ([f"a position chunk of {chunks[-1]}"] if kind == "attribution" else [])
         change = ["raise memory_budget (--memory-budget)"]
-        if self.examples_per_pass:
+        if given_e:
             change.append("lower examples_per_pass (--examples-per-pass)")
         if fixed_steps:
             change.append("lower steps_per_pass (--param steps_per_pass=)")
-        if self.position_chunk and kind == "attribution":
+        if given_p and kind == "attribution":
             change.append("lower position_chunk (--position-chunk)")
         change.append("use a smaller dtype (--dtype bfloat16)" if widths.itemsize > 2 else "use shorter prompts")
         raise MemoryBudgetError(
