@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from circuits.cli.options import UsageError, add_worker_options, check_workers, model_options, parse_params, worker_pool
+from circuits.cli.options import (
+    UsageError,
+    add_memory_arguments,
+    add_worker_options,
+    check_workers,
+    memory_options,
+    model_options,
+    parse_params,
+    worker_pool,
+)
 
 EPILOG = """examples:
   circuits discover                                             # EAP-IG on the bundled zoo:planted-ioi
@@ -20,14 +29,16 @@ EPILOG = """examples:
   circuits discover --model gpt2 --task ioi --method exact --workers 8 --address auto # a running Ray cluster
 
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
-batch_size, out, top, device, dtype, checkpoint, workers, address, and a [params] table); the command line
-overrides it.
+batch_size, out, top, device, dtype, checkpoint, workers, address, memory_budget, examples_per_pass,
+position_chunk, and a [params] table); the command line overrides it.
+  circuits discover --model random:llama-3.1-8b --method eap-ig --memory-budget 60GB  # chunked to fit, or refused
 """
 
 DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
-           "dtype", "checkpoint", "params", "workers", "address")
+           "dtype", "checkpoint", "params", "workers", "address", "memory_budget", "examples_per_pass",
+           "position_chunk")
 
 
 def load_config(path: str) -> dict:
@@ -65,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     n, seed, batch_size = (_integer(opts, key, low) for key, low in (("n", 2), ("seed", 0), ("batch_size", 1)))
     params = parse_params(args.param or [], method, config.get("params"))  # every check before the model loads
     check_workers(opts["workers"], opts["address"])
+    memory = memory_options(_text(opts["memory_budget"]), *(_optional_integer(opts, key)
+                                                           for key in ("examples_per_pass", "position_chunk")))
 
     start = time.perf_counter()
     model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]))
@@ -75,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     with worker_pool(opts["workers"], opts["address"], opts["model"], task, ablation=ablation, split=split,
                      batch_size=batch_size, dtype=opts["dtype"]) as pool:  # None without --workers
         graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
-                                  checkpoint=opts["checkpoint"], workers=pool, **params)
+                                  checkpoint=opts["checkpoint"], workers=pool, **memory, **params)
     meta = graph.metadata
     print(f"method {meta['method']} {meta['params']}, ablation {meta['ablation']}: {meta['wall_time_s']:.1f} s")
     frame = graph.to_frame()
@@ -106,6 +119,14 @@ def _integer(opts: dict, key: str, low: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise UsageError(f"--{key.replace('_', '-')} {value!r}: expected an integer >= {low}")
     return value
+
+
+def _optional_integer(opts: dict, key: str) -> int | None:
+    return None if opts[key] is None else _integer(opts, key, 1)
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def _zoo_file(model_spec, filename: str) -> str | None:
@@ -179,5 +200,6 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
     add_worker_options(p)
+    add_memory_arguments(p)
     p.set_defaults(func=run)
 

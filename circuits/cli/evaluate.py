@@ -8,7 +8,16 @@ import math
 import time
 from pathlib import Path
 
-from circuits.cli.options import UsageError, add_worker_options, check_workers, model_options, parse_params, worker_pool
+from circuits.cli.options import (
+    UsageError,
+    add_memory_arguments,
+    add_worker_options,
+    check_workers,
+    memory_options,
+    model_options,
+    parse_params,
+    worker_pool,
+)
 
 EPILOG_EVALUATE = """examples:
   circuits evaluate --model gpt2 --task ioi --graph graphs/ioi-eap-ig.json --k 200
@@ -67,6 +76,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.workers is not None and not args.curve:
         raise UsageError("--workers spreads the circuits of a curve (--curve) over Ray actors; one circuit (as given, "
                          "--k, --fraction, --threshold, --minimal) runs in one process: drop --workers")
+    memory = memory_options(args.memory_budget, args.examples_per_pass)
     model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
@@ -78,7 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, dtype=args.dtype) as pool:
             if pool is None:
                 curve = faithfulness_curve(model, task, graph, absolute=args.absolute, ablation=args.ablation,
-                                           split=args.split, batch_size=args.batch_size, level=args.level)
+                                           split=args.split, batch_size=args.batch_size, level=args.level, **memory)
             else:  # the curve's circuits split over the actors
                 curve = pool.faithfulness_curve(graph, absolute=args.absolute, level=args.level)
         print(f"task      {task.name}: {curve.n_examples} {curve.split} examples, metric {curve.metric_name}, "
@@ -107,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if how != "as given":
             how += " by |score|" if args.absolute else " by score"
         result = evaluate(model, task, circuit, args.ablation, split=args.split, batch_size=args.batch_size,
-                          level=args.level)
+                          level=args.level, **memory)
         print(f"task      {task.name}: {result.n_examples} {result.split} examples, metric {result.metric_name}, "
               f"ablation {result.ablation}")
         print(f"circuit   {args.graph}, {how}: {result.n_edges:,} edges, {result.n_nodes} nodes (after pruning)")
@@ -225,6 +235,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--split", default="validation", choices=["validation", "train", "all"],
                     help="examples evaluated (default: %(default)s)")
     ev.add_argument("--save-circuit", default=None, help="write the evaluated circuit here (.json, .graphml, .pt)")
+    add_memory_arguments(ev, positions=False)
     _common(ev)
     add_worker_options(ev)
     ev.set_defaults(func=_evaluate)

@@ -81,3 +81,36 @@ def worker_pool(workers: int | None, address: str | None, model_spec: str, task:
         with EvaluatorPool(str(model_spec), task, n_actors=workers, ablation=ablation, split=split,
                            batch_size=batch_size, dtype=dtype) as pool:
             yield pool
+
+
+def memory_options(memory_budget: str | None, examples_per_pass: int | None = None,
+                   position_chunk: int | None = None) -> dict[str, Any]:
+    """``--memory-budget`` (a size: 4GB, 512MB, or bytes), ``--examples-per-pass`` and ``--position-chunk``
+    checked under their option names before a model loads: the keyword arguments of ``discover`` / ``evaluate``."""
+    from circuits.session.memory import parse_memory
+
+    out: dict[str, Any] = {"memory_budget": None, "examples_per_pass": examples_per_pass}
+    if memory_budget is not None:
+        try:
+            out["memory_budget"] = parse_memory(memory_budget, "--memory-budget")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    for flag, value in (("--examples-per-pass", examples_per_pass), ("--position-chunk", position_chunk)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: expected an integer >= 1 (or leave it out: from the memory budget)")
+    if position_chunk is not None:
+        out["position_chunk"] = position_chunk
+    return out
+
+
+def add_memory_arguments(p, positions: bool = True) -> None:
+    """The memory options of a command that runs circuits (``discover``, ``evaluate``)."""
+    p.add_argument("--memory-budget", dest="memory_budget", metavar="SIZE",
+                   help="activation memory a pass may use, e.g. 4GB: passes are chunked over examples (and "
+                        "positions) to fit, or the run stops before it starts (default: half the free GPU memory; "
+                        "on CPU no chunking)")
+    p.add_argument("--examples-per-pass", dest="examples_per_pass", type=int, metavar="N",
+                   help="examples of a batch per pass (default: from --memory-budget)")
+    if positions:
+        p.add_argument("--position-chunk", dest="position_chunk", type=int, metavar="N",
+                       help="positions per chunk of the attribution backward (default: from --memory-budget)")

@@ -42,17 +42,21 @@ __all__ = ["discover", "Workers", "METHODS", "Method", "DiscoveryError", "regist
 def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablation: str = "corrupted",
              split: str = "train", batch_size: int = 16, reference: Task | None = None,
              checkpoint: str | None = None, check: bool = True, show_progress: bool | None = None,
-             workers: Workers | None = None, **params: Any) -> Graph:
+             workers: Workers | None = None, memory_budget: int | str | None = None,
+             examples_per_pass: int | None = None, position_chunk: int | None = None, **params: Any) -> Graph:
     """Score the edges (or nodes) of ``model``'s graph for ``task`` with ``method``.
 
     ``split``: the part of the task discovery runs on ("train", the default, leaves "validation" for
     faithfulness; or "all"). ``ablation``: "corrupted" (the task's paired counterfactuals; MIB's "patching"),
     "mean" (over ``reference``, default the training split's clean prompts) or "zero". ``checkpoint``: a file
     path for long methods (exact, node-patching, acdc, edge-pruning) to save progress to and resume from.
-    ``show_progress``: progress bars (None: when stderr is a terminal). Other keyword arguments are the method's
-    parameters (``circuits.discovery.METHODS[name].params``). ``workers``: a pool of model replicas to spread
-    the run over (``circuits.sweeps.actors.EvaluatorPool``; ``pool.discover(method)`` passes itself), with the
-    scores of one process.
+    ``show_progress``: progress bars (None: when stderr is a terminal). ``memory_budget`` (bytes or ``"4GB"``;
+    default on CUDA: half the free memory, on CPU: no chunking): the run is chunked over examples, stacked steps
+    and positions to fit it, or refused before any forward with its estimate (:meth:`CircuitSession.fit`);
+    ``examples_per_pass`` / ``position_chunk`` set those chunks explicitly. ``workers``: a pool of model replicas
+    to spread the run over (``circuits.sweeps.actors.EvaluatorPool``; ``pool.discover(method)`` passes itself),
+    with the scores of one process; its replicas run the chunks fitted here. Other keyword arguments are the
+    method's parameters (``circuits.discovery.METHODS[name].params``).
     """
     from circuits import __version__
 
@@ -67,16 +71,20 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     if split not in ("train", "validation", "all"):
         raise DiscoveryError(f"split must be 'train', 'validation' or 'all', got {split!r}")
     session = CircuitSession(model, task, ablation=ablation, split=split, reference=reference, batch_size=batch_size,
-                             show_progress=show_progress)
+                             show_progress=show_progress, memory_budget=memory_budget,
+                             examples_per_pass=examples_per_pass, position_chunk=position_chunk)
     if session.ablation not in m.ablations:
         raise DiscoveryError(f"method {method!r} cannot use ablation={session.ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")
     if checkpoint is not None and workers is not None:
         raise DiscoveryError("a run spread over workers resumes lost work by itself and takes no checkpoint; "
                              "drop checkpoint= or workers=")
+    resolved = {**m.params, **params}
+    plans = m.memory(resolved) if m.memory else {"kind": "patched"}
+    for plan in plans if isinstance(plans, list) else [plans]:  # before any forward; chunks fit every plan
+        session.fit(**plan)
     if check and workers is None:  # the workers check on their replicas, so this process needs no forwards
         session.check_signal()
-    resolved = {**m.params, **params}
     kwargs: dict[str, Any] = dict(params)
     if m.checkpoints:
         key = fingerprint(method=method, params=resolved, model=model.name, structure=model.structure.cfg(),

@@ -41,6 +41,13 @@ from circuits.session import CircuitSession, SessionBatch
 MAX_ROWS_PER_PASS = 96
 
 
+def _stacked_steps(params: dict) -> dict:
+    """EAP-IG's memory plan (:meth:`CircuitSession.fit`): clean outputs and differences held, up to all steps
+    stacked in one pass (exactly ``steps_per_pass`` when it is given)."""
+    fixed = params.get("steps_per_pass")
+    return {"kind": "attribution", "sender_copies": 2, "steps": fixed or params["steps"], "fixed_steps": bool(fixed)}
+
+
 def _scores_buffer(session: CircuitSession) -> Tensor:
     s = session.structure
     return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=session.device)
@@ -62,14 +69,16 @@ def _batch_units(session: CircuitSession, **params) -> int:
 
 
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
-          ranges={"rule": {"choices": rules.RULES}}, units=_batch_units)
+          ranges={"rule": {"choices": rules.RULES}}, memory=lambda params: {"kind": "attribution"},
+          units=_batch_units)
 def eap(session: CircuitSession, rule: str | BackwardRule = "gradient") -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
     rules "gim" and "relp" of :mod:`circuits.interventions.rules`)."""
     backward = _rule(rule)
     scores = _scores_buffer(session)
     for b in _batches(session, "eap"):
-        session.backward_objective(b, GradientProbe(session.ablated(b).values, scores, rule=backward))
+        session.backward_objective(b, GradientProbe(session.ablated(b).values, scores, rule=backward,
+                                                    position_chunk=session.position_chunk))
     return _finish(session, scores)
 
 
@@ -80,7 +89,8 @@ def _rule(rule: str | BackwardRule | None) -> BackwardRule | None:
         raise DiscoveryError(str(err)) from None
 
 
-@register("node-ap", "node", "attribution patching on heads and MLPs", units=_batch_units)
+@register("node-ap", "node", "attribution patching on heads and MLPs", memory=lambda params: {"kind": "attribution"},
+          units=_batch_units)
 def node_ap(session: CircuitSession) -> Tensor:
     """``[n_nodes]`` node attribution: each sender's summed outgoing EAP scores (``logits`` gets NaN)."""
     edge_scores = eap(session)
@@ -98,6 +108,7 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
 
 @register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)",
           ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}, "rule": {"choices": rules.RULES}},
+          memory=lambda params: _stacked_steps(params),
           units=_batch_units)
 def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None,
            rule: str | BackwardRule = "gradient") -> Tensor:
@@ -119,19 +130,21 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
         clean, diffs = _clean_diffs(session, b, ablated)
         start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
         per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(b)))
+        per_pass = min(per_pass, session.steps_per_pass or per_pass)  # what a memory budget allows (session.fit)
         for k0 in range(0, steps, per_pass):
             alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
             T = len(alphas)
             embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
             embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
             probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T,
-                                  rule=backward)
+                                  rule=backward, position_chunk=session.position_chunk)
             session.backward_objective(b, probe, repeats=T)
     return _finish(session, scores, steps)
 
 
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
-          ranges={"steps": {"low": 1}}, units=_batch_units)
+          ranges={"steps": {"low": 1}}, memory=lambda params: {"kind": "attribution", "sender_copies": 2},
+          units=_batch_units)
 def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
     if steps < 1:
@@ -154,13 +167,16 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
                 if group.start == 0:
                     value = value.detach().requires_grad_(True)
                 session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs,
-                                                            overrides={group.start: value}))
+                                                            overrides={group.start: value},
+                                                            position_chunk=session.position_chunk))
     return _finish(session, scores, steps * len(groups))
 
 
 @register("gim", "edge", "EAP-IG with GIM's backward (Edin et al. 2025): frozen norms, softmax gradient at "
           "temperature 2, q/k/v gradients scaled 1/4, 1/4, 1/2",
-          ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}}, units=_batch_units)
+          ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}},
+          memory=lambda params: _stacked_steps(params),
+          units=_batch_units)
 def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.0) -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.gim` as the backward."""
     return eap_ig(session, steps=steps, rule=rules.gim(softmax_temperature=softmax_temperature))
@@ -168,7 +184,9 @@ def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.
 
 @register("relp", "edge", "EAP-IG with RelP's LRP rules (Rezaei Jafari et al. 2025): LN-rule, identity rule, "
           "half rule; attention='ah' adds the AH-rule",
-          ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}}, units=_batch_units)
+          ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}},
+          memory=lambda params: _stacked_steps(params),
+          units=_batch_units)
 def relp(session: CircuitSession, steps: int = 5, attention: str = "gradient") -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.relp` as the backward."""
     try:

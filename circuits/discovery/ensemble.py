@@ -56,8 +56,20 @@ def combine_ranks(ranks: Tensor, combine: str) -> Tensor:
     return torch.where(ranks.mean(0) >= 0, size, -size)
 
 
+def _member_plans(params: dict) -> list[dict]:
+    """Every member's memory plan (``CircuitSession.fit``): the session's chunks fit each of them."""
+    members = params["members"]
+    names = [m.strip() for m in members.split(",")] if isinstance(members, str) else list(members)
+    plans = []
+    for name in names:
+        plan = METHODS[name].memory if name in METHODS and name != "ensemble" else None
+        if plan is not None:
+            plans.append(plan(METHODS[name].params))
+    return [p for plan in plans for p in (plan if isinstance(plan, list) else [plan])] + [{"kind": "patched"}]
+
+
 @register("ensemble", "edge", "score ensemble (Mondorf et al. 2025): mean / min / max of the members' signed "
-          "normalised ranks", ranges={"combine": {"choices": COMBINE}})
+          "normalised ranks", ranges={"combine": {"choices": COMBINE}}, memory=_member_plans)
 def ensemble(session: CircuitSession, members: list[str] | tuple[str, ...] = DEFAULT_MEMBERS,
              combine: str = "mean") -> Tensor:
     """``[S, R]``: every method of ``members`` (names in :data:`METHODS`, at their defaults) scores the session;

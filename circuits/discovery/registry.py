@@ -134,6 +134,9 @@ class Method:
     units: Callable[..., int] | None = None
     defaults: dict = field(default_factory=dict)
     parameters: dict[str, Param] = field(default_factory=dict)  # declared by register(): types, ranges, choices
+    # params -> CircuitSession.fit's arguments (the pass the method runs; a list: several kinds of pass);
+    # None: patched passes of circuits
+    memory: Callable[[dict], dict | list[dict]] | None = None
 
     @property
     def params(self) -> dict[str, Any]:

@@ -103,7 +103,8 @@ class EvaluationResult:
 
 
 def evaluate(model: CircuitModel, task: Task, circuit: Graph, ablation: str = "corrupted", *, split: str = "validation",
-             batch_size: int = 16, prune: bool = True, level: str = "edge") -> EvaluationResult:
+             batch_size: int = 16, prune: bool = True, level: str = "edge", memory_budget: int | str | None = None,
+             examples_per_pass: int | None = None) -> EvaluationResult:
     """Run ``circuit`` (every edge outside it ablated) on the task and measure its faithfulness.
 
     Parameters
@@ -123,6 +124,10 @@ def evaluate(model: CircuitModel, task: Task, circuit: Graph, ablation: str = "c
     level : "edge" | "node"
         ``node`` runs every edge between the circuit's nodes (for node-level circuits such as the published
         induction heads, which list nodes and no edges).
+    memory_budget : int | str | None
+        Bytes (or ``"4GB"``) a patched pass may use: passes are chunked over examples and circuits to fit, or the
+        run is refused before any forward (:meth:`~circuits.session.CircuitSession.fit`); default on CUDA half the
+        free memory, on CPU no chunking. ``examples_per_pass`` sets the example chunk explicitly.
 
     An empty circuit evaluates to f = 0 by definition, with a :class:`FaithfulnessWarning` (usually a
     selection that pruned to nothing); f is NaN, with a warning, when M(full) == M(empty).
@@ -131,12 +136,14 @@ def evaluate(model: CircuitModel, task: Task, circuit: Graph, ablation: str = "c
     >>> result.faithfulness, result.kl, result.per_example.head()  # doctest: +SKIP
     """
     return evaluate_many(model, task, [circuit], ablation, split=split, batch_size=batch_size, prune=prune,
-                         level=level, _stacklevel=2)[0]
+                         level=level, memory_budget=memory_budget, examples_per_pass=examples_per_pass,
+                         _stacklevel=2)[0]
 
 
 def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ablation: str = "corrupted", *,
                   split: str = "validation",
                   batch_size: int = 16, prune: bool = True, level: str = "edge",
+                  memory_budget: int | str | None = None, examples_per_pass: int | None = None,
                   _stacklevel: int = 1) -> list[EvaluationResult]:
     """:func:`evaluate` for several circuits at once: one batched patched forward per batch of examples runs
     them all, and the full and empty runs are shared. Returns one :class:`EvaluationResult` per circuit."""
@@ -152,7 +159,8 @@ def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ab
                           ": every edge is ablated, so f = 0 by definition. If this is not what you meant, select "
                           "more edges (a selection may prune to nothing), or pass level='node' for a circuit given "
                           "by its nodes.", FaithfulnessWarning, stacklevel=_stacklevel + 1)
-    runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size)
+    runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
+                            memory_budget=memory_budget, examples_per_pass=examples_per_pass)
     values = runner.circuit_metrics(torch.stack(masks), kl=True)
     metric, kl = values.metric, values.kl
     assert kl is not None
@@ -276,7 +284,8 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
 
 def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolutes: Sequence[bool],
             fractions: Sequence[float], ablation: str, split: str, batch_size: int, level: str,
-            selection, log_scale, circuits_per_pass, runner=None) -> list[FaithfulnessCurve]:
+            selection, log_scale, circuits_per_pass, runner=None, memory_budget=None,
+            examples_per_pass=None) -> list[FaithfulnessCurve]:
     import pandas as pd
 
     parse_selection(selection)  # a clear error before any run
@@ -285,7 +294,8 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
             raise ValueError("a curve needs the model and the task (or runner=, an engine that holds them)")
         scored = check_circuit(model, scored, "scored graph")
         runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
-                                circuits_per_pass=circuits_per_pass)
+                                circuits_per_pass=circuits_per_pass, memory_budget=memory_budget,
+                                examples_per_pass=examples_per_pass)
     else:
         scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
@@ -318,7 +328,8 @@ def faithfulness_curve(model: CircuitModel | None, task: Task | None, scored: Gr
                        fractions: Sequence[float] = MIB_FRACTIONS,
                        absolute: bool = False, ablation: str = "corrupted", split: str = "validation",
                        batch_size: int = 16, level: str = "edge", selection: str = "top_k", log_scale: bool = False,
-                       circuits_per_pass: int | None = None, runner=None) -> FaithfulnessCurve:
+                       circuits_per_pass: int | None = None, runner=None, memory_budget: int | str | None = None,
+                       examples_per_pass: int | None = None) -> FaithfulnessCurve:
     """f of the top ``fraction`` of ``scored``'s edges, at each of ``fractions`` (MIB's by default).
 
     Every point is a pruned selection (``scored.top_fraction(fraction, absolute)``; ``selection="greedy"`` for
@@ -330,13 +341,14 @@ def faithfulness_curve(model: CircuitModel | None, task: Task | None, scored: Gr
     log(fraction) instead (older MIB scripts); the default is the linear axis of MIB's released evaluation.
     ``runner``: evaluate the circuits with this engine instead of a new :class:`~circuits.session.CircuitSession`
     (e.g. a Ray :class:`~circuits.sweeps.actors.EvaluatorPool`; ``model``, ``task``, ``ablation``, ``split`` are
-    then its).
+    then its). ``memory_budget`` / ``examples_per_pass``: as :func:`evaluate` (passes chunked over examples and
+    circuits; the same points).
 
     >>> curve = faithfulness_curve(model, task, scored)    # doctest: +SKIP
     >>> curve.cpr, curve.cmd, curve.to_frame()             # doctest: +SKIP
     """
     return _curves(model, task, scored, [bool(absolute)], fractions, ablation, split, batch_size, level, selection,
-                   log_scale, circuits_per_pass, runner)[0]
+                   log_scale, circuits_per_pass, runner, memory_budget, examples_per_pass)[0]
 
 
 def mib_scores(model: CircuitModel | None, task: Task | None, scored: Graph, **options: Any) -> dict:
@@ -349,7 +361,8 @@ def mib_scores(model: CircuitModel | None, task: Task | None, scored: Graph, **o
         raise TypeError("mib_scores runs both signed and absolute curves; do not pass absolute=")
     args: dict[str, Any] = {"fractions": MIB_FRACTIONS, "ablation": "corrupted", "split": "validation",
                             "batch_size": 16,
-            "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None, "runner": None}
+            "level": "edge", "selection": "top_k", "log_scale": False, "circuits_per_pass": None, "runner": None,
+            "memory_budget": None, "examples_per_pass": None}
     unknown = set(options) - set(args)
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}; use {', '.join(args)}")

@@ -4,6 +4,11 @@ Every receiver gets its own gradient: q, k and v of each head from :meth:`Gradie
 each MLP and the logits from hooks on their input. Each gradient is turned into edge scores at once,
 ``scores[S, R] += diff_S . dM/d input_R`` summed over batch and positions (one matrix product per receiver
 group), so no gradient tensor outlives its layer's backward.
+
+Positions: with ``position_chunk`` the q/k/v backward computes the per-head input gradients ``[H, B, p, d]`` and
+their score products ``p`` positions at a time (scores are sums over positions, the norm and the projections are
+position-wise: the same scores up to float summation order). The forward, the attention's own backward (every
+key position) and the single-receiver hooks (MLPs, logits: ``[1, B, P, d]``) are not chunked.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ class GradientProbe(PlainResidual):
     e.g. EAP-IG's interpolation steps) that share ``diffs``; their gradients are summed before the score
     products, so T steps cost one. ``rule``: a backward rule (:mod:`circuits.interventions.rules`) in place of
     the gradient; the run must use ``rule.apply(spec)`` (``CircuitSession.backward_objective`` does), and the probe
-    applies the rule's q/k/v scales and frozen norm to the q/k/v receivers it scores itself.
+    applies the rule's q/k/v scales and frozen norm to the q/k/v receivers it scores itself. ``position_chunk``:
+    positions per chunk of the q/k/v backward (module docstring; None: all at once).
     """
 
     def __init__(self, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
-                 overrides: dict[int, Tensor] | None = None, repeats: int = 1, rule: BackwardRule | None = None):
+                 overrides: dict[int, Tensor] | None = None, repeats: int = 1, rule: BackwardRule | None = None,
+                 position_chunk: int | None = None):
         if repeats != 1 and diffs is None:
             raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
         super().__init__(record=False)
@@ -50,6 +57,7 @@ class GradientProbe(PlainResidual):
         self.diffs = diffs
         self.rule = rule
         self.qkv_scale = (1.0, 1.0, 1.0) if rule is None else rule.qkv_scale
+        self.position_chunk = position_chunk
 
     def begin(self, first: Tensor, structure: GraphStructure) -> Tensor:
         super().begin(first, structure)
@@ -115,6 +123,16 @@ class GradientProbe(PlainResidual):
         contribution = self.buffer[:n] @ flat.T  # [n, R]
         self.scores[:n, receivers] += contribution.to(self.scores.dtype)
 
+    def _score_positions(self, grad: Tensor, n: int, receivers: slice, positions: slice, P: int) -> None:
+        """:meth:`_score` of ``grad [R, T*B, p, d]``, the gradient at ``positions`` (of ``P``) only."""
+        R, d = grad.shape[0], grad.shape[-1]
+        p = positions.stop - positions.start
+        flat = grad.reshape(R, self.repeats, -1, p * d).sum(1)  # [R, B, p*d]: the stacked copies summed
+        B = flat.shape[1]
+        senders = self.buffer[:n].view(n, B, P * d)[:, :, positions.start * d:positions.stop * d]  # [n, B, p*d]
+        contribution = torch.bmm(senders.transpose(0, 1), flat.permute(1, 2, 0)).sum(0)  # [B, n, R] -> [n, R]
+        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
 
 class _ProbedProjection(torch.autograd.Function):
     """``norm(x) @ W_{Q,K,V}`` for all heads, whose backward scores each head's q/k/v receiver (see
@@ -137,14 +155,24 @@ class _ProbedProjection(torch.autograd.Function):
         x_hat, inv = _norm_stats(norm, x[0])  # [B, P, d], [B, P, 1]
         frozen = bool(getattr(norm, "frozen", False))  # a backward rule froze the norm's statistics
         total = torch.zeros_like(x_hat)
+        P = x_hat.shape[1]
+        step = probe.position_chunk or P
         for i, (g, W) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V))):
             if g is None:
                 continue
             if probe.qkv_scale[i] != 1.0:  # a backward rule's q/k/v gradient scale (GIM)
                 g = g * probe.qkv_scale[i]
-            g_x = _norm_vjp_heads(norm, x_hat, inv, g, W, frozen)  # [H, B, P, d]: each head's own input gradient
-            probe._score(g_x, ctx.n, slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H))
-            total += g_x.sum(0)
+            receivers = slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H)
+            if step >= P:
+                g_x = _norm_vjp_heads(norm, x_hat, inv, g, W, frozen)  # [H, B, P, d]: each head's own input gradient
+                probe._score(g_x, ctx.n, receivers)
+                total += g_x.sum(0)
+                continue
+            for p0 in range(0, P, step):  # position chunks: g_x [H, B, p, d]
+                at = slice(p0, min(P, p0 + step))
+                g_x = _norm_vjp_heads(norm, x_hat[:, at], inv[:, at], g[:, :, at], W, frozen)
+                probe._score_positions(g_x, ctx.n, receivers, at, P)
+                total[:, at] += g_x.sum(0)
         return total[None].to(x.dtype), None, None, None, None, None
 
 

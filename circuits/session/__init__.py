@@ -7,10 +7,11 @@ from circuits.session.session import (
                                       Baselines,
                                       CircuitMetrics,
                                       CircuitSession,
+                                      MemoryBudgetError,
                                       SessionError,
                                       check_task_fits_model,
                                       resolve_split,
 )
 
-__all__ = ["CircuitSession", "SessionBatch", "SessionError", "Baselines", "CircuitMetrics", "resolve_split",
-           "check_task_fits_model", "undefined", "normalized", "FaithfulnessWarning", "warn_undefined"]
+__all__ = ["CircuitSession", "SessionBatch", "SessionError", "MemoryBudgetError", "Baselines", "CircuitMetrics",
+           "resolve_split", "check_task_fits_model", "undefined", "normalized", "FaithfulnessWarning", "warn_undefined"]

@@ -38,16 +38,21 @@ class SessionBatch:
         return self.readout.index(idx)
 
 
-def plan_batches(task: Task, batch_size: int, device: torch.device) -> list[SessionBatch]:
-    """``task``'s examples in batches of ``batch_size``, grouped by the length up to their last read position."""
+def plan_batches(task: Task, batch_size: int, device: torch.device,
+                 examples_per_pass: int | None = None) -> list[SessionBatch]:
+    """``task``'s examples in batches of ``batch_size``, grouped by the length up to their last read position.
+    ``examples_per_pass``: each batch cut further into sub-batches of that many examples (a memory budget's
+    chunks), each cut after its own last read position."""
     data = task.as_batch()
     last = data.positions.masked_fill(~data.position_mask, 0).max(1).values  # [n] last read position
     order = torch.sort(last, descending=True, stable=True).indices
-    batches = []
-    for number, start in enumerate(range(0, len(task), batch_size)):
-        idx = order[start:start + batch_size]
-        sub = data.index(idx).to(device)
-        P = int(last[idx].max()) + 1
-        batches.append(SessionBatch(number, idx, sub.clean[:, :P], sub.corrupted[:, :P], sub.attention_mask[:, :P],
-                                    sub.positions, sub.readout_view()))
+    step = min(batch_size, examples_per_pass or batch_size)
+    batches: list[SessionBatch] = []
+    for start in range(0, len(task), batch_size):
+        for part in range(start, min(start + batch_size, len(task)), step):
+            idx = order[part:min(part + step, start + batch_size)]
+            sub = data.index(idx).to(device)
+            P = int(last[idx].max()) + 1
+            batches.append(SessionBatch(len(batches), idx, sub.clean[:, :P], sub.corrupted[:, :P],
+                                        sub.attention_mask[:, :P], sub.positions, sub.readout_view()))
     return batches

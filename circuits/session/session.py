@@ -14,7 +14,22 @@ pool) runs them through one session, so what they share is decided once:
 
 Memory: a patched pass of C circuits on b examples holds about C * b rows of activations; passes are sized so
 they fit in :attr:`CircuitSession.memory_budget` (and, on CPU, at most ``CPU_ROWS_PER_PASS`` rows, beyond which
-a memory-bound pass only gets slower per row).
+a memory-bound pass only gets slower per row). Under a budget (given, or on CUDA the free memory's fraction)
+:meth:`CircuitSession.fit` also chunks what a pass holds, before any forward, by the estimate of
+:mod:`circuits.session.memory`:
+
+* examples: each batch of ``batch_size`` runs as sub-batches of ``examples_per_pass`` (attribution scores are
+  sums over examples and metrics are per example, so sub-batches give the same numbers);
+* stacked EAP-IG steps (``steps_per_pass``) and circuits per pass (both sums / independent rows);
+* positions, where the computation is position-wise: the attribution backward's per-head input gradients and
+  their score products (``position_chunk`` positions at a time, :class:`~circuits.interventions.probe.GradientProbe`).
+  Not chunked over positions: the forward (attention needs every key position), the autograd activations it
+  saves, the sender buffers ``[S, b, P, d]``, the ablation and mean buffers and the readout ``[b, K, V]``: those
+  shrink with the examples per pass (and K, the read positions, is a task's few answer positions).
+
+A run that does not fit even at 1 example, 1 step or circuit and a position chunk of 1 raises
+:class:`MemoryBudgetError` with its estimate before it starts. Without a budget on CPU nothing is chunked (today's
+plan: ``batch_size`` examples per pass).
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from circuits.interventions.ablation import Ablated, AblationError, build_ablati
 from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
 from circuits.interventions.residual import ResidualStrategy
 from circuits.session.batches import SessionBatch, plan_batches
+from circuits.session.memory import ModelWidths, estimate_peak, format_bytes, parse_memory
 from circuits.session.normalization import undefined
 from circuits.tasks.metrics import Metric
 
@@ -55,6 +71,11 @@ StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
 
 class SessionError(CircuitsError, ValueError):
     """A circuit run cannot start as asked: the message names the problem and the fix."""
+
+
+class MemoryBudgetError(SessionError):
+    """A run that cannot fit its memory budget even at the smallest chunks: raised before any forward, with the
+    estimate, the budget and the settings to change."""
 
 
 def resolve_split(task: Task, split: str) -> tuple[Task, Task, str]:
@@ -121,14 +142,17 @@ class CircuitSession:
 
     ``metric``: the task's own by default (``task.base_metric``); e.g. ``"kl"`` for KL to the full model.
     ``reference``: the examples whose clean runs define mean ablation (default: see :func:`resolve_split`).
-    ``circuits_per_pass`` / ``memory_budget`` (bytes): how many circuits one patched forward runs (default:
-    as many as the budget allows). ``show_progress``: progress bars of long work (None: when stderr is a
-    terminal). ``extras`` collects what a discovery method reports besides its scores.
+    ``circuits_per_pass`` / ``memory_budget`` (bytes, or a size such as ``"4GB"``): how many circuits one patched
+    forward runs (default: as many as the budget allows); under a budget, passes are also chunked over examples and
+    positions (:meth:`fit`). ``examples_per_pass`` / ``position_chunk``: explicit chunk sizes (examples of a batch
+    per pass; positions per chunk of the attribution backward). ``show_progress``: progress bars of long work
+    (None: when stderr is a terminal). ``extras`` collects what a discovery method reports besides its scores.
     """
 
     def __init__(self, model: CircuitModel, task: Task, *, ablation: str = "corrupted", split: str = "all",
                  reference: Task | None = None, metric: Metric | str | None = None, batch_size: int = 16,
-                 circuits_per_pass: int | None = None, memory_budget: int | None = None,
+                 circuits_per_pass: int | None = None, memory_budget: int | str | None = None,
+                 examples_per_pass: int | None = None, position_chunk: int | None = None,
                  show_progress: bool | None = None):
         try:
             self.ablation: str = check_ablation(ablation)
@@ -138,6 +162,14 @@ class CircuitSession:
             raise SessionError(f"batch_size must be positive, got {batch_size}")
         if circuits_per_pass is not None and int(circuits_per_pass) < 1:
             raise SessionError(f"circuits_per_pass must be at least 1 (or None), got {circuits_per_pass}")
+        for name, value in (("examples_per_pass", examples_per_pass), ("position_chunk", position_chunk)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise SessionError(f"{name} must be an integer >= 1 (or None: from the memory budget), got {value!r}")
+        if memory_budget is not None:
+            try:
+                memory_budget = parse_memory(memory_budget)
+            except ValueError as err:
+                raise MemoryBudgetError(str(err)) from None
         self.model = model
         self.task_name: str = task.name
         self.data, default_reference, self.split = resolve_split(task, split)
@@ -147,13 +179,19 @@ class CircuitSession:
         self.batch_size = int(batch_size)
         self.circuits_per_pass = circuits_per_pass
         self.memory_budget = memory_budget
+        self.examples_per_pass = examples_per_pass  # None: the whole batch, or what the budget allows (fit)
+        self.position_chunk = position_chunk  # None: every position at once, or what the budget allows (fit)
+        self.steps_per_pass: int | None = None  # stacked attribution steps the budget allows (fit), None: any
+        self._explicit = {"examples": examples_per_pass, "positions": position_chunk}  # kept as given by fit
+        self._run_peak = 0  # the estimate of the largest pass fitted (bytes)
+        self._fitted_budget: int | None = None
         self.show_progress = show_progress
         self.extras: dict = {}
         # One worker's part of a run spread over several (circuits.sweeps.actors): the positions, in the method's
         # work list (its batches, exact's passes), of the units this process runs; None: all of them.
         self.share: tuple[int, ...] | None = None
         check_task_fits_model(self.data, model)
-        self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device)
+        self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device, examples_per_pass)
         self.forwards = 0  # patched forwards run (benchmarks count them)
         self._ablated: dict[int, Ablated] = {}
         self._full: dict[int, Tensor] = {}
@@ -182,7 +220,8 @@ class CircuitSession:
     def _mean(self) -> Tensor:  # [S, 1, P, d]: per-position means over the reference set, to the longest batch
         ref = self.reference.as_batch()
         P = max(int(b.clean.shape[1]) for b in self.batches)
-        return mean_outputs(self.model, ref.clean, ref.attention_mask, n_positions=P, batch_size=self.batch_size)
+        return mean_outputs(self.model, ref.clean, ref.attention_mask, n_positions=P,
+                            batch_size=min(self.batch_size, self.examples_per_pass or self.batch_size))
 
     def ablated(self, batch: SessionBatch) -> Ablated:
         """What cut edges carry on ``batch`` (corrupted runs are kept when they fit half the memory budget)."""
@@ -197,7 +236,8 @@ class CircuitSession:
 
     def _keep(self, batch: SessionBatch, ablated: Ablated) -> None:
         size = ablated.values.numel() * ablated.values.element_size() * len(self.batches)
-        if ablated.kind == "zero" or size <= self.memory_budget_bytes // 2:
+        room = self.memory_budget_bytes // 2 if not self._run_peak else self.memory_budget_bytes - self._run_peak
+        if ablated.kind == "zero" or size <= room:
             self._ablated[batch.number] = ablated
 
     def full_logits(self, batch: SessionBatch) -> Tensor:
@@ -329,6 +369,7 @@ class CircuitSession:
         S, R = self.structure.n_senders, self.structure.n_receivers
         if tuple(masks.shape[1:]) != (S, R):
             raise SessionError(f"masks must be [C, {S}, {R}] for this model, got {tuple(masks.shape)}")
+        self.fit("patched")  # before any forward: chunk the examples, or refuse a run that cannot fit
         kinds, unique = self._dedupe(masks.detach().cpu())
         C = len(kinds)
         out_m = torch.empty(C, self.n_examples, dtype=torch.float64)
@@ -341,6 +382,8 @@ class CircuitSession:
             u_kl = torch.empty(len(unique), len(b), dtype=torch.float64)
             if unique:
                 per_pass = circuits_per_pass or self.circuits_per_pass or self._circuits_per_pass(b)
+                if self._run_peak:  # under a budget an asked-for width is a maximum
+                    per_pass = min(per_pass, self._circuits_per_pass(b))
                 with torch.no_grad():
                     for start in range(0, len(unique), per_pass):
                         chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
@@ -405,17 +448,92 @@ class CircuitSession:
             return int(free * CUDA_MEMORY_FRACTION)
         return CPU_MEMORY_BUDGET
 
+    def _fit_budget(self) -> int | None:
+        """The budget passes are chunked to: given, or on CUDA the free memory's fraction; None on CPU without one
+        (nothing is chunked: today's plan)."""
+        if self.memory_budget is None and self.device.type != "cuda":
+            return None
+        if self._fitted_budget is None:  # read once: the free memory shrinks as the session's caches fill
+            self._fitted_budget = self.memory_budget_bytes
+        return self._fitted_budget
+
+    def fit(self, kind: str, *, steps: int = 1, sender_copies: int = 1, fixed_steps: bool = False) -> int:
+        """Chunk this session's passes of ``kind`` (:mod:`circuits.session.memory`) to the memory budget, before
+        any forward: the most examples per pass, then the most stacked ``steps`` (at most ``steps``; exactly them
+        with ``fixed_steps``), then the longest position chunk whose estimate fits. Explicit ``examples_per_pass``
+        / ``position_chunk`` are kept as given. Returns the stacked steps per pass (``steps`` when there is no
+        budget); raises :class:`MemoryBudgetError` naming the estimate when even the smallest chunks do not fit.
+        Chunks only shrink, so a session fitted for several kinds runs each within the budget."""
+        budget = self._fit_budget()
+        if budget is None:
+            return steps
+        widths = ModelWidths.of(self.model)
+        P = max(int(b.clean.shape[1]) for b in self.batches)
+        K = max(int(b.positions.shape[1]) for b in self.batches)
+        largest = max(len(b) for b in self.batches)  # chunks fitted before only shrink
+        given_e, given_p = self._explicit["examples"], self._explicit["positions"]
+        examples = [given_e] if given_e else list(range(largest, 0, -1))
+        step_options = [steps] if fixed_steps else list(range(steps, 0, -1))
+        chunks: list[int | None] = [None]
+        if kind == "attribution":
+            longest = min(P, self.position_chunk or P)
+            chunks = [given_p] if given_p else \
+                sorted({max(1, longest // 2**i) for i in range(longest.bit_length() + 1)}, reverse=True)
+
+        def estimate(e: int, t: int, p: int | None):
+            return estimate_peak(widths, kind, examples=e, positions=P, read_positions=K, steps=t,
+                                 position_chunk=p, sender_copies=sender_copies, ablation=self.ablation)
+
+        for e in examples:
+            for t in step_options:
+                for p in chunks:
+                    peak = estimate(e, t, p).total
+                    if peak <= budget:
+                        self._apply_fit(e, p if p is not None and p < P else self.position_chunk, peak)
+                        if kind == "attribution" and steps > 1:  # a plan that stacks steps
+                            self.steps_per_pass = min(t, self.steps_per_pass or t)
+                        return t
+        smallest = estimate(examples[-1], step_options[-1], chunks[-1])
+        at = [f"{examples[-1]} example(s) per pass", f"{step_options[-1]} stacked step(s)" if kind == "attribution"
+              else "1 circuit per pass"] + ([f"a position chunk of {chunks[-1]}"] if kind == "attribution" else [])
+        change = ["raise memory_budget (--memory-budget)"]
+        if given_e:
+            change.append("lower examples_per_pass (--examples-per-pass)")
+        if fixed_steps:
+            change.append("lower steps_per_pass (--param steps_per_pass=)")
+        if given_p and kind == "attribution":
+            change.append("lower position_chunk (--position-chunk)")
+        change.append("use a smaller dtype (--dtype bfloat16)" if widths.itemsize > 2 else "use shorter prompts")
+        raise MemoryBudgetError(
+            f"this {kind} run needs about {smallest.describe()} of activations even at {', '.join(at)} "
+            f"({P} positions), over the memory budget of {format_bytes(budget)}: " + ", or ".join(change))
+
+    def _apply_fit(self, examples: int, position_chunk: int | None, peak: int) -> None:
+        if examples < max(len(b) for b in self.batches):  # re-plan as sub-batches; per-batch caches are stale
+            self.examples_per_pass = examples
+            self.batches = plan_batches(self.data, self.batch_size, self.device, examples)
+            self._ablated.clear()
+            self._full.clear()
+            self._held.clear()
+        self.position_chunk = position_chunk
+        self._run_peak = max(self._run_peak, peak)
+
+    def _patched_estimate(self, b: int, P: int, K: int):
+        return estimate_peak(ModelWidths.of(self.model), "patched", examples=b, positions=P, read_positions=K,
+                             ablation=self.ablation)
+
     def _bytes_per_row(self, P: int, K: int) -> int:
-        s, spec = self.structure, self.model.spec
-        itemsize = torch.finfo(self.model.dtype).bits // 8
-        # the patched residual buffer (1 + S rows), the 3H per-head receiver inputs and norms, a few temporaries
-        activations = (s.n_senders + 1 + 6 * s.n_heads + 8) * P * spec.d_model * itemsize
-        readout = K * spec.W_U.shape[1] * (itemsize + 8)  # readout logits and the metric's float32 softmax copies
-        return activations + readout
+        """One row (circuit x example) of a patched pass: the estimate without the ablation it shares."""
+        one = self._patched_estimate(1, P, K)
+        return one.total - one.ablated
 
     def _circuits_per_pass(self, batch: SessionBatch) -> int:
         b = len(batch)
-        fit = self.memory_budget_bytes // (self._bytes_per_row(batch.clean.shape[1], batch.positions.shape[1]) * b)
+        P, K = batch.clean.shape[1], batch.positions.shape[1]
+        room = self.memory_budget_bytes
+        if self._run_peak:  # fitted: the ablation this batch reads is held besides the pass
+            room -= self._patched_estimate(b, P, K).ablated
+        fit = room // (self._bytes_per_row(P, K) * b)
         if self.device.type == "cpu":
             fit = min(fit, CPU_ROWS_PER_PASS // b)
         return max(1, int(fit))

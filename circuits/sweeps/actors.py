@@ -51,7 +51,14 @@ if TYPE_CHECKING:  # pragma: no cover
 #: What one spread discovery's actors rebuild their session from (sent with every piece of work, so an actor
 #: that Ray restarted builds it again): (key, [task ref], [reference ref], ablation, batch size). The refs are in
 #: lists so Ray passes them as references, fetched only by an actor that has no session for the key yet.
-Setup = tuple[str, list, list, str, int]
+# (key, [task ref], [reference ref], ablation, batch size, the driver's fitted chunks: examples per pass, position
+# chunk, stacked steps): every replica runs the passes the driver's session fitted to its memory budget.
+Setup = tuple[str, list, list, str, int, tuple]
+
+
+def _chunks_of(session: CircuitSession) -> tuple[int | None, int | None, int | None]:
+    """The chunks the driver's session runs (its own or fitted to its memory budget): the replicas run the same."""
+    return session.examples_per_pass, session.position_chunk, session.steps_per_pass
 
 
 def _setup_key(session: CircuitSession) -> str:
@@ -60,7 +67,8 @@ def _setup_key(session: CircuitSession) -> str:
     for task in (session.data, session.reference):
         for t in (task.clean, task.corrupted):
             h.update(t.numpy().tobytes())
-    h.update(repr((session.ablation, session.metric.name, session.batch_size, session.n_examples)).encode())
+    h.update(repr((session.ablation, session.metric.name, session.batch_size, session.n_examples,
+                   _chunks_of(session))).encode())
     return h.hexdigest()
 
 
@@ -105,13 +113,15 @@ class _Replica:
 
     # ---- a discovery spread over the pool -------------------------------------------------------------------
     def _discovery_session(self, setup: Setup) -> CircuitSession:
-        key, task, reference, ablation, batch_size = setup
+        key, task, reference, ablation, batch_size, (examples, positions, steps) = setup
         if self.discovery is None or self.discovery[0] != key:
             import ray
 
             self.discovery = None  # free the previous run's cached activations first
             session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, split="all",
-                                     reference=ray.get(reference[0]), batch_size=batch_size, show_progress=False)
+                                     reference=ray.get(reference[0]), batch_size=batch_size, show_progress=False,
+                                     examples_per_pass=examples, position_chunk=positions)
+            session.steps_per_pass = steps
             self.discovery = (key, session)
         return self.discovery[1]
 
@@ -136,7 +146,7 @@ class _Replica:
     def acdc_objective(self, setup: Setup, metric: str, fast: bool, masks: torch.Tensor,
                        anchor: torch.Tensor | None) -> torch.Tensor:
         """ACDC's objective of candidate circuits, by an evaluator built (once per run) on the driver's data."""
-        key, task, reference, ablation, batch_size = setup
+        key, task, reference, ablation, batch_size, (examples, _, _) = setup
         if key not in self.acdc_evaluators:
             import ray
 
@@ -144,7 +154,7 @@ class _Replica:
 
             self.acdc_evaluators = {}
             session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, batch_size=batch_size,
-                                     reference=ray.get(reference[0]))
+                                     reference=ray.get(reference[0]), examples_per_pass=examples)
             self.acdc_evaluators[key] = CandidateEvaluator(session, objective_metric(session, metric), fast)
         return self.acdc_evaluators[key].objective(masks, anchor)
 
@@ -323,7 +333,7 @@ class EvaluatorPool:
                                  f"a pool spreads {', '.join(spread)}, acdc's candidate batches and ensembles of them")
         ray = self.ray
         setup: Setup = (_setup_key(session), [ray.put(session.data)], [ray.put(session.reference)],
-                        session.ablation, session.batch_size)
+                        session.ablation, session.batch_size, _chunks_of(session))
         n_units = self._dispatch(lambda a, _: a.units.remote(setup, method.name, params), [None])[0]
         if check:
             self._dispatch(lambda a, _: a.check_signal.remote(setup), [None])
@@ -368,7 +378,8 @@ class EvaluatorPool:
                 self.n_forward = 0
                 self.metric = "task" if metric is session.metric else "kl"
                 self.setup: Setup = (f"{_setup_key(session)}-{self.metric}-{fast}", [pool.ray.put(session.data)],
-                                     [pool.ray.put(session.reference)], session.ablation, session.batch_size)
+                                     [pool.ray.put(session.reference)], session.ablation, session.batch_size,
+                                     _chunks_of(session))
 
             def objective(self, masks: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
                 masks = masks.detach().cpu()

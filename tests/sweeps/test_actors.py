@@ -128,3 +128,24 @@ def test_discover_on_the_pool_refuses_sequential_methods(setup):
         pool.discover("edge-pruning")
     with pytest.raises(circuits.discovery.DiscoveryError, match="takes no checkpoint"):
         pool.discover("exact", checkpoint="x.ckpt")
+
+
+def test_a_spread_run_keeps_the_driver_s_chunks(setup):
+    """The replicas run the sub-batches and position chunks of the driver's session (given, or fitted to its
+    ``memory_budget``): more pieces than the unchunked run, and the scores of one process."""
+    model, task, _, pool = setup
+    chunks = {"examples_per_pass": 2, "position_chunk": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = circuits.discover(model, task, "eap", batch_size=3)
+        one = circuits.discover(model, task, "eap", batch_size=3, **chunks)
+    progress: list[tuple[int, int]] = []
+    pool.on_progress = lambda done, total: progress.append((done, total))
+    try:
+        spread = pool.discover("eap", batch_size=3, **chunks)
+    finally:
+        pool.on_progress = None
+    assert progress and progress[-1] == (8, 8)  # 4 batches of 3 re-cut into 8 sub-batches of 2 and 1 examples
+    a, b, c = (_scores(g) for g in (whole, one, spread))
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    assert float((b - c).abs().max()) <= 1e-5 * float(b.abs().max())

@@ -1,0 +1,154 @@
+"""Peak activation memory of one circuit run, estimated from the tensors the code holds: the one place that
+sizes passes (:class:`~circuits.session.CircuitSession` chunks its examples, stacked steps and positions by it,
+and refuses a run that cannot fit before any forward).
+
+Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` positions, ``K`` read positions,
+``p`` the position chunk of the attribution backward, ``isz`` the model dtype's bytes):
+
+* ``"attribution"``: a forward and backward through :class:`~circuits.interventions.probe.GradientProbe` on
+  ``rows = T x b`` (EAP: T = 1; EAP-IG: T stacked interpolation steps; EAP-IG-activations: T = 1 with the clean
+  outputs held besides the differences). Held: the sender differences ``[S, b, P, d]`` (EAP-IG: and the clean
+  outputs, ``sender_copies = 2``); autograd's saved activations per layer per row (the stream, the norms' inputs,
+  q/k/v ``[H + 2G, rows, P, e]``, the attention pattern ``[H, rows, P, P]``, the MLP hidden ``[rows, P, d_mlp]``,
+  gated: three of them); the forward's per-head outputs ``[H, rows, P, d]``; the backward's per-head input
+  gradients ``[H, rows, p, d]`` in float32 (chunked over positions: ``p <= P``); the readout ``[rows, K, V]``
+  with its float32 softmax and gradient.
+* ``"patched"``: one no-grad patched forward of ``c`` circuits on ``b`` examples (``rows = c x b``): the
+  masked residual's sender buffer ``[1 + S, rows, P, d]``, the per-head receiver inputs and their norms
+  (``6H`` rows of ``[rows, P, d]``) and a few temporaries, and the readout ``[rows, K, V]`` with float32 copies.
+
+Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
+nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
+can be compared against them term by term; the weights and the caches a session keeps across batches (full
+logits, held clean runs of exact patching) are not part of a pass's estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.models.circuit_model import CircuitModel
+
+KINDS = ("attribution", "patched")
+GB = 2**30
+
+# autograd's saved activations per layer and row, in units of the dtype's bytes (see the module docstring)
+SAVED_STREAM = 6  # x [P, d] copies: the stream at each read, the norms' inputs and outputs
+SAVED_QKV = 2  # q, k, v [H + 2G, P, e] and their rotated copies
+SAVED_PATTERN = 2  # attention scores and pattern [H, P, P]
+SAVED_MLP_GATED = 4  # gate, act(gate), up, their product [P, d_mlp] (SwiGLU)
+SAVED_MLP = 2  # pre-activation and activation [P, d_mlp]
+PATCHED_ROWS = 8  # temporaries of a patched pass besides the sender buffer and the 6H receiver inputs [P, d]
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class ModelWidths:
+    """What the estimate needs of a model: its widths and its dtype's size in bytes."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int  # 0: attention-only
+    vocab: int
+    n_senders: int
+    gated: bool  # SwiGLU MLP (Llama, Qwen2)
+    itemsize: int
+
+    @classmethod
+    def of(cls, model: CircuitModel) -> ModelWidths:
+        spec, s = model.spec, model.structure
+        attn, mlp = spec.layers[0].attn, spec.layers[0].mlp
+        return cls(n_layers=s.n_layers, n_heads=s.n_heads, n_kv_heads=attn.n_kv_heads, d_model=spec.d_model,
+                   d_head=int(attn.W_Q.shape[-1]), d_mlp=0 if mlp is None else int(mlp.W_in.shape[1]),
+                   vocab=int(spec.W_U.shape[1]), n_senders=s.n_senders,
+                   gated=mlp is not None and mlp.W_gate is not None,
+                   itemsize=torch.finfo(model.dtype).bits // 8)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak activation bytes of one pass, by term (module docstring). ``total`` counts the forward's and the
+    backward's transients once (they do not coexist)."""
+
+    kind: str
+    ablated: int  # the ablation read: [S, b, P, d] (corrupted), [S, 1, P, d] (mean), 0 (zero)
+    senders: int  # sender differences (and clean outputs) [S, b, P, d]; patched: the [1 + S, rows, P, d] buffer
+    saved: int  # autograd's saved activations (attribution only)
+    forward_transient: int  # per-head outputs [H, rows, P, d]; patched: the 6H receiver inputs and temporaries
+    backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
+    readout: int  # logits [rows, K, V] and their float32 copies
+
+    @property
+    def total(self) -> int:
+        return (self.ablated + self.senders + self.saved + max(self.forward_transient, self.backward_transient)
+                + self.readout)
+
+    def describe(self) -> str:
+        terms = ", ".join(f"{f.name} {format_bytes(getattr(self, f.name))}" for f in fields(self)[1:]
+                          if getattr(self, f.name))
+        return f"{format_bytes(self.total)} ({terms})"
+
+
+def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: int, read_positions: int = 1,
+                  steps: int = 1, circuits: int = 1, position_chunk: int | None = None, sender_copies: int = 1,
+                  ablation: str = "corrupted") -> MemoryEstimate:
+    """The peak of one ``kind`` pass over ``examples`` x ``positions`` (``steps`` stacked copies of the batch for
+    attribution, ``circuits`` for a patched pass); ``position_chunk``: the positions of one chunk of the
+    attribution backward (default all); ``sender_copies``: [S, b, P, d] tensors an attribution run holds (EAP 1,
+    EAP-IG 2)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    w, b, P, K = widths, int(examples), int(positions), int(read_positions)
+    isz, d, S, H = w.itemsize, w.d_model, w.n_senders, w.n_heads
+    stream = P * d  # one [P, d] row
+    ablated = {"corrupted": S * b * stream, "mean": S * stream}.get(ablation, 0) * isz
+    if kind == "patched":
+        rows = int(circuits) * b
+        return MemoryEstimate(kind, ablated, senders=(S + 1) * rows * stream * isz, saved=0,
+                              forward_transient=(6 * H + PATCHED_ROWS) * rows * stream * isz, backward_transient=0,
+                              readout=rows * K * w.vocab * (isz + 8))
+    rows = int(steps) * b
+    p = P if position_chunk is None else min(P, int(position_chunk))
+    mlp = (SAVED_MLP_GATED if w.gated else SAVED_MLP) * P * w.d_mlp
+    per_layer = SAVED_STREAM * stream + SAVED_QKV * (H + 2 * w.n_kv_heads) * P * w.d_head + SAVED_PATTERN * H * P * P
+    return MemoryEstimate(
+        kind, ablated, senders=int(sender_copies) * S * b * stream * isz,
+        saved=w.n_layers * rows * (per_layer + mlp) * isz,
+        forward_transient=2 * H * rows * stream * isz,  # the heads' outputs and their differences from the ablated
+        backward_transient=H * rows * p * d * (4 + isz) + H * b * p * d * 4,  # fp32 gradients, their cast, step sum
+        readout=rows * K * w.vocab * (isz + 12))
+
+
+def format_bytes(n: float) -> str:
+    """``"1.5 GB"`` (powers of 1024)."""
+    for unit, size in (("TB", 2**40), ("GB", GB), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_memory(value: int | float | str, where: str = "memory_budget") -> int:
+    """Bytes from ``4GB``, ``512 MB``, ``1.5GiB``, ``2e9`` or an integer (units are powers of 1024); a
+    :class:`ValueError` naming ``where`` for anything else (negative, zero, not a size)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where} {value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"{where} {value!r}: expected a size such as 4GB or 512MB, or a number of bytes")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{where} {value!r}: a memory budget must be a positive size, e.g. 4GB")
+    return max(1, int(number * _UNITS[unit]))
