@@ -119,9 +119,30 @@ class GradientProbe(PlainResidual):
     def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
         R = grad.shape[0]
         flat = grad.reshape(R, self.repeats, -1)  # T stacked copies of the batch (EAP-IG steps): sum them first
-        flat = flat[:, 0] if self.repeats == 1 else flat.sum(1)
-        contribution = self.buffer[:n] @ flat.T  # [n, R]
-        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+        flat = flat[:, 0] if self.repeats == 1 else flat.sum(1, dtype=torch.promote_types(flat.dtype, torch.float32))
+        self.scores[:n, receivers] += _fp32_product(self.buffer[:n], flat)  # [n, R]
+
+
+#: Elements of one operand chunk that :func:`_fp32_product` casts to float32 at a time (16 MB).
+FP32_CHUNK_ELEMENTS = 2**22
+
+
+def _fp32_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a [n, K] @ b [R, K]^T`` accumulated in float32 (at least): ``[n, R]``.
+
+    Half-precision operands (a bf16/fp16 model's sender differences and gradients) are cast in chunks of the
+    reduction dimension ``K = B * P * d``, so no float32 copy of the whole ``[S, B*P*d]`` buffer is made and every
+    partial sum is a float32 one (a bf16 matmul rounds its output to bf16: about 3 significant digits per batch).
+    """
+    acc = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    if a.dtype == acc and b.dtype == acc:
+        return a @ b.T
+    K = a.shape[1]
+    step = max(1, FP32_CHUNK_ELEMENTS // max(a.shape[0], b.shape[0], 1))
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=acc, device=a.device)
+    for k in range(0, K, step):
+        out.addmm_(a[:, k:k + step].to(acc), b[:, k:k + step].to(acc).T)
+    return out
 
     def _score_positions(self, grad: Tensor, n: int, receivers: slice, positions: slice, P: int) -> None:
         """:meth:`_score` of ``grad [R, T*B, p, d]``, the gradient at ``positions`` (of ``P``) only."""
