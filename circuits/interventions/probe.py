@@ -122,6 +122,18 @@ class GradientProbe(PlainResidual):
         flat = flat[:, 0] if self.repeats == 1 else flat.sum(1, dtype=torch.promote_types(flat.dtype, torch.float32))
         self.scores[:n, receivers] += _fp32_product(self.buffer[:n], flat)  # [n, R]
 
+    def _score_positions(self, grad: Tensor, n: int, receivers: slice, positions: slice, P: int) -> None:
+        """:meth:`_score` of ``grad [R, T*B, p, d]``, the gradient at ``positions`` (of ``P``) only."""
+        R, d = grad.shape[0], grad.shape[-1]
+        p = positions.stop - positions.start
+        acc = torch.promote_types(grad.dtype, torch.float32)  # half-precision products accumulate in float32
+        flat = grad.reshape(R, self.repeats, -1, p * d).sum(1, dtype=acc)  # [R, B, p*d]: the stacked copies summed
+        B = flat.shape[1]
+        senders = self.buffer[:n].view(n, B, P * d)[:, :, positions.start * d:positions.stop * d]  # [n, B, p*d]
+        # [B, n, R] -> [n, R]; a half-precision chunk is cast whole: it is p/P of the buffer
+        contribution = torch.bmm(senders.transpose(0, 1).to(acc), flat.permute(1, 2, 0)).sum(0)
+        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
+
 
 #: Elements of one operand chunk that :func:`_fp32_product` casts to float32 at a time (16 MB).
 FP32_CHUNK_ELEMENTS = 2**22
@@ -143,16 +155,6 @@ def _fp32_product(a: Tensor, b: Tensor) -> Tensor:
     for k in range(0, K, step):
         out.addmm_(a[:, k:k + step].to(acc), b[:, k:k + step].to(acc).T)
     return out
-
-    def _score_positions(self, grad: Tensor, n: int, receivers: slice, positions: slice, P: int) -> None:
-        """:meth:`_score` of ``grad [R, T*B, p, d]``, the gradient at ``positions`` (of ``P``) only."""
-        R, d = grad.shape[0], grad.shape[-1]
-        p = positions.stop - positions.start
-        flat = grad.reshape(R, self.repeats, -1, p * d).sum(1)  # [R, B, p*d]: the stacked copies summed
-        B = flat.shape[1]
-        senders = self.buffer[:n].view(n, B, P * d)[:, :, positions.start * d:positions.stop * d]  # [n, B, p*d]
-        contribution = torch.bmm(senders.transpose(0, 1), flat.permute(1, 2, 0)).sum(0)  # [B, n, R] -> [n, R]
-        self.scores[:n, receivers] += contribution.to(self.scores.dtype)
 
 
 class _ProbedProjection(torch.autograd.Function):

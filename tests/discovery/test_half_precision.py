@@ -54,7 +54,9 @@ def base(request) -> CircuitModel:
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
-@pytest.mark.parametrize("method,kwargs", [("eap", {}), ("eap-ig", {"steps": 3})])
+@pytest.mark.parametrize("method,kwargs", [("eap", {}), ("eap-ig", {"steps": 3}),
+                                           ("eap", {"position_chunk": 3})],  # the position-chunked products
+                         ids=["eap", "eap-ig", "eap-position-chunks"])
 def test_half_precision_scores_rank_like_float32(base, dtype, method, kwargs):
     half, full = _same_weights(base, dtype)
     task = _task(full)
