@@ -33,14 +33,16 @@ __all__ = ["discover", "METHODS", "Method", "DiscoveryError", "register"]
 def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablation: str = "corrupted",
              split: str = "train", batch_size: int = 16, reference: Task | None = None,
              checkpoint: str | None = None, check: bool = True, show_progress: bool | None = None,
-             **params: Any) -> Graph:
+             grouped_kv: bool | None = None, **params: Any) -> Graph:
     """Score the edges (or nodes) of ``model``'s graph for ``task`` with ``method``.
 
     ``split``: the part of the task discovery runs on ("train", the default, leaves "validation" for
     faithfulness; or "all"). ``ablation``: "corrupted" (the task's paired counterfactuals; MIB's "patching"),
     "mean" (over ``reference``, default the training split's clean prompts) or "zero". ``checkpoint``: a file
     path for long methods (exact, node-patching, acdc, edge-pruning) to save progress to and resume from.
-    ``show_progress``: progress bars (None: when stderr is a terminal). Other keyword arguments are the method's
+    ``show_progress``: progress bars (None: when stderr is a terminal). ``grouped_kv``: score a graph with k/v
+    receivers per key/value group (True) or per query head (False, MIB's); None: the model's own setting
+    (``load_model(..., grouped_kv=True)``). Other keyword arguments are the method's
     parameters (``circuits.discovery.METHODS[name].params``).
     """
     from circuits import __version__
@@ -56,7 +58,8 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     if split not in ("train", "validation", "all"):
         raise DiscoveryError(f"split must be 'train', 'validation' or 'all', got {split!r}")
     session = CircuitSession(model, task, ablation=ablation, split=split, reference=reference, batch_size=batch_size,
-                             show_progress=show_progress)
+                             show_progress=show_progress, grouped_kv=grouped_kv)
+    model = session.model
     if session.ablation not in m.ablations:
         raise DiscoveryError(f"method {method!r} cannot use ablation={session.ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")

@@ -121,13 +121,15 @@ class CircuitSession:
     ``reference``: the examples whose clean runs define mean ablation (default: see :func:`resolve_split`).
     ``circuits_per_pass`` / ``memory_budget`` (bytes): how many circuits one patched forward runs (default:
     as many as the budget allows). ``show_progress``: progress bars of long work (None: when stderr is a
-    terminal). ``extras`` collects what a discovery method reports besides its scores.
+    terminal). ``extras`` collects what a discovery method reports besides its scores. ``grouped_kv``: run the
+    model with k/v receivers per key/value group (True) or per query head (False, MIB's); None: as the model is
+    (:meth:`CircuitModel.with_grouped_kv`).
     """
 
     def __init__(self, model: CircuitModel, task: Task, *, ablation: str = "corrupted", split: str = "all",
                  reference: Task | None = None, metric: Metric | str | None = None, batch_size: int = 16,
                  circuits_per_pass: int | None = None, memory_budget: int | None = None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, grouped_kv: bool | None = None):
         try:
             self.ablation: str = check_ablation(ablation)
         except AblationError as err:
@@ -136,7 +138,7 @@ class CircuitSession:
             raise SessionError(f"batch_size must be positive, got {batch_size}")
         if circuits_per_pass is not None and int(circuits_per_pass) < 1:
             raise SessionError(f"circuits_per_pass must be at least 1 (or None), got {circuits_per_pass}")
-        self.model = model
+        self.model = model if grouped_kv is None else model.with_grouped_kv(grouped_kv)
         self.task_name: str = task.name
         self.data, default_reference, self.split = resolve_split(task, split)
         self.reference: Task = default_reference if reference is None else reference
