@@ -172,7 +172,7 @@ def test_acdc_and_evaluation_on_grouped_graphs(tokenizer):
     ours = circuits.evaluate(grouped, task, circuit, split="all", prune=False)
     mib_circuit = Graph(per_head.structure, in_graph=expanded_masks(grouped.structure, circuit.in_graph))
     theirs = circuits.evaluate(per_head, task, mib_circuit, split="all", prune=False)
-    assert ours.n_edges == 30 and abs(ours.metric - ours.metric_empty) > 1e-3
+    assert ours.n_edges == circuit.n_edges > 0 and abs(ours.metric - ours.metric_empty) > 1e-3
     assert ours.metric == pytest.approx(theirs.metric, abs=1e-6)
     assert circuits.evaluate(grouped, task, circuit, split="all").n_edges <= 30  # pruned on grouped receivers
     curve = circuits.faithfulness_curve(grouped, task, scored, split="all")
