@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.graph.io import GraphFormatError, load, save, write_mib_pt
 from circuits.graph.grouped import expand_grouped
+from circuits.graph.io import GraphFormatError, load, save, write_mib_pt
 from circuits.graph.structure import GraphStructure
 
 if TYPE_CHECKING:  # pragma: no cover
