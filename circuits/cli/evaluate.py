@@ -62,7 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     chosen = [x is not None for x in (args.k, args.fraction, args.threshold)]
     if sum(chosen) > 1:
         raise UsageError("give at most one of --k, --fraction, --threshold")
-    model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
+    model = circuits.load_model(args.model, **model_options(args.device, args.dtype), grouped_kv=args.grouped_kv)
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
     saved: dict = {"model": model.name, "task": task.name, "graph": args.graph, "ablation": args.ablation,
@@ -132,7 +132,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from circuits.models.loading import ModelNotFoundError
 
     try:
-        model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
+        model = circuits.load_model(args.model, **model_options(args.device, args.dtype),
+                                    grouped_kv=args.grouped_kv)
     except ModelNotFoundError as err:
         raise ModelNotFoundError(f"reproducing the published {name} circuit needs the trained weights of GPT-2 small "
                                  f"(a random-weight model has no such circuit). {err}") from None
@@ -192,6 +193,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's)")
+    p.add_argument("--grouped-kv", action="store_true",
+                   help="the model with k/v receivers per key/value group (for a graph discovered with --grouped-kv)")
     p.add_argument("--save", default=None, help="write the results here as JSON")
 
 
