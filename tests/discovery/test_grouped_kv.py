@@ -224,3 +224,20 @@ def test_mib_submission_of_a_grouped_graph_passes_check_mib(tokenizer, tmp_path)
     assert torch.allclose(group_scores(loaded.scores.double(), g), graph.scores.double(), atol=1e-5)
     export_submission(graph, tmp_path, task="ioi", model="qwen2.5", kind="circuits")
     assert check_submission(tmp_path, min_models=1, min_tasks=1) == []
+
+
+def test_views_of_a_grouped_circuit(tokenizer, tmp_path):
+    from circuits.plotting.circuit import draw_circuit
+    from circuits.plotting.viewer import view
+
+    per_head, grouped = models(tokenizer, "llama")
+    s = grouped.structure
+    scores = torch.zeros(s.n_senders, s.n_receivers)
+    i, j = s.edge_index("a0.h1->a1.g1<k>")
+    scores[i, j] = 1.0
+    circuit = Graph.full(s, scores=scores)
+    nxg = circuit.to_networkx(circuit_only=False)
+    assert nxg.nodes["a1.g1<k>"]["group"] == 1 and set(nxg.successors("a1.g1<k>")) == {"a1.h2", "a1.h3"}
+    assert nxg.edges["a0.h1", "a1.g1<k>"]["score"] == 1.0
+    draw_circuit(circuit, tmp_path / "c.png", circuit_only=False)  # drawn at the heads' k ports (score shares)
+    assert view(circuit, tmp_path / "c.html").stat().st_size > 0
