@@ -27,18 +27,19 @@ EPILOG = """examples:
   circuits discover --config discovery/ioi.toml --method acdc --param threshold=0.02
   circuits discover --model gpt2 --task ioi --method eap-ig --workers 4              # 4 Ray actors (GPUs)
   circuits discover --model gpt2 --task ioi --method exact --workers 8 --address auto # a running Ray cluster
+  circuits discover --model random:llama-3.1-8b --method eap-ig --memory-budget 60GB  # chunked to fit, or refused
+  circuits discover --model random:qwen2.5-0.5b --grouped-kv --method eap   # k/v receivers per key/value group
 
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
 batch_size, out, top, device, dtype, checkpoint, workers, address, memory_budget, examples_per_pass,
-position_chunk, and a [params] table); the command line overrides it.
-  circuits discover --model random:llama-3.1-8b --method eap-ig --memory-budget 60GB  # chunked to fit, or refused
+position_chunk, grouped_kv, and a [params] table); the command line overrides it.
 """
 
 DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
            "dtype", "checkpoint", "params", "workers", "address", "memory_budget", "examples_per_pass",
-           "position_chunk")
+           "position_chunk", "grouped_kv")
 
 
 def load_config(path: str) -> dict:
@@ -80,13 +81,17 @@ def run(args: argparse.Namespace) -> int:
                                                            for key in ("examples_per_pass", "position_chunk")))
 
     start = time.perf_counter()
-    model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]))
+    if not isinstance(opts["grouped_kv"], (bool, type(None))):
+        raise UsageError(f"grouped_kv must be true or false, got {opts['grouped_kv']!r}")
+    model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]),
+                                grouped_kv=bool(opts["grouped_kv"]))
     task = circuits.load_task(task_spec, model, n=n, seed=seed)
     print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
           f"{task.base_metric.name}")
     with worker_pool(opts["workers"], opts["address"], opts["model"], task, ablation=ablation, split=split,
-                     batch_size=batch_size, dtype=opts["dtype"]) as pool:  # None without --workers
+                     batch_size=batch_size, dtype=opts["dtype"],
+                     grouped_kv=opts["grouped_kv"]) as pool:  # None without --workers
         graph = circuits.discover(model, task, method, ablation=ablation, split=split, batch_size=batch_size,
                                   checkpoint=opts["checkpoint"], workers=pool, **memory, **params)
     meta = graph.metadata
@@ -201,5 +206,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", help="float32, bfloat16, ... (default: the checkpoint's)")
     add_worker_options(p)
     add_memory_arguments(p)
+    p.add_argument("--grouped-kv", dest="grouped_kv", action="store_const", const=True, default=None,
+                   help="k/v receivers per key/value group instead of MIB's per query head (grouped-query models; "
+                        "Llama-3.1-8B: 805,681 edges instead of 1,592,881; MIB export expands them)")
     p.set_defaults(func=run)
 

@@ -77,7 +77,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--workers spreads the circuits of a curve (--curve) over Ray actors; one circuit (as given, "
                          "--k, --fraction, --threshold, --minimal) runs in one process: drop --workers")
     memory = memory_options(args.memory_budget, args.examples_per_pass)
-    model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
+    model = circuits.load_model(args.model, **model_options(args.device, args.dtype), grouped_kv=args.grouped_kv)
     graph = _load_graph(args.graph, model)
     task = _task(args, model)
     saved: dict = {"model": model.name, "task": task.name, "graph": args.graph, "ablation": args.ablation,
@@ -85,7 +85,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"model     {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     if args.curve:
         with worker_pool(args.workers, args.address, args.model, task, ablation=args.ablation, split=args.split,
-                         batch_size=args.batch_size, dtype=args.dtype) as pool:
+                         batch_size=args.batch_size, dtype=args.dtype,
+                         grouped_kv=args.grouped_kv) as pool:
             if pool is None:
                 curve = faithfulness_curve(model, task, graph, absolute=args.absolute, ablation=args.ablation,
                                            split=args.split, batch_size=args.batch_size, level=args.level, **memory)
@@ -152,7 +153,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from circuits.models.loading import ModelNotFoundError
 
     try:
-        model = circuits.load_model(args.model, **model_options(args.device, args.dtype))
+        model = circuits.load_model(args.model, **model_options(args.device, args.dtype),
+                                    grouped_kv=args.grouped_kv)
     except ModelNotFoundError as err:
         raise ModelNotFoundError(f"reproducing the published {name} circuit needs the trained weights of GPT-2 small "
                                  f"(a random-weight model has no such circuit). {err}") from None
@@ -212,6 +214,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward (default: %(default)s)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's)")
+    p.add_argument("--grouped-kv", action="store_true",
+                   help="the model with k/v receivers per key/value group (for a graph discovered with --grouped-kv)")
     p.add_argument("--save", default=None, help="write the results here as JSON")
 
 

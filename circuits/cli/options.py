@@ -65,7 +65,7 @@ def check_workers(workers: Any, address: Any) -> None:
 
 @contextmanager
 def worker_pool(workers: int | None, address: str | None, model_spec: str, task: Any, *, ablation: str,
-                split: str, batch_size: int, dtype: str | None) -> Iterator[Any]:
+                split: str, batch_size: int, dtype: str | None, grouped_kv: bool | None = None) -> Iterator[Any]:
     """None without ``--workers``; else an :class:`~circuits.sweeps.actors.EvaluatorPool` of ``workers`` actors on
     Ray (local, or the cluster at ``address``), each loading ``model_spec`` itself (on its own GPU where there
     is one), shut down on exit."""
@@ -79,7 +79,7 @@ def worker_pool(workers: int | None, address: str | None, model_spec: str, task:
     with ray_session(address=address):
         print(f"ray    {workers} actor(s), each loading {model_spec}" + (f" (cluster {address})" if address else ""))
         with EvaluatorPool(str(model_spec), task, n_actors=workers, ablation=ablation, split=split,
-                           batch_size=batch_size, dtype=dtype) as pool:
+                           batch_size=batch_size, dtype=dtype, grouped_kv=grouped_kv) as pool:
             yield pool
 
 

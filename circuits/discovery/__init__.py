@@ -43,7 +43,8 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
              split: str = "train", batch_size: int = 16, reference: Task | None = None,
              checkpoint: str | None = None, check: bool = True, show_progress: bool | None = None,
              workers: Workers | None = None, memory_budget: int | str | None = None,
-             examples_per_pass: int | None = None, position_chunk: int | None = None, **params: Any) -> Graph:
+             examples_per_pass: int | None = None, position_chunk: int | None = None,
+             grouped_kv: bool | None = None, **params: Any) -> Graph:
     """Score the edges (or nodes) of ``model``'s graph for ``task`` with ``method``.
 
     ``split``: the part of the task discovery runs on ("train", the default, leaves "validation" for
@@ -55,8 +56,10 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     and positions to fit it, or refused before any forward with its estimate (:meth:`CircuitSession.fit`);
     ``examples_per_pass`` / ``position_chunk`` set those chunks explicitly. ``workers``: a pool of model replicas
     to spread the run over (``circuits.sweeps.actors.EvaluatorPool``; ``pool.discover(method)`` passes itself),
-    with the scores of one process; its replicas run the chunks fitted here. Other keyword arguments are the
-    method's parameters (``circuits.discovery.METHODS[name].params``).
+    with the scores of one process; its replicas run the chunks fitted here. ``grouped_kv``: score a graph with
+    k/v receivers per key/value group (True) or per query head (False, MIB's); None: the model's own setting
+    (``load_model(..., grouped_kv=True)``). Other keyword arguments are the method's parameters
+    (``circuits.discovery.METHODS[name].params``).
     """
     from circuits import __version__
 
@@ -72,7 +75,9 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
         raise DiscoveryError(f"split must be 'train', 'validation' or 'all', got {split!r}")
     session = CircuitSession(model, task, ablation=ablation, split=split, reference=reference, batch_size=batch_size,
                              show_progress=show_progress, memory_budget=memory_budget,
-                             examples_per_pass=examples_per_pass, position_chunk=position_chunk)
+                             examples_per_pass=examples_per_pass, position_chunk=position_chunk,
+                             grouped_kv=grouped_kv)
+    model = session.model
     if session.ablation not in m.ablations:
         raise DiscoveryError(f"method {method!r} cannot use ablation={session.ablation!r}: {m.why_not} "
                              f"(it accepts {', '.join(m.ablations)})")

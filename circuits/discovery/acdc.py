@@ -201,7 +201,8 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
     s = session.structure
     S, R = s.n_senders, s.n_receivers
     n_up = s.n_upstream.tolist()
-    node_of = s.receiver_node.tolist()  # receiver -> node (sender index; logits = S)
+    nodes_of = [row.nonzero().flatten().tolist() for row in s.receiver_nodes]  # receiver -> nodes it feeds
+    # (sender indices, logits = S; several for a grouped k/v receiver)
     evaluator = (EVALUATOR.get() or CandidateEvaluator)(session, m, fast=not one_at_a_time)
 
     state = checkpoint.load() if checkpoint is not None else None
@@ -223,8 +224,8 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
     for i in progress(range(done, len(order)), "acdc", session, total=len(order), initial=done,
                       unit="receiver"):
         r = order[i]
-        node = node_of[r]
-        if node < S and not bool(mask[node].any()):  # disconnected from the logits: drop untested
+        nodes = nodes_of[r]
+        if nodes[0] < S and not bool(mask[nodes].any()):  # disconnected from the logits: drop untested
             mask[:n_up[r], r] = 0.0
         else:
             if current is None:
@@ -232,7 +233,7 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
             cands = list(range(n_up[r] - 1, -1, -1))
             anchor = mask.clone()  # the circuit before this receiver's tests: the evaluator's reference
             stale: dict[int, float] = {}
-            widest = circuits_per_pass or _auto_width(session, mask, node)
+            widest = circuits_per_pass or _auto_width(session, mask, nodes)
             width = widest  # adapts to the length of correctly predicted runs
             j = 0
             while j < len(cands):
@@ -287,13 +288,13 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
     return scores.float(), in_graph
 
 
-def _auto_width(session: CircuitSession, mask: Tensor, node: int, widest: int = 16) -> int:
-    """The default pass width at a receiver of ``node``: ``widest`` on an accelerator; on a CPU ``widest``
-    divided by the number of senders a candidate recomputes (the node and what it feeds in ``mask``)."""
-    if session.device.type != "cpu" or node >= mask.shape[0]:
+def _auto_width(session: CircuitSession, mask: Tensor, nodes: list[int], widest: int = 16) -> int:
+    """The default pass width at a receiver of ``nodes``: ``widest`` on an accelerator; on a CPU ``widest``
+    divided by the number of senders a candidate recomputes (the nodes and what they feed in ``mask``)."""
+    if session.device.type != "cpu" or nodes[0] >= mask.shape[0]:
         return widest
     changed = torch.zeros(mask.shape[0] + 1, dtype=torch.bool)
-    changed[node] = True
+    changed[nodes] = True
     k = int(session.structure.descendants(changed, (mask != 0) & session.structure.edge_mask).sum())
     return max(1, widest // k)
 

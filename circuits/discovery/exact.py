@@ -43,11 +43,12 @@ class EdgeCuts:
 
     def changed_nodes(self) -> tuple[Tensor, Tensor]:
         """``(group [n_cuts] long, changed [n_groups, n_nodes] bool)``: the nodes whose input each cut changes,
-        shared by the cuts of one group (an edge cut changes its receiver's node)."""
-        nodes, group = torch.unique(self.structure.receiver_node[self.order[:, 1]], return_inverse=True)
-        changed = torch.zeros(len(nodes), self.structure.n_senders + 1, dtype=torch.bool)
-        changed[torch.arange(len(nodes)), nodes] = True
-        return group, changed
+        shared by the cuts of one group (an edge cut changes its receiver's node: a grouped k/v receiver's, every
+        head of its group)."""
+        receivers, by_receiver = torch.unique(self.order[:, 1], return_inverse=True)
+        fed = self.structure.receiver_nodes[receivers]  # [n_receivers cut, n_nodes]
+        changed, of_receiver = torch.unique(fed, dim=0, return_inverse=True)
+        return of_receiver[by_receiver], changed
 
 
 class NodeCuts:
@@ -67,10 +68,7 @@ class NodeCuts:
     def changed_nodes(self) -> tuple[Tensor, Tensor]:
         """As :meth:`EdgeCuts.changed_nodes`: a node cut changes every node the sender feeds."""
         s = self.structure
-        changed = torch.zeros(s.n_senders, s.n_senders + 1, dtype=torch.bool)
-        src, rcv = self.edge_mask.nonzero(as_tuple=True)
-        changed[src, s.receiver_node[rcv]] = True
-        return torch.arange(s.n_senders), changed
+        return torch.arange(s.n_senders), s.nodes_fed(self.edge_mask)
 
 
 def cut_passes(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int) -> list[Tensor]:

@@ -60,15 +60,15 @@ def node_scores_from_edges(scored: Graph, absolute: bool = False, reduce: str = 
     key = key.masked_fill(~mask, -math.inf)
     S = st.n_senders
     out = torch.full((S + 1,), -math.inf, dtype=torch.float64)
-    owner = st.receiver_node  # [R] node of each receiver
+    owner, node = st.receiver_nodes.nonzero(as_tuple=True)  # (receiver, a node it feeds): grouped k/v feed several
     if reduce == "max":
         out[:S] = key.max(1).values  # outgoing
         incoming = key.max(0).values  # [R]
-        out.scatter_reduce_(0, owner, incoming, reduce="amax")
+        out.scatter_reduce_(0, node, incoming[owner], reduce="amax")
     else:
         finite = torch.where(torch.isfinite(key), key, torch.zeros_like(key))
         out[:S] = finite.sum(1)
-        out.index_add_(0, owner, finite.sum(0))
+        out.index_add_(0, node, finite.sum(0)[owner])
     out = torch.where(torch.isinf(out) & (out < 0), torch.full_like(out, math.nan), out)
     out[0] = math.nan
     out[-1] = math.nan

@@ -17,6 +17,11 @@ strings in the graph attributes. ``.pt`` stores the dense tensors; use it for Ll
 JSON is ~100 MB. MIB's / EAP-IG's own ``.pt`` files (``cfg``, ``src_nodes``, ``dst_nodes``, ``edges_scores``
 ``[senders, receivers]``, ``edges_in_graph``, ``nodes_in_graph``) load too, and :func:`write_mib_pt` writes them
 (what MIB submissions hold; entries of the grid that are not edges are ``-inf``).
+
+Grouped k/v receivers (``GraphStructure.grouped_kv``): ``.json``, ``.graphml`` and ``.pt`` keep them (names
+``a{l}.g{g}<k>``, ``cfg["grouped_kv"] = true``, so a file loads back as the grouped graph it was and MIB's own
+loader refuses the names instead of misreading them); the MIB-only writers (:func:`write_mib_pt`, the submission
+export) expand them to MIB's per-head receivers (:func:`circuits.graph.grouped.expand_grouped`).
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
         value = cfg.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise GraphFormatError(f"{source}: cfg[{key!r}] must be an integer, got {value!r}")
+    if not isinstance(cfg.get("grouped_kv", False), bool):
+        raise GraphFormatError(f"{source}: cfg['grouped_kv'] must be true or false, got {cfg['grouped_kv']!r}")
     layers, heads = cfg["n_layers"], cfg["n_heads"]
     if layers >= 1 and heads >= 1 and (1 + layers * (heads + 1)) * (1 + layers * (3 * heads + 1)) > MAX_MATRIX:
         raise GraphFormatError(f"{source}: cfg n_layers={layers}, n_heads={heads} is larger than any model (its "
@@ -91,7 +98,7 @@ def structure_from_cfg(cfg: Any, source: str | os.PathLike) -> GraphStructure:
         return GraphStructure(n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
                               n_kv_heads=cfg.get("n_key_value_heads"),
                               parallel_attn_mlp=cfg["parallel_attn_mlp"], d_model=cfg.get("d_model"),
-                              has_mlp=not cfg.get("attn_only", False))
+                              has_mlp=not cfg.get("attn_only", False), grouped_kv=cfg.get("grouped_kv", False))
     except ValueError as e:
         raise GraphFormatError(f"{source}: invalid cfg {cfg}: {e}") from None
 
@@ -375,7 +382,11 @@ MIB_PT_KEYS = ("cfg", "src_nodes", "dst_nodes", "edges_scores", "edges_in_graph"
 
 def to_mib_pt_dict(graph: Graph, *, scores: bool = True) -> dict[str, Any]:
     """MIB's / EAP-IG's ``.pt`` layout: the full ``[senders, receivers]`` grid in MIB's node orders, ``-inf`` where
-    the pair is not an edge (so no evaluator can rank it); ``scores=False`` writes a circuit (no scores: zeros)."""
+    the pair is not an edge (so no evaluator can rank it); ``scores=False`` writes a circuit (no scores: zeros).
+    Grouped k/v receivers are expanded to MIB's per-head ones (:func:`~circuits.graph.grouped.expand_grouped`)."""
+    from circuits.graph.grouped import expand_grouped
+
+    graph = expand_grouped(graph)
     st = graph.structure
     mask = st.edge_mask  # [S, R]
     grid = graph.scores.detach().cpu().float() if scores else torch.zeros(st.n_senders, st.n_receivers)

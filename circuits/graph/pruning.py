@@ -30,10 +30,9 @@ def node_mask(structure: GraphStructure, in_graph: torch.Tensor) -> torch.Tensor
     """
     E = in_graph & structure.on(in_graph.device).edge_mask  # [S, R]
     S = structure.n_senders
-    has_in = torch.zeros(S + 1, dtype=torch.long, device=in_graph.device)
-    has_in.index_add_(0, structure.on(in_graph.device).receiver_node, E.any(0).long())
+    has_in = structure.nodes_fed(E.any(0))  # [S + 1]
     nodes = torch.ones(S + 1, dtype=torch.bool, device=in_graph.device)  # logits stays True
-    nodes[:S] = E.any(1) & (has_in[:S] > 0)
+    nodes[:S] = E.any(1) & has_in[:S]
     nodes[0] = E[0].any()
     return nodes
 
@@ -55,15 +54,18 @@ def prune(structure: GraphStructure, in_graph: torch.Tensor) -> tuple[torch.Tens
     dev = in_graph.device
     E = in_graph & structure.on(dev).edge_mask  # [S, R]
     S, R, H = structure.n_senders, structure.n_receivers, structure.n_heads
+    incidence = structure.on(dev).receiver_nodes  # [R, S + 1]: the heads each q/k/v receiver feeds
 
     # Forward sweep: reached[s] <=> input reaches sender s through circuit edges.
     reached = torch.zeros(S, dtype=torch.bool, device=dev)
     reached[0] = True
     for layer in range(structure.n_layers):
         n_up = structure.attn_upstream(layer)
-        fed = (E[:n_up, structure.attn_receivers(layer)] & reached[:n_up, None]).any(0)  # [3H]
+        attn = structure.attn_receivers(layer)
+        fed = (E[:n_up, attn] & reached[:n_up, None]).any(0)  # [A]: q, k, v receivers of the layer
         first = structure.head_sender(layer, 0)
-        reached[first:first + H] = fed.view(3, H).any(0)  # a head runs if any of q/k/v is fed
+        feeds = incidence[attn, first:first + H]  # [A, H]
+        reached[first:first + H] = (feeds & fed[:, None]).any(0)  # a head runs if any of its q/k/v is fed
         if not structure.has_mlp:
             continue
         m_up = structure.mlp_upstream(layer)
@@ -81,7 +83,8 @@ def prune(structure: GraphStructure, in_graph: torch.Tensor) -> tuple[torch.Tens
         first = structure.head_sender(layer, 0)
         heads = slice(first, first + H)
         live[heads] = (E[heads] & live_recv[None, :]).any(1)  # sees m{layer} too in sequential blocks
-        live_recv[structure.attn_receivers(layer)] = live[heads].repeat(3)
+        attn = structure.attn_receivers(layer)
+        live_recv[attn] = (incidence[attn, heads] & live[heads][None, :]).any(1)  # feeds a live head
     live[0] = (E[0] & live_recv).any()
 
     edges = E & reached[:, None] & live_recv[None, :]

@@ -172,7 +172,7 @@ def edges_between(structure: GraphStructure, nodes: torch.Tensor) -> torch.Tenso
     """``[S, R]`` bool: every edge whose sender and receiver's node are both in ``nodes`` ([n_nodes] bool)."""
     dev = nodes.device
     senders = nodes[: structure.n_senders]
-    receivers = nodes[structure.on(dev).receiver_node]  # logits node is nodes[-1]
+    receivers = (structure.on(dev).receiver_nodes & nodes[None, :]).any(1)  # feeds a node in; logits is nodes[-1]
     return structure.on(dev).edge_mask & senders[:, None] & receivers[None, :]
 
 
@@ -227,14 +227,14 @@ def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolu
     position[order[:, 0], order[:, 1]] = torch.arange(n)
     n_up = structure.n_upstream.tolist()
 
-    node_receivers: list[list[int]] = [[] for _ in range(S + 1)]
-    for r, node in enumerate(structure.receiver_node.tolist()):
-        node_receivers[node].append(r)
+    node_receivers = structure.node_receivers()
 
     columns: dict[int, tuple[list[float], list[int], list[int]]] = {}
     heap: list[tuple[float, int, int, int]] = []  # (-key, MIB position, receiver, rank within receiver)
 
     def open_receiver(r: int) -> None:
+        if r in columns:  # a grouped k/v receiver, opened by another head of its group
+            return
         senders = col_sender[: n_up[r], r]
         columns[r] = (col_key[: n_up[r], r].tolist(), senders.tolist(), position[senders, r].tolist())
         keys, _, pos = columns[r]

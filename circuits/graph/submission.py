@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from circuits.errors import CircuitsError
+from circuits.graph.grouped import expand_grouped
 from circuits.graph.io import GraphFormatError, load, save, write_mib_pt
 from circuits.graph.structure import GraphStructure
 
@@ -86,9 +87,12 @@ def export_submission(graph: Graph, root: str | os.PathLike, *, task: str, model
     ``kind="importances"``: one file with every edge's score (``importances.json`` / ``.pt``).
     ``kind="circuits"``: nine circuits, the top edges by score (``absolute``: by ``|score|``) at each of
     :data:`MIB_FRACTIONS`, pruned to input-to-logits paths, each within its fraction.
-    Run :func:`check_submission` on ``root`` once every task and model is in.
+    Run :func:`check_submission` on ``root`` once every task and model is in. A graph with grouped k/v
+    receivers (``grouped_kv``) is written with MIB's per-head names (:func:`~circuits.graph.grouped.expand_grouped`:
+    scores divided by the group size, flags copied), circuits selected after the expansion.
     """
     name = folder_name(task, model)
+    graph = expand_grouped(graph)  # MIB names k/v receivers per query head (circuits.graph.grouped)
     problem = _check_shape(graph.structure, model, f"{name}")
     if problem:
         raise SubmissionError(problem)

@@ -50,14 +50,13 @@ def to_networkx(graph: Graph, circuit_only: bool = True) -> nx.DiGraph:
     order, scores, flags = _edge_table(graph, circuit_only)
     node_in = graph.node_in_graph.detach().cpu()  # [n_nodes]
     node_scores = None if graph.node_scores is None else graph.node_scores.detach().cpu().tolist()
-    recv_node = st.receiver_node  # [R]
 
     # Which nodes to show: in the circuit, or an endpoint of a shown edge (so the view is never inconsistent).
     show = torch.ones(st.n_nodes, dtype=torch.bool) if not circuit_only else node_in.clone()
     show[order[:, 0]] = True
-    show[recv_node[order[:, 1]]] = True
     recv_shown = torch.zeros(st.n_receivers, dtype=torch.bool)  # q/k/v inputs with a shown edge
     recv_shown[order[:, 1]] = True
+    show |= st.nodes_fed(recv_shown)
     recv_in = graph.in_graph.detach().cpu().any(0)  # [R] receiver has a circuit edge
 
     g = nx.DiGraph(cfg=st.cfg(), metadata=copy.deepcopy(graph.metadata))
@@ -75,10 +74,15 @@ def to_networkx(graph: Graph, circuit_only: bool = True) -> nx.DiGraph:
             r = st.qkv_receiver(node.layer, node.head, q)
             if circuit_only and not recv_shown[r]:
                 continue
-            name = st.receivers[r].name
+            receiver = st.receivers[r]
             on = bool(recv_in[r] and node_in[i])
-            g.add_node(name, kind="qkv", layer=node.layer, head=node.head, qkv=q, in_circuit=on)
-            g.add_edge(name, node.name, structural=True, in_circuit=on)
+            if receiver.group is None:
+                g.add_node(receiver.name, kind="qkv", layer=node.layer, head=node.head, qkv=q, in_circuit=on)
+            else:  # a grouped k/v input: one node linked to every head of its group
+                on = on or bool(g.nodes[receiver.name]["in_circuit"]) if receiver.name in g else on
+                g.add_node(receiver.name, kind="qkv", layer=node.layer, head=-1, group=receiver.group, qkv=q,
+                           in_circuit=on)
+            g.add_edge(receiver.name, node.name, structural=True, in_circuit=bool(recv_in[r] and node_in[i]))
 
     snames = [n.name for n in st.senders]
     rnames = [r.name for r in st.receivers]

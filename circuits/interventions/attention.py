@@ -3,6 +3,11 @@ embeddings, causal and sliding-window masks, and the per-head attention of the d
 
 Shapes: ``H`` query heads, ``K`` key/value groups (or H), ``N`` rows, ``P`` positions, ``d`` model width,
 ``e`` head width.
+
+Keys and values are made once per weight row (``K`` of them), rotated, and only then handed to the query heads
+that use them (:func:`kv_per_query_head`). Their input is either one stream for all, one per query head (MIB's
+per-head k/v receivers: head h's k from head h's own input with group ``h // (H/K)``'s weight) or one per group
+(``GraphStructure.grouped_kv``: each group's k/v from the group's own input, computed once).
 """
 
 from __future__ import annotations
@@ -17,16 +22,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.architectures import Attention, Norm
 
 
-def head_subset(attn: Attention, heads: list[int]) -> Attention:
-    """The attention of ``heads`` only (each with its own key/value weights, grouped or not)."""
+def head_subset(attn: Attention, heads: list[int], grouped: bool = False) -> Attention:
+    """The attention of ``heads`` only: each with its own key/value weights (per-head k/v inputs), or, with
+    ``grouped``, the weights of the groups they are in, once each (``kv_of_head`` says which is whose)."""
     idx = torch.tensor(heads, dtype=torch.long, device=attn.W_Q.device)
     kv = idx // (attn.n_heads // attn.n_kv_heads)
+    of_head = None
+    if grouped:  # the groups these heads use, in order, and each head's row among them
+        kv, of_head = torch.unique(kv, sorted=True, return_inverse=True)
+
     def pick(t: Tensor | None, i: Tensor) -> Tensor | None:
         return None if t is None else t.index_select(0, i)
 
     return dataclasses.replace(attn, W_Q=attn.W_Q.index_select(0, idx), W_K=attn.W_K.index_select(0, kv),
                                W_V=attn.W_V.index_select(0, kv), W_O=attn.W_O.index_select(0, idx),
-                               b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv), b_V=pick(attn.b_V, kv))
+                               b_Q=pick(attn.b_Q, idx), b_K=pick(attn.b_K, kv), b_V=pick(attn.b_V, kv),
+                               kv_of_head=of_head)
+
+
+def kv_per_query_head(t: Tensor, attn: Attention) -> Tensor:
+    """``[K', N, P, e]`` keys or values, one per weight row (or already one per head) -> ``[H, N, P, e]``: each
+    query head's, routed by index (``attn.kv_of_head``, or head h <- row ``h // (H / K)``)."""
+    H = attn.n_heads
+    if attn.kv_of_head is not None:  # a subset of heads whose groups' k/v were made once each
+        return t.index_select(0, attn.kv_of_head)
+    if t.shape[0] == H:
+        return t
+    return t.repeat_interleave(H // t.shape[0], dim=0)
 
 
 def allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch.device,
@@ -45,8 +67,10 @@ def allowed_keys(attention_mask: Tensor | None, shape: torch.Size, device: torch
 
 def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, allowed: Tensor,
                      qkv: tuple[Tensor, Tensor, Tensor] | None = None, query_rows: Tensor | None = None) -> Tensor:
-    """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each) or ``[1, N, P, d]``
-    (one stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (``[H, N, P, e]`` each).
+    """Per-head attention. ``x`` is ``[3H, N, P, d]`` (every q, k, v input its own, H each), ``[H + 2K, N, P, d]``
+    (H queries, then one k and one v input per key/value weight row: grouped receivers) or ``[1, N, P, d]`` (one
+    stream for all); returns ``z [H, N, P, e]``. ``qkv``: projections already made (q ``[H, N, P, e]``, k and v
+    ``[H | K, N, P, e]``).
 
     ``query_rows [N, K]``: the positions whose output anything reads (the last layer's, when only the logits at a
     task's read positions follow): queries, scores and ``z [H, N, K, e]`` are computed there only, keys and
@@ -61,20 +85,24 @@ def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, 
     if qkv is not None:
         q, k, v = qkv
         q = at_queries(q)
-    elif x.shape[0] == 1:
+    elif x.shape[0] == 1:  # keys and values once per weight row, handed to the heads after the rotation
         xn = norm(x)
         q = project(at_queries(xn), attn.W_Q, attn.b_Q, H)
-        k, v = (project(xn, W, b, H) for W, b in ((attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
-    elif x.dtype in (torch.float32, torch.float64):
-        # 3H separate inputs: fold the norm into the projections instead of materialising 3H normalised copies
-        q = project_folded(at_queries(x[:H]), norm, attn.W_Q, attn.b_Q, H)
-        k, v = (project_folded(x[i * H:(i + 1) * H], norm, W, b, H)
-                for i, (W, b) in ((1, (attn.W_K, attn.b_K)), (2, (attn.W_V, attn.b_V))))
-    else:  # half precision: normalise exactly as the model does, the order of roundings matters there
-        xn = norm(x)
-        q = project(at_queries(xn[:H]), attn.W_Q, attn.b_Q, H)
-        k, v = (project(xn[i * H:(i + 1) * H], W, b, H)
-                for i, (W, b) in ((1, (attn.W_K, attn.b_K)), (2, (attn.W_V, attn.b_V))))
+        k, v = (project(xn, W, b, W.shape[0]) for W, b in ((attn.W_K, attn.b_K), (attn.W_V, attn.b_V)))
+    else:
+        G = (x.shape[0] - H) // 2  # k (and v) inputs: H (one per query head) or K (one per group)
+        n = H if G == H else attn.n_kv_heads  # heads the projection gives out: per input, or once per group
+        xk, xv = x[H:H + G], x[H + G:H + 2 * G]
+        if x.dtype in (torch.float32, torch.float64):
+            # separate inputs: fold the norm into the projections instead of materialising normalised copies
+            q = project_folded(at_queries(x[:H]), norm, attn.W_Q, attn.b_Q, H)
+            k, v = (project_folded(xi, norm, W, b, n) for xi, W, b in ((xk, attn.W_K, attn.b_K),
+                                                                        (xv, attn.W_V, attn.b_V)))
+        else:  # half precision: normalise exactly as the model does, the order of roundings matters there
+            xn = norm(x)
+            q = project(at_queries(xn[:H]), attn.W_Q, attn.b_Q, H)
+            k, v = (project(xn[H + i * G:H + (i + 1) * G], W, b, n)
+                    for i, (W, b) in ((0, (attn.W_K, attn.b_K)), (1, (attn.W_V, attn.b_V))))
     if query_rows is not None:
         allowed = allowed.gather(1, query_rows[..., None].expand(*query_rows.shape, allowed.shape[-1]))  # [N, K, P]
     if attn.rotary is not None:
@@ -83,6 +111,7 @@ def attention_values(attn: Attention, norm: Norm, x: Tensor, positions: Tensor, 
         if query_rows is not None:
             cos, sin = attn.rotary(q, positions.gather(1, query_rows))  # [N, K, r]
         q = rotate(q, cos, sin)
+    k, v = kv_per_query_head(k, attn), kv_per_query_head(v, attn)  # [H, N, P, e]
     scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [H, N, P | K, P]
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     if attn.softmax is not None:  # a backward rule's softmax (same forward)

@@ -77,10 +77,10 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             all_heads = structure.attn_receivers(layer_idx)
             receivers: slice | list[int] = all_heads
             attn = layer.attn
-            if len(heads) < H:  # only the computed heads' q, k, v receivers read
-                receivers = [all_heads.start + i * H + h for i in range(3) for h in heads]
-                attn = head_subset(layer.attn, heads)
-            x = residual.read(receivers, then=mlp_r)  # [3H' | 1, N, P, d]
+            if len(heads) < H:  # only the computed heads' q, k, v receivers read (k, v: their groups', if grouped)
+                receivers = structure.head_inputs(layer_idx, heads)
+                attn = head_subset(layer.attn, heads, grouped=structure.grouped_kv)
+            x = residual.read(receivers, then=mlp_r)  # [3H' | H' + 2G' | 1, N, P, d]
             qkv = residual.project_qkv(x, attn, layer.attn_norm)
             last = readout_only and layer_idx == len(spec.layers) - 1  # only the read positions are read after it
             query_rows = read_rows if last else None

@@ -41,10 +41,9 @@ def active_senders(structure: GraphStructure, masks: Tensor, ablated_is_a_run: b
     m = m & structure.edge_mask.to(m.device)
     needed = m.any(2)  # [C, S]: feeds something
     if ablated_is_a_run:
-        fed = torch.zeros(m.shape[0], structure.n_senders + 1, device=m.device)
-        fed.index_add_(1, structure.receiver_node.to(m.device), m.any(1).float())  # input edges per node
-        fed[:, 0] = 1.0  # the input embedding is its own source
-        needed = needed & (fed[:, :-1] > 0)
+        fed = structure.nodes_fed(m.any(1))  # [C, S + 1]: nodes with an input edge
+        fed[:, 0] = True  # the input embedding is its own source
+        needed = needed & fed[:, :-1]
     return needed.any(0).cpu()
 
 
@@ -419,7 +418,7 @@ class IncrementalResidual(MaskedResidual):
         S = structure.n_senders
         changed = torch.zeros(S + 1, dtype=torch.bool)
         differs = (masks != (self.held.mask * edges)[None]).any(0).any(0)  # [R]
-        changed[structure.receiver_node[differs]] = True
+        changed |= structure.nodes_fed(differs)
         changed[:S] |= torch.tensor(self.active) & ~self.held.exact  # read here, not held exactly
         self.computed = structure.descendants(changed, (masks != 0).any(0))  # [S]
         self._computed = self.computed.tolist()

@@ -114,7 +114,7 @@ class GradientProbe(PlainResidual):
         if any(t is not None and t.requires_grad for t in (attn.W_Q, attn.W_K, attn.W_V, norm.weight)):
             raise RuntimeError("attribution runs differentiate activations only: build the spec through "
                                "CircuitModel.spec, whose weight views carry no autograd history")
-        return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm)
+        return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm, self.structure.n_kv_receivers)
 
     def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
         R = grad.shape[0]
@@ -159,44 +159,50 @@ def _fp32_product(a: Tensor, b: Tensor) -> Tensor:
 
 class _ProbedProjection(torch.autograd.Function):
     """``norm(x) @ W_{Q,K,V}`` for all heads, whose backward scores each head's q/k/v receiver (see
-    :meth:`GradientProbe.project_qkv`). Weights are constants here (attribution freezes them)."""
+    :meth:`GradientProbe.project_qkv`). Weights are constants here (attribution freezes them).
+
+    ``G`` k (and v) receivers: ``H`` (MIB's, one per query head: k and v come out ``[H, B, P, e]``, each head's own
+    gradient) or the key/value groups (grouped receivers: ``[G, B, P, e]``, made once; the attention hands them to
+    the heads, so each arrives here with the sum of its heads' gradients, the group receiver's own)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, probe: "GradientProbe", n: int, r0: int, attn, norm):  # x [1, B, P, d]
+    def forward(ctx, x: Tensor, probe: "GradientProbe", n: int, r0: int, attn, norm, G: int):  # x [1, B, P, d]
         H = attn.n_heads
         xn = norm(x)
-        qkv = [project(xn, W, b, H) for W, b in ((attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V))]
-        ctx.probe, ctx.n, ctx.r0, ctx.attn, ctx.norm = probe, n, r0, attn, norm
+        qkv = [project(xn, W, b, h) for W, b, h in ((attn.W_Q, attn.b_Q, H), (attn.W_K, attn.b_K, G),
+                                                    (attn.W_V, attn.b_V, G))]
+        ctx.probe, ctx.n, ctx.r0, ctx.attn, ctx.norm, ctx.sizes = probe, n, r0, attn, norm, (H, G, G)
         ctx.save_for_backward(x)
         return tuple(qkv)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # each [H, B, P, e] (None when unused)
+    def backward(ctx, *grads: Tensor):  # q [H, B, P, e], k and v [G, B, P, e] (None when unused)
         (x,) = ctx.saved_tensors
         attn, norm, probe = ctx.attn, ctx.norm, ctx.probe
-        H = attn.n_heads
         x_hat, inv = _norm_stats(norm, x[0])  # [B, P, d], [B, P, 1]
         frozen = bool(getattr(norm, "frozen", False))  # a backward rule froze the norm's statistics
         total = torch.zeros_like(x_hat)
         P = x_hat.shape[1]
         step = probe.position_chunk or P
-        for i, (g, W) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V))):
+        r = ctx.r0
+        for i, (g, W, size) in enumerate(zip(grads, (attn.W_Q, attn.W_K, attn.W_V), ctx.sizes)):
+            r, first = r + size, r
             if g is None:
                 continue
             if probe.qkv_scale[i] != 1.0:  # a backward rule's q/k/v gradient scale (GIM)
                 g = g * probe.qkv_scale[i]
-            receivers = slice(ctx.r0 + i * H, ctx.r0 + (i + 1) * H)
+            receivers = slice(first, r)
             if step >= P:
-                g_x = _norm_vjp_heads(norm, x_hat, inv, g, W, frozen)  # [H, B, P, d]: each head's own input gradient
+                g_x = _norm_vjp_heads(norm, x_hat, inv, g, W, frozen)  # [H | G, B, P, d]: each receiver's own gradient
                 probe._score(g_x, ctx.n, receivers)
                 total += g_x.sum(0)
                 continue
-            for p0 in range(0, P, step):  # position chunks: g_x [H, B, p, d]
+            for p0 in range(0, P, step):  # position chunks: g_x [H | G, B, p, d]
                 at = slice(p0, min(P, p0 + step))
                 g_x = _norm_vjp_heads(norm, x_hat[:, at], inv[:, at], g[:, :, at], W, frozen)
                 probe._score_positions(g_x, ctx.n, receivers, at, P)
                 total[:, at] += g_x.sum(0)
-        return total[None].to(x.dtype), None, None, None, None, None
+        return total[None].to(x.dtype), None, None, None, None, None, None
 
 
 def _norm_stats(norm, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,7 +7,8 @@ them. Every weight is a *view* of the Hugging Face parameter, never a copy: an 8
 
 Weight layouts (H query heads, G key/value groups, d model width, e head width):
 ``W_Q [H, d, e]``, ``W_K / W_V [G, d, e]``, ``W_O [H, e, d]``. Grouped-query attention keeps ``G < H``
-weights; the forward computes each query head's k/v from that head's own input with its group's weight.
+weights; the forward computes each query head's k/v from that head's own input with its group's weight (MIB's
+per-head receivers), or, with ``grouped_kv``, each group's k/v once from the group's own input.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Attention:
     rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None  # (x, position_ids) -> cos, sin [N, P, r]
     # scores [H, N, P, P] -> pattern: a backward rule's softmax (circuits.interventions.rules); None: the softmax
     softmax: Callable[[Tensor], Tensor] | None = None
+    # [H] long: each query head's row of W_K / W_V, for a subset of heads of grouped k/v receivers
+    # (circuits.interventions.attention.head_subset); None: head h uses row h // (H / G)
+    kv_of_head: Tensor | None = None
 
     @property
     def n_heads(self) -> int:
@@ -130,6 +134,7 @@ class TransformerSpec:
     parallel_attn_mlp: bool
     max_positions: int | None
     sliding_window: int | None = None
+    grouped_kv: bool = False  # one k and one v receiver per key/value group (GraphStructure.grouped_kv)
 
     @property
     def d_model(self) -> int:
@@ -140,7 +145,7 @@ class TransformerSpec:
         attn = self.layers[0].attn
         return GraphStructure(n_layers=len(self.layers), n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads,
                               parallel_attn_mlp=self.parallel_attn_mlp, d_model=self.d_model,
-                              has_mlp=self.layers[0].mlp is not None)
+                              has_mlp=self.layers[0].mlp is not None, grouped_kv=self.grouped_kv)
 
 
 # Hugging Face's ``gelu_new`` is six elementwise passes over the MLP's hidden activations; torch's tanh-approximate

@@ -7,6 +7,7 @@ The Hugging Face model stays the owner of the weights (``model.hf``); this wrapp
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,11 +34,17 @@ class CircuitModel:
     >>> ids = torch.tensor([[1, 2, 3]])
     >>> torch.allclose(model.logits(ids), model.hf(ids).logits, atol=1e-5)
     True
+
+    ``grouped_kv``: the graph has one k and one v receiver per key/value group instead of MIB's one per query
+    head (:class:`~circuits.graph.structure.GraphStructure`; the same graph when the model has no grouped-query
+    attention). Every run of this model, and every graph discovered on it, then uses grouped receivers.
     """
 
-    def __init__(self, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
+    def __init__(self, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,
+                 grouped_kv: bool = False):
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
+        self._grouped_kv = bool(grouped_kv)
         config = hf_model.config
         self.name: str = name or getattr(config, "name_or_path", None) or str(config.model_type)
         self._spec_key: tuple | None = None
@@ -45,9 +52,22 @@ class CircuitModel:
         _ = self.spec  # read once now: an unsupported architecture fails here, not at the first forward
 
     @classmethod
-    def from_hf(cls, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None) -> CircuitModel:
+    def from_hf(cls, hf_model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,
+                grouped_kv: bool = False) -> CircuitModel:
         """Wrap an already-loaded ``transformers`` causal LM (and its tokenizer, if tasks will be built)."""
-        return cls(hf_model, tokenizer, name)
+        return cls(hf_model, tokenizer, name, grouped_kv=grouped_kv)
+
+    def with_grouped_kv(self, grouped_kv: bool = True) -> CircuitModel:
+        """This model (the same weights, not copied) with grouped or per-head (MIB) k/v receivers."""
+        if bool(grouped_kv) == self._grouped_kv:
+            return self
+        return CircuitModel(self.hf, self.tokenizer, self.name, grouped_kv=grouped_kv)
+
+    @property
+    def grouped_kv(self) -> bool:
+        """The graph has k/v receivers per key/value group (False: per query head, MIB's; always False for a model
+        without grouped-query attention, whose groups are its heads)."""
+        return self.structure.grouped_kv
 
     # ---- what the model is ---------------------------------------------------------------------------------
     @property
@@ -60,7 +80,10 @@ class CircuitModel:
         p = self._embedding()
         key = (p.device, p.dtype, p.data_ptr())
         if self._spec is None or key != self._spec_key:
-            self._spec, self._spec_key = _detached(read_transformer(self.hf)), key
+            spec = read_transformer(self.hf)
+            if self._grouped_kv:
+                spec = dataclasses.replace(spec, grouped_kv=True)
+            self._spec, self._spec_key = _detached(spec), key
         return self._spec
 
     def _embedding(self) -> Tensor:

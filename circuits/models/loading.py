@@ -43,7 +43,7 @@ def zoo_models() -> list[str]:
 
 
 def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-               tokenizer=None) -> CircuitModel:
+               tokenizer=None, grouped_kv: bool | None = None) -> CircuitModel:
     """Load a causal LM for circuit discovery.
 
     ``spec`` is a hub id (``"gpt2"``, ``"EleutherAI/pythia-70m"``), a local Hugging Face folder, a bundled
@@ -52,11 +52,19 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     (``"tiny-random"``, ``"tiny-random:llama"``: for tests and dry runs), or an already-loaded ``transformers``
     model (see :func:`parse_model_spec` for the grammar).
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` to the checkpoint's own.
+    ``grouped_kv``: k and v receivers per key/value group instead of MIB's per query head (grouped-query models;
+    Llama-3.1-8B: 805,681 edges instead of 1,592,881; see :class:`~circuits.graph.structure.GraphStructure`);
+    None: per head, or a given :class:`CircuitModel`'s own setting.
 
     >>> load_model("zoo:no-such-model")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     ModelNotFoundError: no bundled model 'no-such-model'; use one of zoo:...
     """
+    model = _load(spec, device, dtype, tokenizer)
+    return model if grouped_kv is None else model.with_grouped_kv(grouped_kv)
+
+
+def _load(spec, device, dtype, tokenizer) -> CircuitModel:
     if isinstance(spec, CircuitModel):
         return spec
     dtype = resolve_dtype(dtype)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from circuits.graph.grouped import expand_grouped
 from circuits.plotting.style import (
     GRID,
     HEAD_EDGE,
@@ -153,6 +154,7 @@ def draw_circuit(graph: Graph, path: str | os.PathLike | None = None, *, circuit
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
+    graph = expand_grouped(graph)  # grouped k/v receivers are drawn at each head's k/v port (score shares)
     st = graph.structure
     pos = layout(st)
     frame, n_total = _edge_table(graph, circuit_only, max_edges)
@@ -306,8 +308,9 @@ def to_dot(graph: Graph, *, circuit_only: bool = True, max_edges: int | None = N
     Each head's q/k/v inputs are small nodes of their own (``"a3.h2<q>"``, shapes and colours as in the
     matplotlib legend) joined to their head by a dashed structural edge, so every circuit edge appears literally
     as ``"SENDER" -> "RECEIVER"`` with MIB's names, coloured by sign, ``penwidth`` by ``|score|``, and the name
-    and score in its ``tooltip``.
+    and score in its ``tooltip``. Grouped k/v receivers are drawn as MIB's per-head ones (score shares).
     """
+    graph = expand_grouped(graph)
     st = graph.structure
     frame, n_total = _edge_table(graph, circuit_only, max_edges)
     if circuit_only:

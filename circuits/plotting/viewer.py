@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from circuits.errors import CircuitsError
+from circuits.graph.grouped import expand_grouped
 from circuits.plotting.circuit import layout
 from circuits.plotting.style import HEAD_EDGE, HEAD_FILL, MLP_EDGE, MLP_FILL, NEGATIVE, POSITIVE, QKV_STYLE
 
@@ -90,6 +91,7 @@ def viewer_data(graph: Graph, *, max_edges: int = DEFAULT_MAX_EDGES, faithfulnes
 
     if max_edges < 1:
         raise ViewerError(f"max_edges must be at least 1, got {max_edges}")
+    graph = expand_grouped(graph)  # grouped k/v receivers shown at each head's k/v port (score shares)
     st = graph.structure
     order = st.edge_order  # [E, 2] (sender, receiver), MIB order
     scores = graph.scores.detach().cpu().double()[order[:, 0], order[:, 1]]  # [E]

@@ -147,13 +147,15 @@ class CircuitSession:
     positions (:meth:`fit`). ``examples_per_pass`` / ``position_chunk``: explicit chunk sizes (examples of a batch
     per pass; positions per chunk of the attribution backward). ``show_progress``: progress bars of long work
     (None: when stderr is a terminal). ``extras`` collects what a discovery method reports besides its scores.
+    ``grouped_kv``: run the model with k/v receivers per key/value group (True) or per query head (False, MIB's);
+    None: as the model is (:meth:`CircuitModel.with_grouped_kv`).
     """
 
     def __init__(self, model: CircuitModel, task: Task, *, ablation: str = "corrupted", split: str = "all",
                  reference: Task | None = None, metric: Metric | str | None = None, batch_size: int = 16,
                  circuits_per_pass: int | None = None, memory_budget: int | str | None = None,
                  examples_per_pass: int | None = None, position_chunk: int | None = None,
-                 show_progress: bool | None = None):
+                 show_progress: bool | None = None, grouped_kv: bool | None = None):
         try:
             self.ablation: str = check_ablation(ablation)
         except AblationError as err:
@@ -170,7 +172,7 @@ class CircuitSession:
                 memory_budget = parse_memory(memory_budget)
             except ValueError as err:
                 raise MemoryBudgetError(str(err)) from None
-        self.model = model
+        self.model = model if grouped_kv is None else model.with_grouped_kv(grouped_kv)
         self.task_name: str = task.name
         self.data, default_reference, self.split = resolve_split(task, split)
         self.reference: Task = default_reference if reference is None else reference

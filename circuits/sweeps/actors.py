@@ -51,14 +51,16 @@ if TYPE_CHECKING:  # pragma: no cover
 #: What one spread discovery's actors rebuild their session from (sent with every piece of work, so an actor
 #: that Ray restarted builds it again): (key, [task ref], [reference ref], ablation, batch size). The refs are in
 #: lists so Ray passes them as references, fetched only by an actor that has no session for the key yet.
-# (key, [task ref], [reference ref], ablation, batch size, the driver's fitted chunks: examples per pass, position
-# chunk, stacked steps): every replica runs the passes the driver's session fitted to its memory budget.
+# (key, [task ref], [reference ref], ablation, batch size, the driver's run settings: examples per pass, position
+# chunk, stacked steps, grouped k/v): every replica runs the graph and the passes of the driver's session (the
+# chunks it fitted to its memory budget).
 Setup = tuple[str, list, list, str, int, tuple]
 
 
-def _chunks_of(session: CircuitSession) -> tuple[int | None, int | None, int | None]:
-    """The chunks the driver's session runs (its own or fitted to its memory budget): the replicas run the same."""
-    return session.examples_per_pass, session.position_chunk, session.steps_per_pass
+def _chunks_of(session: CircuitSession) -> tuple[int | None, int | None, int | None, bool]:
+    """The chunks the driver's session runs (its own or fitted to its memory budget) and its graph (grouped k/v
+    receivers or MIB's): the replicas run the same."""
+    return session.examples_per_pass, session.position_chunk, session.steps_per_pass, session.model.grouped_kv
 
 
 def _setup_key(session: CircuitSession) -> str:
@@ -78,7 +80,7 @@ class _Replica:
 
     def __init__(self, model: Any, task: Any, ablation: str, split: str, batch_size: int,
                  circuits_per_pass: int | None, threads: int | None, task_options: dict | None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, grouped_kv: bool | None = None):
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         if isinstance(model, str):
@@ -93,7 +95,7 @@ class _Replica:
             task = load_task(task, model, **(task_options or {}))
         self.model, self.task = model, task
         self.session = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
-                                      circuits_per_pass=circuits_per_pass)
+                                      circuits_per_pass=circuits_per_pass, grouped_kv=grouped_kv)
         self.discovery: tuple[str, CircuitSession] | None = None  # the latest spread discovery's session
         self.acdc_evaluators: dict = {}
 
@@ -113,14 +115,14 @@ class _Replica:
 
     # ---- a discovery spread over the pool -------------------------------------------------------------------
     def _discovery_session(self, setup: Setup) -> CircuitSession:
-        key, task, reference, ablation, batch_size, (examples, positions, steps) = setup
+        key, task, reference, ablation, batch_size, (examples, positions, steps, grouped) = setup
         if self.discovery is None or self.discovery[0] != key:
             import ray
 
             self.discovery = None  # free the previous run's cached activations first
             session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, split="all",
                                      reference=ray.get(reference[0]), batch_size=batch_size, show_progress=False,
-                                     examples_per_pass=examples, position_chunk=positions)
+                                     examples_per_pass=examples, position_chunk=positions, grouped_kv=grouped)
             session.steps_per_pass = steps
             self.discovery = (key, session)
         return self.discovery[1]
@@ -146,7 +148,7 @@ class _Replica:
     def acdc_objective(self, setup: Setup, metric: str, fast: bool, masks: torch.Tensor,
                        anchor: torch.Tensor | None) -> torch.Tensor:
         """ACDC's objective of candidate circuits, by an evaluator built (once per run) on the driver's data."""
-        key, task, reference, ablation, batch_size, (examples, _, _) = setup
+        key, task, reference, ablation, batch_size, (examples, _, _, grouped) = setup
         if key not in self.acdc_evaluators:
             import ray
 
@@ -154,7 +156,7 @@ class _Replica:
 
             self.acdc_evaluators = {}
             session = CircuitSession(self.model, ray.get(task[0]), ablation=ablation, batch_size=batch_size,
-                                     reference=ray.get(reference[0]), examples_per_pass=examples)
+                                     reference=ray.get(reference[0]), examples_per_pass=examples, grouped_kv=grouped)
             self.acdc_evaluators[key] = CandidateEvaluator(session, objective_metric(session, metric), fast)
         return self.acdc_evaluators[key].objective(masks, anchor)
 
@@ -174,14 +176,17 @@ class EvaluatorPool:
     spread over the cluster's nodes. ``max_restarts``: how often Ray restarts a lost actor (its work goes to the
     others meanwhile). ``chunks_per_actor``: pieces of work per actor in a discovery (more: finer balance and
     less recomputed after a loss; fewer: fewer score tensors sent back). ``on_progress(done, total)``: called
-    on the driver as the units of a discovery finish. Ray must be initialised (``circuits.sweeps.ray_session()``).
+    on the driver as the units of a discovery finish. ``grouped_kv``: the replicas' evaluation graph (k/v receivers
+    per key/value group, or MIB's per head; None: as the model loads); a discovery follows its driver session's.
+    Ray must be initialised (``circuits.sweeps.ray_session()``).
     """
 
     def __init__(self, model: Any, task: Any, *, n_actors: int = 2, ablation: str = "corrupted",
                  split: str = "validation", batch_size: int = 32, circuits_per_pass: int | None = None,
                  cpus: float = 1, gpus: float | str = "auto", task_options: dict | None = None,
                  device: str | None = None, dtype: str | None = None, max_restarts: int = 3,
-                 chunks_per_actor: int = 4, on_progress: Callable[[int, int], None] | None = None):
+                 chunks_per_actor: int = 4, on_progress: Callable[[int, int], None] | None = None,
+                 grouped_kv: bool | None = None):
         import ray
 
         if not ray.is_initialized():
@@ -196,7 +201,7 @@ class EvaluatorPool:
         self.ablation, self.split, self.batch_size = ablation, split, batch_size
         self.max_restarts, self.chunks_per_actor, self.on_progress = max_restarts, chunks_per_actor, on_progress
         self._model, self._task, self._task_options = model, task, task_options
-        self._device, self._dtype = device, dtype
+        self._device, self._dtype, self._grouped_kv = device, dtype, grouped_kv
         # max_task_retries=0: a call lost with its actor comes back here, and _dispatch gives it to a live actor
         actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts,
                                              max_task_retries=0, scheduling_strategy="SPREAD")
@@ -207,7 +212,7 @@ class EvaluatorPool:
         # Ray actor handles: _Replica's methods are called as ``handle.method.remote(...)``, which Ray types only
         # for @ray.method-decorated methods (ray is imported lazily here, so they are not decorated): untyped.
         self.actors: list[Any] = [actor.remote(model_ref, task_ref, ablation, split, batch_size, circuits_per_pass,
-                                              max(1, int(cpus)), task_options, device, dtype)
+                                              max(1, int(cpus)), task_options, device, dtype, grouped_kv)
                                  for _ in range(n_actors)]
         (self.metric_full, self.metric_empty, self.n_examples, self.ablation, self.split, self.task_name,
          metric_name, self.structure, self.model_name) = self._dispatch(
@@ -306,6 +311,8 @@ class EvaluatorPool:
             from circuits.sweeps.job import resolve_model
 
             model = self._model = resolve_model(model, "cpu", self._dtype)
+        if self._grouped_kv is not None:  # the graph the replicas evaluate (the same weights)
+            model = model.with_grouped_kv(self._grouped_kv)
         if isinstance(task, str):
             from circuits.tasks import load_task
 

@@ -149,3 +149,29 @@ def test_a_spread_run_keeps_the_driver_s_chunks(setup):
     a, b, c = (_scores(g) for g in (whole, one, spread))
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
     assert float((b - c).abs().max()) <= 1e-5 * float(b.abs().max())
+
+
+def test_grouped_kv_graphs_on_the_pool_equal_one_process(ray_cluster):
+    """A grouped-query model's grouped graph (k/v receivers per key/value group) spread over 2 replicas: the
+    replicas run the driver's graph, so discovery and the curve equal one process's on the grouped graph. (cpus=0:
+    the module's pool holds the test cluster's CPUs.)"""
+    from circuits.tasks import task_vocabulary, word_level_tokenizer
+    from tests.discovery.conftest import perturbed_random_model
+
+    per_head = perturbed_random_model(word_level_tokenizer(task_vocabulary()), "llama", 2, dtype=torch.float32,
+                                      n_kv_heads=2)
+    grouped = per_head.with_grouped_kv(True)
+    task = circuits.load_task("ioi", per_head, n=12, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = circuits.discover(grouped, task, "eap", batch_size=3)
+        curve_one = circuits.faithfulness_curve(grouped, task, one, fractions=[0.1, 0.5], batch_size=3)
+    with EvaluatorPool(per_head, task, n_actors=2, batch_size=3, gpus=0, cpus=0,
+                       grouped_kv=True) as pool:
+        spread = pool.discover("eap", batch_size=3)
+        curve = pool.faithfulness_curve(spread, fractions=[0.1, 0.5])
+    assert spread.structure.grouped_kv and spread.structure.n_edges == grouped.structure.n_edges
+    a, b = _scores(one), _scores(spread)
+    assert float(a.abs().max()) > 0 and float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    torch.testing.assert_close(torch.tensor(curve.faithfulness), torch.tensor(curve_one.faithfulness),
+                               rtol=1e-5, atol=1e-6)
