@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Setup = tuple[str, list, list, str, int, tuple]
 
 
-def _chunks_of(session: CircuitSession) -> tuple[int | None, int | None, int | None, bool]:
+def _run_settings(session: CircuitSession) -> tuple[int | None, int | None, int | None, bool]:
     """The chunks the driver's session runs (its own or fitted to its memory budget) and its graph (grouped k/v
     receivers or MIB's): the replicas run the same."""
     return session.examples_per_pass, session.position_chunk, session.steps_per_pass, session.model.grouped_kv
@@ -70,7 +70,7 @@ def _setup_key(session: CircuitSession) -> str:
         for t in (task.clean, task.corrupted):
             h.update(t.numpy().tobytes())
     h.update(repr((session.ablation, session.metric.name, session.batch_size, session.n_examples,
-                   _chunks_of(session))).encode())
+                   _run_settings(session))).encode())
     return h.hexdigest()
 
 
@@ -340,7 +340,7 @@ class EvaluatorPool:
                                  f"a pool spreads {', '.join(spread)}, acdc's candidate batches and ensembles of them")
         ray = self.ray
         setup: Setup = (_setup_key(session), [ray.put(session.data)], [ray.put(session.reference)],
-                        session.ablation, session.batch_size, _chunks_of(session))
+                        session.ablation, session.batch_size, _run_settings(session))
         n_units = self._dispatch(lambda a, _: a.units.remote(setup, method.name, params), [None])[0]
         if check:
             self._dispatch(lambda a, _: a.check_signal.remote(setup), [None])
@@ -386,7 +386,7 @@ class EvaluatorPool:
                 self.metric = "task" if metric is session.metric else "kl"
                 self.setup: Setup = (f"{_setup_key(session)}-{self.metric}-{fast}", [pool.ray.put(session.data)],
                                      [pool.ray.put(session.reference)], session.ablation, session.batch_size,
-                                     _chunks_of(session))
+                                     _run_settings(session))
 
             def objective(self, masks: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
                 masks = masks.detach().cpu()
