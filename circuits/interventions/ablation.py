@@ -17,7 +17,7 @@ outputs, never claimed by a caller, so the saving cannot be applied to means or 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -119,20 +119,32 @@ def ablated_outputs(model: CircuitModel, ablation: str, input_ids: Tensor, atten
 def mean_outputs(model: CircuitModel, reference_ids: Tensor, reference_mask: Tensor | None = None, *,
                  n_positions: int | None = None, batch_size: int = 32) -> Tensor:
     """``[S, 1, P, d]``: per-position mean of every sender's output over the real tokens of a reference set."""
+    return per_position_mean(model.sender_outputs, model.device, model.dtype, reference_ids, reference_mask,
+                             n_positions=n_positions, batch_size=batch_size)
+
+
+def per_position_mean(outputs_of: Callable[[Tensor, Tensor], Tensor], device: torch.device, dtype: torch.dtype,
+                      reference_ids: Tensor, reference_mask: Tensor | None = None, *, n_positions: int | None = None,
+                      batch_size: int = 32) -> Tensor:
+    """``[U, 1, P, w]``: per-position mean over the real tokens of a reference set of ``outputs_of(ids, mask)``
+    (``[U, b, P_ref, w]``: sender outputs, or MLP neurons' activations). A position the reference never fills
+    takes the mean over all its tokens."""
     if reference_mask is None:
         reference_mask = torch.ones_like(reference_ids)
-    S, d = model.structure.n_senders, model.spec.d_model
     P_ref = reference_ids.shape[1]
     P = n_positions or P_ref
-    total = torch.zeros(S, P_ref, d, dtype=torch.float32, device=model.device)
-    count = torch.zeros(P_ref, dtype=torch.float32, device=model.device)
+    total: Tensor | None = None
+    count = torch.zeros(P_ref, dtype=torch.float32, device=device)
     for i in range(0, len(reference_ids), batch_size):
-        ids, mask = reference_ids[i:i + batch_size], reference_mask[i:i + batch_size].to(model.device)
-        out = model.sender_outputs(ids, mask).float()  # [S, b, P_ref, d]
-        total += torch.einsum("sbpd,bp->spd", out, mask.float())
+        ids, mask = reference_ids[i:i + batch_size], reference_mask[i:i + batch_size].to(device)
+        out = outputs_of(ids, mask).float()  # [U, b, P_ref, w]
+        part = torch.einsum("sbpd,bp->spd", out, mask.float())
+        total = part if total is None else total + part
         count += mask.float().sum(0)
-    overall = total.sum(1) / count.sum().clamp(min=1)  # [S, d]: for positions the reference never fills
+    assert total is not None, "an empty reference set"
+    U, _, w = total.shape
+    overall = total.sum(1) / count.sum().clamp(min=1)  # [U, w]: for positions the reference never fills
     per_pos = torch.where(count[None, :, None] > 0, total / count.clamp(min=1)[None, :, None], overall[:, None])
     if P > P_ref:  # later positions than any reference prompt: the position-free mean
-        per_pos = torch.cat([per_pos, overall[:, None].expand(S, P - P_ref, d)], dim=1)
-    return per_pos[:, None, :P].to(model.dtype)
+        per_pos = torch.cat([per_pos, overall[:, None].expand(U, P - P_ref, w)], dim=1)
+    return per_pos[:, None, :P].to(dtype)

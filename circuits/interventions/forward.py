@@ -107,9 +107,10 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
             mlp_in = residual.read(mlp_r)
         if readout_only and read_rows is not None and layer_idx == len(spec.layers) - 1:
             index = read_rows[None, ..., None].expand(1, *read_rows.shape, mlp_in.shape[-1])  # [1, N, K, d]
-            out = torch.zeros_like(mlp_in).scatter_(2, index, layer.mlp(layer.mlp_norm(mlp_in.gather(2, index))))
+            out = torch.zeros_like(mlp_in).scatter_(2, index, residual.mlp(layer_idx, layer.mlp,
+                                                                     layer.mlp_norm(mlp_in.gather(2, index))))
         else:
-            out = layer.mlp(layer.mlp_norm(mlp_in))  # [1, N, P, d]
+            out = residual.mlp(layer_idx, layer.mlp, layer.mlp_norm(mlp_in))  # [1, N, P, d]
         residual.write_mlp(layer_idx, out)
 
     final = residual.read(structure.logits_receiver)[0]  # [N, P, d]

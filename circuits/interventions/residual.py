@@ -26,7 +26,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.graph.structure import GraphStructure
-    from circuits.models.architectures import Attention, Norm
+    from circuits.models.architectures import Attention, Mlp, Norm
 
 Receivers = slice | int | list[int]
 
@@ -64,6 +64,11 @@ class ResidualStrategy(ABC):
     def read(self, receivers: Receivers, then: int | None = None) -> Tensor:
         """``[R | 1, N, P, d]``: what ``receivers`` read (``1``: one stream shared by all). ``then``: the receiver
         read next (a layer's MLP after its heads), whose mix may begin in the same pass."""
+
+    def mlp(self, layer: int, mlp: Mlp, x: Tensor) -> Tensor:
+        """``layer``'s MLP output ``[1, N, P, d]`` from its normalised input ``x``: the MLP itself, or, for strategies
+        that intervene on its hidden neurons (:mod:`circuits.interventions.neurons`), a mix of them."""
+        return mlp(x)
 
     def project_qkv(self, x: Tensor, attn: Attention, norm: Norm) -> tuple[Tensor, Tensor, Tensor] | None:
         """The heads' q, k, v from ``x``, when the strategy makes them itself (attribution); else None."""

@@ -89,15 +89,26 @@ class Mlp:
     b_gate: Tensor | None = None
     product_scale: float = 1.0  # a backward rule's gradient multiplier of each factor of the gated product
 
+    @property
+    def d_hidden(self) -> int:
+        """``m``: the hidden neurons, the units of neuron-level circuits (:mod:`circuits.interventions.neurons`)."""
+        return self.W_out.shape[0]
+
     def __call__(self, x: Tensor) -> Tensor:  # [..., d] -> [..., d]
+        return self.project(self.hidden(x))
+
+    def hidden(self, x: Tensor) -> Tensor:  # [..., d] -> [..., m]
+        """The hidden neurons' activations: ``act(W_in x + b_in)``, or ``act(W_gate x) * (W_in x)`` when gated."""
         if self.W_gate is None:
-            h = self.act(_linear(x, self.W_in, self.b_in))
-        else:
-            gate, up = self.act(_linear(x, self.W_gate, self.b_gate)), _linear(x, self.W_in, self.b_in)
-            if self.product_scale != 1.0:  # the forward is unchanged; each factor's gradient is scaled
-                gate = _scale_grad(gate, self.product_scale)
-                up = _scale_grad(up, self.product_scale)
-            h = gate * up
+            return self.act(_linear(x, self.W_in, self.b_in))
+        gate, up = self.act(_linear(x, self.W_gate, self.b_gate)), _linear(x, self.W_in, self.b_in)
+        if self.product_scale != 1.0:  # the forward is unchanged; each factor's gradient is scaled
+            gate = _scale_grad(gate, self.product_scale)
+            up = _scale_grad(up, self.product_scale)
+        return gate * up
+
+    def project(self, h: Tensor) -> Tensor:  # [..., m] -> [..., d]
+        """The MLP's output from its hidden activations: ``W_out h + b_out``."""
         return _linear(h, self.W_out, self.b_out)
 
 

@@ -529,6 +529,13 @@ class CircuitSession:
         one = self._patched_estimate(1, P, K)
         return one.total - one.ablated
 
+    def circuits_per_pass_for(self, batch: SessionBatch) -> int:
+        """Circuits one patched pass over ``batch`` runs: as given (``circuits_per_pass``, a maximum under a
+        budget), else as many as the memory budget allows (what :meth:`circuit_metrics` uses)."""
+        fit = self._circuits_per_pass(batch)
+        return min(self.circuits_per_pass, fit) if self.circuits_per_pass and self._run_peak else \
+            self.circuits_per_pass or fit
+
     def _circuits_per_pass(self, batch: SessionBatch) -> int:
         b = len(batch)
         P, K = batch.clean.shape[1], batch.positions.shape[1]
