@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 # the method modules register themselves on import
-from circuits.discovery import acdc, attribution, edge_pruning, ensemble, exact, mattr, random_baseline  # noqa: F401
+from circuits.discovery import (  # noqa: F401
+    acdc, attribution, edge_pruning, ensemble, exact, mattr, neurons, random_baseline)
 from circuits.discovery.checkpoint import Checkpoint, fingerprint
 from circuits.discovery.registry import METHODS, DiscoveryError, Method, register
 from circuits.graph.graph import Graph
@@ -113,6 +114,12 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     if isinstance(session.extras.get(method), dict):  # a method's own summary (ACDC: edges kept, circuits run)
         metadata["result"] = session.extras[method]
     structure = model.structure
+    if m.level == "neuron":
+        # Neuron methods score heads (as nodes) and MLP neurons; cut with level="neuron" (circuits.discovery.neurons).
+        assert isinstance(scores, neurons.NeuronScores)
+        return Graph(structure, scores=torch.full((structure.n_senders, structure.n_receivers), float("nan")),
+                     in_graph=structure.edge_mask.clone(), node_scores=scores.nodes.float().cpu(), metadata=metadata,
+                     neuron_scores=scores.neurons.float().cpu())
     if m.level == "node":
         # Node methods score nodes; edges stay unscored (NaN) and circuits are cut with level="node".
         return Graph(structure, scores=torch.full((structure.n_senders, structure.n_receivers), float("nan")),

@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from circuits.graph.graph import Graph
+from circuits.graph.levels import edge_mask_of, run_circuits
 from circuits.graph.minimal import check_circuit
 from circuits.graph.pruning import prune as prune_mask
-from circuits.graph.selection import edges_between, fraction_to_k, parse_selection, select, warn_if_uninformative
+from circuits.graph.selection import fraction_to_k, parse_selection, select, warn_if_uninformative
 from circuits.session import CircuitSession, FaithfulnessWarning, normalized, undefined, warn_undefined
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,15 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # ---- shared helpers --------------------------------------------------------------------------------------------
 def _circuit_mask(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
-    if level == "node":
-        mask = edges_between(circuit.structure, circuit.node_in_graph.cpu())
-    elif level == "edge":
-        mask = circuit.in_graph.cpu()
-    else:
-        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
-    if prune:
-        mask, _ = prune_mask(circuit.structure, mask)
-    return mask
+    return edge_mask_of(circuit, prune, level)
 
 
 def _per_example_f(metric: torch.Tensor, full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
@@ -81,19 +74,21 @@ class EvaluationResult:
     kl: float  # mean KL(full || C) at the readout positions
     kl_empty: float  # mean KL(full || empty)
     n_edges: int  # edges run (after pruning)
-    n_nodes: int
+    n_nodes: int  # nodes run; with level="neuron", the MLPs with a kept neuron among them
     n_examples: int
     ablation: str
     metric_name: str
     task: str
     split: str
     per_example: pd.DataFrame = field(repr=False)
+    n_neurons: int | None = None  # MLP neurons kept, for level="neuron"
 
     def to_dict(self) -> dict:
         """The summary as plain Python values (JSON-serializable; ``per_example`` left out)."""
-        return {k: getattr(self, k) for k in ("faithfulness", "metric", "metric_full", "metric_empty", "kl",
-                                              "kl_empty", "n_edges", "n_nodes", "n_examples", "ablation",
-                                              "metric_name", "task", "split")}
+        out = {k: getattr(self, k) for k in ("faithfulness", "metric", "metric_full", "metric_empty", "kl",
+                                             "kl_empty", "n_edges", "n_nodes", "n_examples", "ablation",
+                                             "metric_name", "task", "split")}
+        return out if self.n_neurons is None else {**out, "n_neurons": self.n_neurons}
 
     def __repr__(self) -> str:
         return (f"EvaluationResult(faithfulness={self.faithfulness:.4f}, {self.metric_name} {self.metric:.4g} "
@@ -121,9 +116,10 @@ def evaluate(model: CircuitModel, task: Task, circuit: Graph, ablation: str = "c
         The examples evaluated (default the validation split; discovery should use ``train``).
     prune : bool
         Drop edges on no input -> logits path first (as EAP-IG's ``evaluate_graph``); sizes are after pruning.
-    level : "edge" | "node"
+    level : "edge" | "node" | "neuron"
         ``node`` runs every edge between the circuit's nodes (for node-level circuits such as the published
-        induction heads, which list nodes and no edges).
+        induction heads, which list nodes and no edges); ``neuron`` runs a neuron-level circuit
+        (``scored.top_k(k, level="neuron")``): every edge between its nodes, with the cut MLP neurons ablated.
     memory_budget : int | str | None
         Bytes (or ``"4GB"``) a patched pass may use: passes are chunked over examples and circuits to fit, or the
         run is refused before any forward (:meth:`~circuits.session.CircuitSession.fit`); default on CUDA half the
@@ -161,7 +157,8 @@ def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ab
                           "by its nodes.", FaithfulnessWarning, stacklevel=_stacklevel + 1)
     runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
                             memory_budget=memory_budget, examples_per_pass=examples_per_pass)
-    values = runner.circuit_metrics(torch.stack(masks), kl=True)
+    values = (run_circuits(runner, circuits, level, prune=prune, kl=True) if level == "neuron"
+              else runner.circuit_metrics(torch.stack(masks), kl=True))
     metric, kl = values.metric, values.kl
     assert kl is not None
     full, empty, kl_empty = runner.metric_full, runner.metric_empty, runner.kl_empty
@@ -180,7 +177,8 @@ def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ab
             faithfulness=normalized(m_c, m_full, m_empty), metric=m_c, metric_full=m_full, metric_empty=m_empty,
             kl=float(kl[i].mean()), kl_empty=float(kl_empty.mean()), n_edges=int(mask.sum()),
             n_nodes=int(nodes.sum()), n_examples=runner.n_examples, ablation=runner.ablation,
-            metric_name=runner.metric.name, task=runner.task_name, split=runner.split, per_example=frame))
+            metric_name=runner.metric.name, task=runner.task_name, split=runner.split, per_example=frame,
+            n_neurons=c.n_neurons if level == "neuron" else None))
     return results
 
 
@@ -278,7 +276,7 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
                 raise ValueError(f"selection={selection!r} works on edges (level='edge')")
             k = fraction_to_k(scored.structure, fraction)
             return k, select(scored, selection, k, absolute)
-        circuit = scored.top_fraction(fraction, absolute, level="node" if level == "node" else "edge")
+        circuit = scored.top_fraction(fraction, absolute, level=level if level in ("node", "neuron") else "edge")
         return int(circuit.metadata["selection"]["k"]), circuit
 
 
@@ -302,7 +300,12 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     warn_if_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
-    values = runner.circuit_metrics(masks, kl=True)  # every point of every curve: one batched pass over the examples
+    if level == "neuron":  # heads and MLP neurons kept, the cut neurons ablated (circuits.graph.levels)
+        if not isinstance(runner, CircuitSession):
+            raise ValueError("neuron-level curves run in one process (a CircuitSession), not on a pool")
+        values = run_circuits(runner, [c for row in picks for _, c in row], "neuron", kl=True)
+    else:  # every point of every curve: one batched pass over the examples
+        values = runner.circuit_metrics(masks, kl=True)
     metric, kl = values.metric, values.kl
     full, empty = runner.metric_full, runner.metric_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Graph", "GraphFormatError", "GraphMismatchError"]
 
-Level = Literal["edge", "node"]
+Level = Literal["edge", "node", "neuron"]
 
 
 class Graph:
@@ -66,6 +66,12 @@ class Graph:
         ``[n_nodes]`` bool. Default: derived from ``in_graph`` (a node is in when it has an incoming and an
         outgoing circuit edge, ``input`` needs only an outgoing one, ``logits`` is always in, as in MIB).
         Given explicitly (e.g. loaded from a file), it is stored as is.
+    neuron_scores : Tensor, optional
+        ``[n_layers, d_mlp]`` floating scores of MLP hidden neurons, for neuron-level methods
+        (:mod:`circuits.discovery.neurons`).
+    neuron_in_graph : Tensor, optional
+        ``[n_layers, d_mlp]`` bool, the neurons of a neuron-level circuit (``top_k(k, level="neuron")``). Default
+        with neuron scores: every neuron. Evaluate such a circuit with ``level="neuron"``.
     metadata : dict, optional
         Free-form, JSON-serializable provenance (method, params, task, ablation, n examples, wall time,
         package version, model name); saved with the graph.
@@ -79,10 +85,13 @@ class Graph:
     node_scores: torch.Tensor | None  # [n_nodes] float
     metadata: dict[str, Any]
     _node_in_graph: torch.Tensor | None  # [n_nodes] bool, only when given explicitly
+    neuron_scores: torch.Tensor | None  # [L, m] float
+    _neuron_in_graph: torch.Tensor | None  # [L, m] bool, only when given
 
     def __init__(self, structure: GraphStructure, scores: torch.Tensor | None = None,
                  in_graph: torch.Tensor | None = None, node_scores: torch.Tensor | None = None,
-                 node_in_graph: torch.Tensor | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+                 node_in_graph: torch.Tensor | None = None, metadata: Mapping[str, Any] | None = None, *,
+                 neuron_scores: torch.Tensor | None = None, neuron_in_graph: torch.Tensor | None = None) -> None:
         if not isinstance(structure, GraphStructure):
             raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
         self.structure = structure
@@ -108,6 +117,43 @@ class Graph:
             None if node_in_graph is None
             else self._check(node_in_graph, nodes, "node_in_graph", floating=False).to(device).clone())
         self.metadata = copy.deepcopy(dict(metadata or {}))
+        self._set_neurons(neuron_scores, neuron_in_graph, device)
+
+    def _set_neurons(self, scores: torch.Tensor | None, in_graph: torch.Tensor | None, device: torch.device) -> None:
+        shape = None
+        for t, name in ((scores, "neuron_scores"), (in_graph, "neuron_in_graph")):
+            if t is None:
+                continue
+            if t.dim() != 2 or t.shape[0] != self.structure.n_layers or (shape is not None and tuple(t.shape) != shape):
+                raise ValueError(f"{name} must have shape (n_layers={self.structure.n_layers}, d_mlp)"
+                                 + (f" = {shape}" if shape else "") + f", got {tuple(t.shape)}")
+            shape = tuple(t.shape)
+        self.neuron_scores = None if scores is None else self._check(scores, shape, "neuron_scores",
+                                                                     floating=True).to(device).clone()
+        self._neuron_in_graph = None if in_graph is None else self._check(in_graph, shape, "neuron_in_graph",
+                                                                          floating=False).to(device).clone()
+
+    def _neurons(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor | None]:
+        """The neuron fields as keyword arguments for a derived graph (on ``device``)."""
+        return {"neuron_scores": None if self.neuron_scores is None else self.neuron_scores.to(device or self.device),
+                "neuron_in_graph": None if self._neuron_in_graph is None
+                else self._neuron_in_graph.to(device or self.device)}
+
+    @property
+    def neuron_in_graph(self) -> torch.Tensor | None:
+        """``[L, m]`` bool: the neurons of a neuron-level circuit (every neuron when only scores are given); None
+        for a graph without neurons."""
+        if self._neuron_in_graph is not None:
+            return self._neuron_in_graph
+        if self.neuron_scores is not None:
+            return torch.ones(self.neuron_scores.shape, dtype=torch.bool, device=self.device)
+        return None
+
+    @property
+    def n_neurons(self) -> int | None:
+        """Neurons in a neuron-level circuit (None without neurons)."""
+        kept = self.neuron_in_graph
+        return None if kept is None else int(kept.sum())
 
     @staticmethod
     def _check(t: Any, shape: tuple[int, ...], name: str, floating: bool) -> torch.Tensor:
@@ -148,13 +194,15 @@ class Graph:
                    metadata=metadata)
 
     def copy(self) -> Graph:
-        return Graph(self.structure, self.scores, self.in_graph, self.node_scores, self._node_in_graph, self.metadata)
+        return Graph(self.structure, self.scores, self.in_graph, self.node_scores, self._node_in_graph, self.metadata,
+                     **self._neurons())
 
     def to(self, device: torch.device | str) -> Graph:
         """A copy on ``device``."""
         return Graph(self.structure, self.scores.to(device), self.in_graph.to(device),
                      None if self.node_scores is None else self.node_scores.to(device),
-                     None if self._node_in_graph is None else self._node_in_graph.to(device), self.metadata)
+                     None if self._node_in_graph is None else self._node_in_graph.to(device), self.metadata,
+                     **self._neurons(device))
 
     # ---- sizes and views -------------------------------------------------------------------------------------
     @property
@@ -275,20 +323,31 @@ class Graph:
         return self._top_k(int(k), absolute, prune, level, {})
 
     def _top_k(self, k: int, absolute: bool, prune: bool, level: Level, extra: dict[str, Any]) -> Graph:
-        if level == "node":
+        neurons = None
+        if level == "neuron":
+            nodes, neurons = selection.top_k_units(self.structure, self.node_scores, self._need_neuron_scores(), k,
+                                                   absolute)
+            mask = selection.edges_between(self.structure, nodes)
+        elif level == "node":
             nodes = selection.top_k_nodes(self.structure, self._need_node_scores(), k, absolute)
             mask = selection.edges_between(self.structure, nodes)
         elif level == "edge":
             mask = selection.top_k_edges(self.structure, self.scores, k, absolute)
         else:
-            raise SelectionError(f"level must be 'edge' or 'node', got {level!r}")
+            raise SelectionError(f"level must be 'edge', 'node' or 'neuron', got {level!r}")
         return self._selected(mask, prune, {"rule": "top_k", "k": k, **extra, "absolute": absolute,
-                                            "level": level}, stacklevel=4)
+                                            "level": level}, stacklevel=4, neurons=neurons)
 
     def top_fraction(self, fraction: float, absolute: bool = False, *, prune: bool = True,
                      level: Level = "edge") -> Graph:
-        """:meth:`top_k` with ``k = int(fraction * n)``, n the number of edges (or scored nodes): MIB's rule."""
-        if level == "node":
+        """:meth:`top_k` with ``k = int(fraction * n)``, n the number of edges (or scored nodes, or scored heads and
+        neurons for ``level="neuron"``): MIB's rule."""
+        if level == "neuron":
+            if not 0.0 <= fraction <= 1.0:
+                raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
+            units = selection.unit_scores(self.structure, self.node_scores, self._need_neuron_scores())
+            k = int(fraction * int((~torch.isnan(units)).sum()))
+        elif level == "node":
             scored = ~torch.isnan(self._need_node_scores()[:-1])
             if not 0.0 <= fraction <= 1.0:
                 raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
@@ -361,14 +420,20 @@ class Graph:
         return self._selected(mask, prune, {"rule": "ratio", "k": int(k), "positive_fraction": positive_fraction,
                                             "absolute": False, "level": "edge"}, stacklevel=3)
 
-    def minimal(self, model, task, target: float = 0.9, *, absolute: bool = False, **options) -> Graph:
+    def minimal(self, model, task, target: float = 0.9, *, absolute: bool = False, level: Level = "edge",
+                **options) -> Graph:
         """The smallest top-k circuit whose faithfulness on ``task`` reaches ``target`` (bisection over k; runs
         patched forwards of ``model``). ``options``: ablation, split, batch_size, selection ("top_k" or
-        "greedy"), see :func:`circuits.graph.minimal.minimal_circuit`.
+        "greedy"), see :func:`circuits.graph.minimal.minimal_circuit`. ``level="node"`` / ``"neuron"``: k counts
+        scored nodes / heads and MLP neurons (:func:`circuits.graph.minimal_units.minimal_unit_circuit`).
 
         >>> circuit = scored.minimal(model, task, 0.9)          # doctest: +SKIP
         >>> circuit.metadata["minimal"]["k"], circuit.n_edges   # doctest: +SKIP
         """
+        if level != "edge":
+            from circuits.graph.minimal_units import minimal_unit_circuit
+
+            return minimal_unit_circuit(model, task, self, target, level=level, absolute=absolute, **options)
         from circuits.graph.minimal import minimal_circuit
 
         return minimal_circuit(model, task, self, target, absolute=absolute, **options)
@@ -379,7 +444,13 @@ class Graph:
         Node membership is re-derived from the surviving edges.
         """
         edges, _ = prune_mask(self.structure, self.in_graph)
-        return Graph(self.structure, self.scores, edges, self.node_scores, None, self.metadata)
+        return Graph(self.structure, self.scores, edges, self.node_scores, None, self.metadata, **self._neurons())
+
+    def _need_neuron_scores(self) -> torch.Tensor:
+        if self.neuron_scores is None:
+            raise SelectionError("level='neuron' needs neuron scores; this graph has none (score it with a "
+                                 "neuron-level method: eap-neurons, eap-ig-neurons, neuron-patching)")
+        return self.neuron_scores
 
     def _need_node_scores(self) -> torch.Tensor:
         if self.node_scores is None:
@@ -387,13 +458,15 @@ class Graph:
                              "(use level='edge', or a node-level discovery method)")
         return self.node_scores
 
-    def _selected(self, mask: torch.Tensor, prune: bool, record: dict[str, Any], stacklevel: int) -> Graph:
+    def _selected(self, mask: torch.Tensor, prune: bool, record: dict[str, Any], stacklevel: int,
+                  neurons: torch.Tensor | None = None) -> Graph:
         n_selected = int(mask.sum())
         if prune:
             mask, _ = prune_mask(self.structure, mask)
         metadata = copy.deepcopy(self.metadata)
         metadata["selection"] = {**record, "pruned": prune, "n_selected": n_selected}
-        out = Graph(self.structure, self.scores, mask, self.node_scores, None, metadata)
+        out = Graph(self.structure, self.scores, mask, self.node_scores, None, metadata,
+                    **{**self._neurons(), **({} if neurons is None else {"neuron_in_graph": neurons})})
         if prune and n_selected and not out.n_edges:
             warnings.warn(f"{record['rule']} selected {n_selected} edges but none lies on a path from input to "
                           "logits, so the pruned circuit is empty; select more edges, or check the scores' sign "
@@ -434,7 +507,8 @@ class Graph:
 
         return (same(self.in_graph, other.in_graph) and same(self.node_in_graph, other.node_in_graph)
                 and same(self.scores, other.scores) and same(self.node_scores, other.node_scores)
-                and self.metadata == other.metadata)
+                and same(self.neuron_scores, other.neuron_scores)
+                and same(self.neuron_in_graph, other.neuron_in_graph) and self.metadata == other.metadata)
 
     __hash__ = None  # type: ignore[assignment]  # mutable container
 

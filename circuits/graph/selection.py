@@ -202,6 +202,52 @@ def threshold_nodes(structure: GraphStructure, node_scores: torch.Tensor, thresh
     return out
 
 
+# ---- neuron level: heads and MLP neurons as units ----------------------------------------------------------------
+def head_nodes(structure: GraphStructure) -> torch.Tensor:
+    """``[H_total]`` long: the node index of every head, in node order (layer by layer)."""
+    return torch.tensor([structure.head_sender(layer, h) for layer in range(structure.n_layers)
+                         for h in range(structure.n_heads)], dtype=torch.long)
+
+
+def unit_scores(structure: GraphStructure, node_scores: torch.Tensor | None, neuron_scores: torch.Tensor
+                ) -> torch.Tensor:
+    """``[H_total + L * m]``: the units of a neuron-level circuit, heads (their node scores; NaN: unscored, kept)
+    then neurons layer by layer, the order ties are broken in."""
+    heads = (torch.full((structure.n_layers * structure.n_heads,), float("nan"), device=neuron_scores.device)
+             if node_scores is None else node_scores[head_nodes(structure).to(node_scores.device)])
+    return torch.cat([heads.to(neuron_scores.device, torch.float64), neuron_scores.flatten().double()])
+
+
+def units_to_circuit(structure: GraphStructure, keep: torch.Tensor, neuron_shape: tuple[int, int]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nodes [n_nodes], neurons [L, m])`` bool of the units ``keep [H_total + L * m]``: the kept heads, every MLP
+    with a kept neuron, ``input`` and ``logits``."""
+    n_heads = structure.n_layers * structure.n_heads
+    neurons = keep[n_heads:].view(neuron_shape)
+    nodes = torch.zeros(structure.n_nodes, dtype=torch.bool, device=keep.device)
+    nodes[0] = nodes[-1] = True
+    nodes[head_nodes(structure).to(keep.device)] = keep[:n_heads]
+    if structure.has_mlp:
+        mlps = torch.tensor([structure.mlp_sender(layer) for layer in range(structure.n_layers)], device=keep.device)
+        nodes[mlps] = neurons.any(1)
+    return nodes, neurons
+
+
+def top_k_units(structure: GraphStructure, node_scores: torch.Tensor | None, neuron_scores: torch.Tensor, k: int,
+                absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nodes [n_nodes], neurons [L, m])`` bool: the ``k`` scored units (heads and neurons, :func:`unit_scores`)
+    with the highest key, plus every unscored one; see :func:`units_to_circuit`."""
+    scores = unit_scores(structure, node_scores, neuron_scores)
+    scored = ~torch.isnan(scores)
+    n = int(scored.sum())
+    if not 0 <= k <= n:
+        raise SelectionError(f"k={k} units requested, but only {n} heads and neurons have a score")
+    key = rank_key(scores, absolute).masked_fill(~scored, -torch.inf)
+    keep = ~scored
+    keep[torch.sort(key, descending=True, stable=True).indices[:k]] = True
+    return units_to_circuit(structure, keep, tuple(neuron_scores.shape))  # type: ignore[arg-type]
+
+
 # ---- greedy from the logits ----------------------------------------------------------------------------------
 def greedy_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
     """``[S, R]`` bool: EAP-IG's greedy construction, grown backwards from ``logits``.
@@ -267,6 +313,8 @@ def warn_if_uninformative(scored: Graph, level: str) -> None:
     """Warn when a selection from ``scored`` would follow file order, not importance (no informative scores)."""
     if level == "node":
         values = scored.node_scores[:-1] if scored.node_scores is not None else None
+    elif level == "neuron":
+        values = scored.neuron_scores.flatten() if scored.neuron_scores is not None else None
     else:
         values = scored.scores[scored.structure.edge_mask.to(scored.device)]
     if values is None:

@@ -1,0 +1,138 @@
+"""Neuron-level discovery: MLP neurons as scored units beside heads (EAP-IG and MIB score neurons too).
+
+Three methods, level ``"neuron"``; each returns :class:`NeuronScores`: node scores ``[n_nodes]`` (heads, MLPs and
+``input`` as nodes, ``logits`` NaN) and neuron scores ``[L, m]``, with MIB's sign (positive = the unit helps):
+
+* ``eap-neurons``: ``score[l, i] = (h_clean - h_abl)[l, i] . dM/dh[l, i]`` summed over positions, averaged over
+  pairs, on the clean run (``dM/dn`` at ``n = 1`` of the neuron mask); heads get node-ap's score (the sum of their
+  outgoing EAP edge scores) from the same backward. The neurons of one MLP sum to its node score (its output is
+  linear in them).
+* ``eap-ig-neurons``: the same products with gradients averaged over EAP-IG's interpolated inputs
+  (``alpha = k / steps``, as ``eap-ig``), the differences fixed at clean - ablated.
+* ``neuron-patching``: each neuron's exact effect, ablated alone, and each head's (``node-patching``): C neurons of
+  one layer per pass as C circuits, recomputing only that layer's MLP and what it feeds (the full model's other
+  outputs are held, :class:`~circuits.interventions.masked.IncrementalResidual`).
+
+``circuits.discover(..., method="eap-neurons")`` returns a Graph with ``node_scores`` and ``neuron_scores``; cut it
+with ``graph.top_k(k, level="neuron")`` (units: heads and neurons) and evaluate it with ``level="neuron"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.discovery.exact import NodeCuts, single_cut_effects
+from circuits.discovery.progress import progress
+from circuits.discovery.registry import register
+from circuits.interventions.masked import HeldCircuit, IncrementalResidual
+from circuits.interventions.neurons import NeuronMasked, NeuronProbe
+from circuits.interventions.probe import GradientProbe
+from circuits.session import CircuitSession
+from circuits.session.neurons import NeuronRuns
+
+# Rows (stacked steps x examples) of one EAP-IG pass, as circuits.discovery.attribution's.
+MAX_ROWS_PER_PASS = 96
+
+
+@dataclass(frozen=True)
+class NeuronScores:
+    """What a neuron-level method returns: ``nodes [n_nodes]`` (``logits`` NaN) and ``neurons [L, m]``."""
+
+    nodes: Tensor
+    neurons: Tensor
+
+
+def _node_scores(session: CircuitSession, edge_scores: Tensor) -> Tensor:
+    """``[n_nodes]``: each sender's summed outgoing edge scores (node-ap), ``logits`` NaN."""
+    edge_scores = edge_scores.masked_fill(~session.structure.edge_mask.to(edge_scores.device), 0.0)
+    nodes = torch.full((session.structure.n_nodes,), float("nan"))
+    nodes[:-1] = edge_scores.sum(1).cpu()
+    return nodes
+
+
+def _buffers(session: CircuitSession, runs: NeuronRuns) -> tuple[Tensor, Tensor]:
+    s = session.structure
+    return (torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=session.device),
+            torch.zeros(*runs.shape, dtype=torch.float32, device=session.device))
+
+
+def _batches(session: CircuitSession, description: str):
+    batches = session.in_share(session.batches)
+    return progress(batches, description, session, total=len(batches))
+
+
+@register("eap-neurons", "neuron", "attribution patching of heads and MLP neurons: dM/dn at n = 1",
+          memory=lambda params: {"kind": "attribution"})
+def eap_neurons(session: CircuitSession) -> NeuronScores:
+    """Head (node) and neuron EAP scores from one forward and backward per batch (module docstring)."""
+    runs = NeuronRuns(session)
+    edges, neurons = _buffers(session, runs)
+    for b in _batches(session, "eap (neurons)"):
+        probe = GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk)
+        session.backward_objective(b, NeuronProbe(probe, runs.ablated_hidden(b), neurons))
+    n = session.n_examples
+    return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
+
+
+@register("eap-ig-neurons", "neuron", "EAP-IG (inputs) of heads and MLP neurons (Hanna et al. 2024; MIB)",
+          ranges={"steps": {"low": 1}},
+          memory=lambda params: {"kind": "attribution", "sender_copies": 2, "steps": params["steps"]})
+def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
+    """Head (node) and neuron EAP-IG scores, gradients averaged over ``steps`` interpolated input embeddings."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    runs = NeuronRuns(session)
+    edges, neurons = _buffers(session, runs)
+    for b in _batches(session, f"eap-ig ({steps} steps, neurons)"):
+        ablated = session.ablated(b).values
+        abl_hidden = runs.ablated_hidden(b)
+        clean, clean_hidden = runs.clean_run(b)
+        diffs = clean - ablated  # [S, B, P, d]
+        hidden_diffs = clean_hidden - abl_hidden  # [L, B, P, m]
+        start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+        per_pass = max(1, min(steps, MAX_ROWS_PER_PASS // len(b), session.steps_per_pass or steps))
+        for k0 in range(0, steps, per_pass):
+            alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
+            T = len(alphas)
+            embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None]).flatten(0, 1)  # [T*B, P, d]
+            probe = GradientProbe(ablated, edges, diffs=diffs, overrides={0: embedding.requires_grad_(True)[None]},
+                                  repeats=T, position_chunk=session.position_chunk)
+            session.backward_objective(b, NeuronProbe(probe, abl_hidden, neurons, diffs=hidden_diffs, repeats=T),
+                                       repeats=T)
+    n = session.n_examples * steps
+    return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
+
+
+@register("neuron-patching", "neuron", "each head's and MLP neuron's exact effect, ablated alone (batched)",
+          ranges={"circuits_per_pass": {"low": 1}})
+def neuron_patching(session: CircuitSession, circuits_per_pass: int = 32) -> NeuronScores:
+    """Exact single-unit effects: objective(full) - objective(all but that unit), averaged over pairs."""
+    s = session.structure
+    nodes = torch.full((s.n_nodes,), float("nan"))
+    nodes[:-1] = single_cut_effects(session, NodeCuts(s), circuits_per_pass=circuits_per_pass,
+                                    description="node patching").float()
+    runs = NeuronRuns(session)
+    L, m = runs.shape
+    effects = torch.zeros(L, m, dtype=torch.float64)
+    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
+    edges = s.edge_mask.to(session.device, session.model.dtype)
+    passes = [(b, layer, start) for b in session.batches for layer in range(L) for start in range(0, m, circuits_per_pass)]
+    with torch.no_grad():
+        for b, layer, start in progress(passes, "neuron patching", session, total=len(passes), unit="pass"):
+            held = session.held_full(b)
+            exact = held.exact.clone()
+            exact[s.mlp_sender(layer)] = False  # recompute this MLP and what it feeds, hold the rest
+            idx = torch.arange(start, min(m, start + circuits_per_pass))
+            c = len(idx)
+            masks = torch.ones(c, L, m, dtype=session.model.dtype)
+            masks[torch.arange(c), layer, idx] = 0
+            inner = IncrementalResidual(edges[None].expand(c, *edges.shape), session.ablated(b),
+                                        HeldCircuit(held.mask, held.outputs, exact))
+            logits = session.run(b, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(b)))
+            session.forwards += 1
+            cut = session.objective(logits, b).double().cpu()  # [c, b]
+            effects[layer, idx] += (full[b.index][None] - cut).sum(1)
+    return NeuronScores(nodes, (effects / session.n_examples).float())

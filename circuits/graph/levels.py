@@ -1,0 +1,56 @@
+"""Running circuits given at a level: edges, nodes, or nodes and MLP neurons (neuron-level circuits).
+
+One rule turns a :class:`~circuits.graph.graph.Graph` into what a patched run takes: an edge circuit runs its
+``in_graph``; a node circuit every edge between its nodes; a neuron circuit every edge between its nodes (kept heads,
+the MLPs with a kept neuron, ``input``, ``logits``) with each kept MLP's cut neurons ablated
+(:class:`~circuits.session.neurons.NeuronRuns`). Evaluation, curves and minimal circuits all use it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from circuits.graph.pruning import prune as prune_mask
+from circuits.graph.selection import SelectionError, edges_between
+from circuits.session.neurons import NeuronRuns
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.graph.graph import Graph
+    from circuits.session import CircuitMetrics, CircuitSession
+
+LEVELS = ("edge", "node", "neuron")
+
+
+def edge_mask_of(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
+    """``[S, R]`` bool: the edges a run of ``circuit`` at ``level`` keeps (pruned to input -> logits paths)."""
+    if level in ("node", "neuron"):
+        mask = edges_between(circuit.structure, circuit.node_in_graph.cpu())
+    elif level == "edge":
+        mask = circuit.in_graph.cpu()
+    else:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if prune:
+        mask, _ = prune_mask(circuit.structure, mask)
+    return mask
+
+
+def neuron_mask_of(circuit: Graph) -> torch.Tensor:
+    """``[L, m]`` bool: the neurons a neuron-level run of ``circuit`` keeps."""
+    kept = circuit.neuron_in_graph
+    if kept is None:
+        raise SelectionError("level='neuron' needs a neuron-level circuit (neuron scores or neuron_in_graph); "
+                             "cut one with scored.top_k(k, level='neuron') from a neuron-level method's graph")
+    return kept.cpu()
+
+
+def run_circuits(session: CircuitSession, circuits: Sequence[Graph], level: str, *, prune: bool = True,
+                 kl: bool = False, neuron_runs: NeuronRuns | None = None) -> CircuitMetrics:
+    """The metrics of ``circuits`` run at ``level`` on ``session`` (one batched pass per batch of examples)."""
+    edges = torch.stack([edge_mask_of(c, prune, level) for c in circuits])  # [C, S, R]
+    if level != "neuron":
+        return session.circuit_metrics(edges, kl=kl)
+    runs = neuron_runs or NeuronRuns(session)
+    neurons = torch.stack([neuron_mask_of(c) for c in circuits]).float()  # [C, L, m]
+    return runs.circuit_metrics(edges, neurons, kl=kl)
