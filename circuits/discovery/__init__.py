@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 # the method modules register themselves on import
-from circuits.discovery import (  # noqa: F401
-    acdc, attribution, edge_pruning, ensemble, exact, mattr, neurons, random_baseline)
+from circuits.discovery import acdc, attribution, edge_pruning, ensemble, exact, mattr, neurons, random_baseline  # noqa: F401
 from circuits.discovery.checkpoint import Checkpoint, fingerprint
 from circuits.discovery.registry import METHODS, DiscoveryError, Method, register
 from circuits.graph.graph import Graph

@@ -20,6 +20,7 @@ with ``graph.top_k(k, level="neuron")`` (units: heads and neurons) and evaluate 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -53,6 +54,11 @@ def _node_scores(session: CircuitSession, edge_scores: Tensor) -> Tensor:
     return nodes
 
 
+def _as_probe(wrapped: NeuronProbe) -> GradientProbe:
+    """The wrapper where the session takes a probe: it runs as its inner probe does and carries its rule."""
+    return cast(GradientProbe, wrapped)
+
+
 def _buffers(session: CircuitSession, runs: NeuronRuns) -> tuple[Tensor, Tensor]:
     s = session.structure
     return (torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=session.device),
@@ -72,7 +78,7 @@ def eap_neurons(session: CircuitSession) -> NeuronScores:
     edges, neurons = _buffers(session, runs)
     for b in _batches(session, "eap (neurons)"):
         probe = GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk)
-        session.backward_objective(b, NeuronProbe(probe, runs.ablated_hidden(b), neurons))
+        session.backward_objective(b, _as_probe(NeuronProbe(probe, runs.ablated_hidden(b), neurons)))
     n = session.n_examples
     return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
 
@@ -100,8 +106,8 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
             embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None]).flatten(0, 1)  # [T*B, P, d]
             probe = GradientProbe(ablated, edges, diffs=diffs, overrides={0: embedding.requires_grad_(True)[None]},
                                   repeats=T, position_chunk=session.position_chunk)
-            session.backward_objective(b, NeuronProbe(probe, abl_hidden, neurons, diffs=hidden_diffs, repeats=T),
-                                       repeats=T)
+            wrapped = NeuronProbe(probe, abl_hidden, neurons, diffs=hidden_diffs, repeats=T)
+            session.backward_objective(b, _as_probe(wrapped), repeats=T)
     n = session.n_examples * steps
     return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
 
@@ -119,7 +125,8 @@ def neuron_patching(session: CircuitSession, circuits_per_pass: int = 32) -> Neu
     effects = torch.zeros(L, m, dtype=torch.float64)
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     edges = s.edge_mask.to(session.device, session.model.dtype)
-    passes = [(b, layer, start) for b in session.batches for layer in range(L) for start in range(0, m, circuits_per_pass)]
+    passes = [(b, layer, start) for b in session.batches for layer in range(L)
+              for start in range(0, m, circuits_per_pass)]
     with torch.no_grad():
         for b, layer, start in progress(passes, "neuron patching", session, total=len(passes), unit="pass"):
             held = session.held_full(b)

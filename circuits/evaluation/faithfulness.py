@@ -276,7 +276,8 @@ def _select(scored: Graph, fraction: float, absolute: bool, level: str, selectio
                 raise ValueError(f"selection={selection!r} works on edges (level='edge')")
             k = fraction_to_k(scored.structure, fraction)
             return k, select(scored, selection, k, absolute)
-        circuit = scored.top_fraction(fraction, absolute, level=level if level in ("node", "neuron") else "edge")
+        circuit = scored.top_fraction(fraction, absolute, level="neuron" if level == "neuron" else
+                                      "node" if level == "node" else "edge")
         return int(circuit.metadata["selection"]["k"]), circuit
 
 
@@ -307,6 +308,7 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     else:  # every point of every curve: one batched pass over the examples
         values = runner.circuit_metrics(masks, kl=True)
     metric, kl = values.metric, values.kl
+    assert kl is not None
     full, empty = runner.metric_full, runner.metric_empty
     m_full, m_empty = float(full.mean()), float(empty.mean())
     if undefined(m_full, m_empty):

@@ -128,6 +128,9 @@ class Graph:
                 raise ValueError(f"{name} must have shape (n_layers={self.structure.n_layers}, d_mlp)"
                                  + (f" = {shape}" if shape else "") + f", got {tuple(t.shape)}")
             shape = tuple(t.shape)
+        if shape is None:
+            self.neuron_scores = self._neuron_in_graph = None
+            return
         self.neuron_scores = None if scores is None else self._check(scores, shape, "neuron_scores",
                                                                      floating=True).to(device).clone()
         self._neuron_in_graph = None if in_graph is None else self._check(in_graph, shape, "neuron_in_graph",

@@ -160,9 +160,34 @@ def to_mib_dict(graph: Graph) -> dict:
             nodes[n.name]["score"] = score
     edges = {name: {"score": s, "in_graph": f} for name, s, f in zip(_edge_names(st), scores, flags)}
     out: dict[str, Any] = {"cfg": st.cfg(), "nodes": nodes, "edges": edges}
+    if graph.neuron_scores is not None or graph._neuron_in_graph is not None:
+        out["neurons"] = neurons_dict(graph)  # circuits' extension; MIB's readers ignore the key
     if graph.metadata:
         out["metadata"] = graph.metadata
     return out
+
+
+def neurons_dict(graph: Graph) -> dict[str, Any]:
+    """The ``"neurons"`` block of a graph file: ``scores`` and ``in_graph``, ``[n_layers][d_mlp]`` lists (null when
+    absent; in_graph null means every neuron)."""
+    scores, kept = graph.neuron_scores, graph._neuron_in_graph
+    return {"scores": None if scores is None else scores.detach().cpu().double().tolist(),
+            "in_graph": None if kept is None else kept.cpu().tolist()}
+
+
+def _read_neurons(block: Any, source: str | os.PathLike) -> dict[str, torch.Tensor | None]:
+    """The Graph keyword arguments of a ``"neurons"`` block (:func:`neurons_dict`)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict) or not {"scores", "in_graph"} >= set(block):
+        raise GraphFormatError(f"{source}: 'neurons' must be an object with 'scores' and 'in_graph' "
+                               "([n_layers][d_mlp] lists or null)")
+    try:
+        scores = None if block.get("scores") is None else torch.tensor(block["scores"], dtype=torch.float64)
+        kept = None if block.get("in_graph") is None else torch.tensor(block["in_graph"], dtype=torch.bool)
+    except (TypeError, ValueError) as e:
+        raise GraphFormatError(f"{source}: 'neurons' holds no [n_layers][d_mlp] lists ({e})") from None
+    return {"neuron_scores": scores, "neuron_in_graph": kept}
 
 
 def _write_json(graph: Graph, path: Path) -> None:
@@ -236,7 +261,7 @@ def from_mib_dict(doc: Any, model: HasStructure | None = None, source: str | os.
     if not isinstance(metadata, dict):
         raise GraphFormatError(f"{source}: 'metadata' must be an object, got {type(metadata).__name__}")
     return Graph(st, scores=scores, in_graph=in_graph, node_scores=node_scores, node_in_graph=node_in_graph,
-                 metadata=metadata)
+                 metadata=metadata, **_read_neurons(doc.get("neurons"), source))
 
 
 def _read_nodes(nodes: Any, st: GraphStructure, in_graph: torch.Tensor,
@@ -348,6 +373,8 @@ def _write_pt(graph: Graph, path: Path) -> None:
         "in_graph": graph.in_graph.cpu(),  # [S, R]
         "node_scores": None if graph.node_scores is None else graph.node_scores.detach().cpu(),  # [n_nodes]
         "node_in_graph": None if explicit is None else explicit.cpu(),  # [n_nodes]
+        "neuron_scores": None if graph.neuron_scores is None else graph.neuron_scores.detach().cpu(),  # [L, m]
+        "neuron_in_graph": None if graph._neuron_in_graph is None else graph._neuron_in_graph.cpu(),  # [L, m]
         "metadata": json.dumps(graph.metadata),
     }, path)
 
@@ -373,7 +400,8 @@ def _read_pt(path: Path, model: HasStructure | None) -> Graph:
         raise GraphFormatError(f"{path}: tensors have shape {tuple(d['scores'].shape)}, expected {shape} for "
                                f"{st.describe()}")
     return Graph(st, scores=d["scores"], in_graph=d["in_graph"], node_scores=d.get("node_scores"),
-                 node_in_graph=d.get("node_in_graph"), metadata=json.loads(d.get("metadata") or "{}"))
+                 node_in_graph=d.get("node_in_graph"), metadata=json.loads(d.get("metadata") or "{}"),
+                 neuron_scores=d.get("neuron_scores"), neuron_in_graph=d.get("neuron_in_graph"))
 
 
 # ---- MIB's .pt -------------------------------------------------------------------------------------------------

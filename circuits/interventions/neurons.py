@@ -168,17 +168,23 @@ class HiddenRecorder(_Wrapped):
 
 
 @torch.no_grad()
-def record_hidden(model: CircuitModel, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                  senders: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """``[L, B, P, m]``: every MLP neuron's activation on these inputs (with ``senders``: also the sender outputs
-    ``[S, B, P, d]`` of the same run, as ``(senders, hidden)``)."""
+def record_hidden(model: CircuitModel, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """``[L, B, P, m]``: every MLP neuron's activation on these inputs."""
     mlp_shape(model)
-    recorder = HiddenRecorder(PlainResidual(record=senders))
-    run = model.run(input_ids, attention_mask, residual=recorder)
-    if senders:
-        assert run.sender_outputs is not None
-        return run.sender_outputs, recorder.hidden()
+    recorder = HiddenRecorder()
+    model.run(input_ids, attention_mask, residual=recorder)
     return recorder.hidden()
+
+
+@torch.no_grad()
+def record_senders_and_hidden(model: CircuitModel, input_ids: Tensor, attention_mask: Tensor | None = None
+                              ) -> tuple[Tensor, Tensor]:
+    """``(sender outputs [S, B, P, d], neuron activations [L, B, P, m])`` of one run on these inputs."""
+    mlp_shape(model)
+    recorder = HiddenRecorder(PlainResidual(record=True))
+    run = model.run(input_ids, attention_mask, residual=recorder)
+    assert run.sender_outputs is not None
+    return run.sender_outputs, recorder.hidden()
 
 
 @torch.no_grad()
@@ -204,9 +210,7 @@ def hidden_ablation(model: CircuitModel, ablation: str, input_ids: Tensor, atten
         if corrupted_ids is None or corrupted_ids.shape != input_ids.shape:
             raise NeuronError("ablation='corrupted' needs corrupted prompts of the clean prompts' shape "
                               "(corrupted_ids=...)")
-        out = record_hidden(model, corrupted_ids, attention_mask)
-        assert isinstance(out, Tensor)
-        return out
+        return record_hidden(model, corrupted_ids, attention_mask)
     if reference_ids is None:
         raise NeuronError("ablation='mean' needs a reference set (reference_ids=...), e.g. the task's training split")
     return mean_hidden(model, reference_ids, reference_mask, n_positions=input_ids.shape[1], batch_size=batch_size)

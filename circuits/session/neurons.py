@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 
 from circuits.interventions.masked import MaskedResidual
-from circuits.interventions.neurons import NeuronMasked, hidden_ablation, mean_hidden, mlp_shape, record_hidden
+from circuits.interventions.neurons import (
+    NeuronMasked,
+    hidden_ablation,
+    mean_hidden,
+    mlp_shape,
+    record_senders_and_hidden,
+)
 from circuits.session.session import CircuitMetrics, SessionError
 from circuits.tasks.metrics import Metric
 
@@ -63,9 +69,7 @@ class NeuronRuns:
 
     def clean_run(self, batch: SessionBatch) -> tuple[Tensor, Tensor]:
         """``(sender outputs [S, B, P, d], neuron activations [L, B, P, m])`` of the clean prompts: one run."""
-        out = record_hidden(self.session.model, batch.clean, batch.attention_mask, senders=True)
-        assert isinstance(out, tuple)
-        return out
+        return record_senders_and_hidden(self.session.model, batch.clean, batch.attention_mask)
 
     def check_masks(self, edges: Tensor, neurons: Tensor) -> tuple[Tensor, Tensor]:
         """``(edges [C, S, R], neurons [C, L, m])``, or a :class:`SessionError` naming the shapes expected."""
