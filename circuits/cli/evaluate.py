@@ -103,16 +103,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         circuit = graph
         how = "as given"
-        if args.minimal is not None:
+        units = {"level": "neuron"} if args.level == "neuron" else {}  # select heads and MLP neurons
+        if args.minimal is not None and units:
+            circuit = graph.minimal(model, task, args.minimal, absolute=args.absolute, ablation=args.ablation,
+                                    split=args.split, batch_size=args.batch_size, level="neuron")
+            info = circuit.metadata["minimal"]
+            how = f"minimal top-k heads and neurons reaching f >= {args.minimal}: k = {info['k']}"
+            saved["minimal"] = info
+        elif args.minimal is not None:
             circuit = minimal_circuit(model, task, graph, args.minimal, absolute=args.absolute, ablation=args.ablation,
                                       split=args.split, batch_size=args.batch_size)
             info = circuit.metadata["minimal"]
             how = f"minimal top-k reaching f >= {args.minimal}: k = {info['k']}"
             saved["minimal"] = info
         elif args.k is not None:
-            circuit, how = graph.top_k(args.k, args.absolute), f"top {args.k} edges"
+            circuit, how = graph.top_k(args.k, args.absolute, **units), f"top {args.k} {'units' if units else 'edges'}"
         elif args.fraction is not None:
-            circuit, how = graph.top_fraction(args.fraction, args.absolute), f"top {args.fraction:g} of edges"
+            circuit = graph.top_fraction(args.fraction, args.absolute, **units)
+            how = f"top {args.fraction:g} of {'units' if units else 'edges'}"
         elif args.threshold is not None:
             circuit, how = graph.threshold(args.threshold, args.absolute), f"score >= {args.threshold:g}"
         if how != "as given":
@@ -121,7 +129,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                           level=args.level, **memory)
         print(f"task      {task.name}: {result.n_examples} {result.split} examples, metric {result.metric_name}, "
               f"ablation {result.ablation}")
-        print(f"circuit   {args.graph}, {how}: {result.n_edges:,} edges, {result.n_nodes} nodes (after pruning)")
+        neurons = "" if result.n_neurons is None else f", {result.n_neurons:,} MLP neurons"
+        print(f"circuit   {args.graph}, {how}: {result.n_edges:,} edges, {result.n_nodes} nodes{neurons} "
+              "(after pruning)")
         print(f"\n{'':14s}{result.metric_name:>12s}{'KL(full||.)':>14s}")
         print(f"{'full model':14s}{result.metric_full:12.4f}{0.0:14.4f}")
         print(f"{'empty circuit':14s}{result.metric_empty:12.4f}{result.kl_empty:14.4f}")
@@ -234,8 +244,9 @@ def add_parser(sub) -> None:
     sel.add_argument("--absolute", action="store_true", help="rank by |score| (MIB's CMD runs) instead of score")
     ev.add_argument("--curve", action="store_true",
                     help="the faithfulness curve at MIB's fractions with CPR and CMD instead of one circuit")
-    ev.add_argument("--level", default="edge", choices=["edge", "node"],
-                    help="node: run every edge between the circuit's nodes (node-level circuits)")
+    ev.add_argument("--level", default="edge", choices=["edge", "node", "neuron"],
+                    help="node: run every edge between the circuit's nodes (node-level circuits); neuron: heads and "
+                         "MLP neurons as units (--k/--fraction/--minimal count them), cut neurons ablated")
     ev.add_argument("--split", default="validation", choices=["validation", "train", "all"],
                     help="examples evaluated (default: %(default)s)")
     ev.add_argument("--save-circuit", default=None, help="write the evaluated circuit here (.json, .graphml, .pt)")
