@@ -9,7 +9,7 @@ levels, from the same scores:
 * neuron level: units are the 8 heads and the 2,048 MLP neurons (an MLP runs only its kept neurons, the others
   carry their corrupted activation).
 
-``input`` and ``logits`` are always kept (not units). Selection by |score| (MIB's CMD ranking) and by signed score.
+``input`` and ``logits`` are always kept (not units). Selection by absolute score (MIB's CMD ranking) and by signed score.
 Reported: units kept / scored, heads, MLPs and neurons kept, f by ``circuits.evaluate`` on the validation split.
 
     python benchmarks/neuron_circuits.py            # writes results/neuron_circuits.{json,md}
@@ -41,7 +41,7 @@ def row(model, task, scored, method, level, absolute, seconds):
     heads = [s.head_sender(layer, h) for layer in range(s.n_layers) for h in range(s.n_heads)]
     mlps = [s.mlp_sender(layer) for layer in range(s.n_layers)]
     kept = circuit.node_in_graph
-    return {"task": task.name, "method": method, "level": level, "selection": "|score|" if absolute else "signed",
+    return {"task": task.name, "method": method, "level": level, "selection": "absolute" if absolute else "signed",
             "units_kept": record["k"], "units": record["n_units"], "fraction": record["k"] / record["n_units"],
             "heads": int(kept[heads].sum()), "mlps": int(kept[mlps].sum()),
             "neurons": circuit.n_neurons if level == "neuron" else int(kept[mlps].sum()) * scored.neuron_scores.shape[1],
