@@ -124,3 +124,20 @@ def test_unaligned_tasks_name_the_option_that_aligns_them():
     assert len(task.aligned(5)) == int((lengths == 5).sum())
     with pytest.raises(TaskError, match="no pair of 40 tokens"):
         task.aligned(40)
+
+
+def test_induction_match_at_one_index_reads_every_pair_at_one_position():
+    import circuits
+
+    model = circuits.load_model("zoo:attn-only-2l")
+    task = circuits.load_task("induction", model, n=16, corruption="match", min_period=6, max_period=6,
+                              replaced=2, seq_len=20)
+    first = 1 + 20 - 6  # BOS + prefix + first copy: where the second copy starts
+    assert bool((task.positions[:, 0] == first + 2).all()) and task.positions.shape[1] == 1
+    assert CircuitSession(model, task, split="all").n_positions == 21
+    differs = (task.clean != task.corrupted).nonzero()[:, 1]
+    assert bool((differs == 1 + 20 - 12 + 2).all()), "only the first copy's token 2 is replaced"
+    with pytest.raises(TaskError, match="replaced=5"):
+        circuits.load_task("induction", model, n=4, corruption="match", min_period=6, max_period=6, replaced=5)
+    with pytest.raises(TaskError, match="corruption='match'"):
+        circuits.load_task("induction", model, n=4, replaced=1)
