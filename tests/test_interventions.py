@@ -128,9 +128,9 @@ def test_strategy_preconditions_fail_loudly():
 
 # ---- an independent reference: recompute one receiver's input with one sender swapped -------------------------
 def _naive_swap_forward(spec: TransformerSpec, ids: torch.Tensor, ablated: torch.Tensor, sender: int,
-                        receiver: int) -> torch.Tensor:
+                        receiver: int, position: int | None = None) -> torch.Tensor:
     """Plain forward, head by head with SDPA; only ``receiver`` reads ``ablated[sender]`` instead of the
-    sender's own output. Shares no code with the masked residual."""
+    sender's own output (at ``position`` only, if given). Shares no code with the masked residual."""
     s = spec.structure
     n_batch, n_pos = ids.shape
     pos = torch.arange(n_pos).expand(n_batch, n_pos)
@@ -140,7 +140,9 @@ def _naive_swap_forward(spec: TransformerSpec, ids: torch.Tensor, ablated: torch
     def reads(r: int) -> torch.Tensor:
         resid = torch.stack(outs).sum(0) + bias_so_far[0]
         if r == receiver:
-            resid = resid - outs[sender] + ablated[sender]
+            at = slice(None) if position is None else slice(position, position + 1)
+            resid = resid.clone()
+            resid[:, at] = (resid - outs[sender] + ablated[sender].expand_as(resid))[:, at]
         return resid
 
     bias_so_far = [torch.zeros(())]

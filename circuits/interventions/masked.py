@@ -14,6 +14,9 @@ Two savings, each exact by construction:
 * :class:`IncrementalResidual` holds every sender's output in a circuit run before (:class:`HeldCircuit`) and
   recomputes only the nodes whose input differs from it in some candidate, and their descendants: the set is
   derived from the masks, never given, so a candidate cannot read a stale output.
+
+:class:`PositionMaskedResidual` is the same intervention with a position axis, ``m [C, S, R, P]``: position-aware
+circuits, whose edges may be kept at some positions only.
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ class MaskedResidual(ResidualStrategy):
 
     per_head = True
     _shares = False  # hold the rows common to every circuit once (subclasses that hold outputs)
+    _mask_dims = 3  # [C, S, R]
 
     def __init__(self, masks: Tensor, ablated: Ablated | Tensor, *, record: bool = False):
-        self.circuit_axis = masks.dim() == 3
-        self.masks_in = masks if masks.dim() == 3 else masks[None]  # [C, S, R]
+        self.circuit_axis = masks.dim() == self._mask_dims
+        self.masks_in = masks if masks.dim() == self._mask_dims else masks[None]  # [C, S, R]
         self.n_circuits = self.masks_in.shape[0]
         self.abl = as_ablated(ablated)
         if record and self.n_circuits != 1:
@@ -84,10 +88,8 @@ class MaskedResidual(ResidualStrategy):
         super().begin(first, structure)
         B, P, d = first.shape
         masks, values = self.masks_in, self.abl.values
-        S, R = structure.n_senders, structure.n_receivers
-        if tuple(masks.shape[-2:]) != (S, R):
-            raise ValueError(f"masks must be [S, R] or [C, S, R] with S={S} senders and R={R} receivers "
-                             f"({structure.describe()}), got {tuple(masks.shape)}")
+        S = structure.n_senders
+        self._check_masks(structure, P)
         if values.shape[0] != S or values.shape[-1] != d:
             raise ValueError(f"ablated sender outputs must be [S={S}, B, P, d={d}] (or broadcastable), "
                              f"got {tuple(values.shape)}")
@@ -97,17 +99,29 @@ class MaskedResidual(ResidualStrategy):
         is_a_run = self.abl.is_a_run and tuple(values.shape[1:3]) == (B, P)
         active = None
         if not (masks.requires_grad or values.requires_grad):
-            active = active_senders(structure, masks, is_a_run)
+            active = active_senders(structure, self._edge_view(), is_a_run)
         self._setup(first, values.to(first.dtype), structure, active)
         if self.record:
             self.recording = self.ablated.expand(S, B, P, d).clone()
             self.recording[0] = first
         return first
 
+    def _check_masks(self, structure: GraphStructure, P: int) -> None:
+        S, R = structure.n_senders, structure.n_receivers
+        if tuple(self.masks_in.shape[-2:]) != (S, R):
+            raise ValueError(f"masks must be [S, R] or [C, S, R] with S={S} senders and R={R} receivers "
+                             f"({structure.describe()}), got {tuple(self.masks_in.shape)}")
+
+    def _edge_view(self) -> Tensor:  # [C, S, R]: which edges any position of a circuit keeps
+        return self.masks_in
+
+    def _new_buffer(self, first: Tensor, rows: int) -> Tensor:  # [C, rows, B*P*d]
+        return first.new_empty(self.C, rows, self.B * self.P * self.d)
+
     def _setup(self, first: Tensor, ablated: Tensor, structure: GraphStructure, active: Tensor | None) -> None:
         masks = self.masks_in
         S = structure.n_senders
-        self.C, _, self.R = masks.shape
+        self.C, self.R = masks.shape[0], masks.shape[2]
         self.ablated = ablated  # [S, B|1, P|1, d]
         self.B, self.P, self.d = first.shape
         self.n_upstream = structure.n_upstream.tolist()
@@ -119,7 +133,7 @@ class MaskedResidual(ResidualStrategy):
         self.masks = masks.to(first.dtype)  # [C, S, R]
         self.sharing = self._shares and active is not None
         X = self.B * self.P * self.d
-        self.buffer = first.new_empty(self.C, 1 + A, X)  # per-circuit rows (row 0: the base, without sharing)
+        self.buffer = self._new_buffer(first, 1 + A)  # per-circuit rows (row 0: the base, without sharing)
         self.shared = first.new_empty(1 + A, X) if self.sharing else None  # rows the same in every circuit
         self.rows: list[int] = []  # the senders in buffer rows 1, 2, ... (in order)
         self.shared_rows: list[int] = []  # the senders in shared rows 1, 2, ...
@@ -326,6 +340,71 @@ class MaskedResidual(ResidualStrategy):
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device)
         return [receivers[int(i)] for i in first[order]], rank[inverse].cpu()
+
+
+
+class PositionMaskedResidual(MaskedResidual):
+    """:class:`MaskedResidual` whose masks carry a position axis: ``m [C, S, R, P]`` (or ``[S, R, P]``).
+
+    Receiver R at position p reads ``sum_S abl_S[p] + m[S, R, p] * (out_S[p] - abl_S[p])``: the edge intervention
+    of position-aware circuits (Haklay et al. 2025), where an edge may be in the circuit at some positions only.
+    Positions are those of this run's batch (``P`` of the input); a session slices longer masks to its batches.
+
+    The sender differences live position-major, ``[C, P, 1 + A, B*d]``, so a read is one batched product over
+    (circuit, position) pairs, ``[R, n] @ [n, B*d]`` each, with no copy of the buffer. Runs without gradients only
+    (attribution scores positions through :class:`~circuits.interventions.probe.GradientProbe`); idle senders are
+    skipped as in the parent (a sender is idle when no position of any circuit uses its edges).
+    """
+
+    _mask_dims = 4  # [C, S, R, P]
+
+    def __init__(self, masks: Tensor, ablated: Ablated | Tensor, *, record: bool = False):
+        if masks.dim() not in (3, 4):
+            raise ValueError(f"position masks must be [S, R, P] or [C, S, R, P], got {tuple(masks.shape)}")
+        if masks.requires_grad:
+            raise ValueError("position masks run without gradients: score positions with "
+                             "GradientProbe(positions=True), or give masks that do not require grad")
+        super().__init__(masks, ablated, record=record)
+
+    def _check_masks(self, structure: GraphStructure, P: int) -> None:
+        S, R = structure.n_senders, structure.n_receivers
+        if tuple(self.masks_in.shape[1:]) != (S, R, P):
+            raise ValueError(f"position masks must be [S, R, P] or [C, S, R, P] with S={S} senders, R={R} receivers "
+                             f"({structure.describe()}) and P={P} positions of this batch, got "
+                             f"{tuple(self.masks_in.shape)}")
+
+    def _edge_view(self) -> Tensor:  # [C, S, R]
+        return self.masks_in.detach().ne(0).any(-1)
+
+    def _new_buffer(self, first: Tensor, rows: int) -> Tensor:  # [C, P, rows, B*d]
+        return first.new_empty(self.C, self.P, rows, self.B * self.d)
+
+    def _write_rows(self, senders: list[int], outputs: Tensor) -> None:  # outputs [k, C, B, P, d]
+        k = len(senders)
+        at = len(self.rows) + 1
+        abl = self._ablated_of(senders)[:, None]  # [k, 1, B|1, P|1, d]
+        rows = self.buffer[:, :, at:at + k].view(self.C, self.P, k, self.B, self.d).permute(2, 0, 3, 1, 4)
+        torch.sub(outputs, abl, out=rows)  # [k, C, B, P, d], written position-major
+        self.rows += senders
+
+    def read(self, receivers: Receivers, then: int | None = None) -> Tensor:
+        """``[R, N, P, d]``: each receiver's masked mix, position by position (``then`` is not needed: every
+        read mixes all senders written so far in one product)."""
+        if isinstance(receivers, int):
+            receivers = [receivers]
+        listed = list(range(receivers.start, receivers.stop)) if isinstance(receivers, slice) else list(receivers)
+        assert all(self.n_upstream[r] == self.n_written for r in listed), \
+            "receivers must read exactly the senders written before them"
+        C, P, B, d, n, R = self.C, self.P, self.B, self.d, len(self.rows), len(listed)
+        dev = self.masks.device
+        m = self.masks.index_select(1, torch.as_tensor(self.rows, device=dev))
+        m = m.index_select(2, torch.as_tensor(listed, device=dev))  # [C, n, R, P]
+        m = m.permute(0, 3, 2, 1).reshape(C * P, R, n)  # [C*P, R, n]
+        rows = self.buffer[:, :, 1:1 + n].flatten(0, 1)  # [C*P, n, B*d], a view
+        base = self.base.expand(B, P, d).transpose(0, 1).reshape(1, P, 1, B * d)
+        base = base.expand(C, P, R, B * d).reshape(C * P, R, B * d)
+        mixed = torch.baddbmm(base, m, rows)  # [C*P, R, B*d]
+        return mixed.view(C, P, R, B, d).permute(2, 0, 3, 1, 4).reshape(R, self.N, P, d)
 
 
 class _MixSenders(torch.autograd.Function):

@@ -16,7 +16,7 @@ from torch import Tensor
 from circuits.graph.structure import GraphStructure
 from circuits.interventions.ablation import Ablated, as_ablated
 from circuits.interventions.forward import ForwardResult, decomposed_forward
-from circuits.interventions.masked import MaskedResidual
+from circuits.interventions.masked import MaskedResidual, PositionMaskedResidual
 from circuits.interventions.residual import PlainResidual, ResidualStrategy
 from circuits.models.architectures import TransformerSpec, read_transformer
 
@@ -149,10 +149,13 @@ class CircuitModel:
 
     def patched_logits(self, input_ids: Tensor, masks: Tensor, ablated: Ablated | Tensor,
                        attention_mask: Tensor | None = None, *, logit_positions: Tensor | None = None) -> Tensor:
-        """Logits with every edge mixed by ``masks`` (``[S, R]`` or ``[C, S, R]``) between this run and
-        ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]`` (``P`` -> ``K`` with ``logit_positions``)."""
+        """Logits with every edge mixed by ``masks`` (``[S, R]`` or ``[C, S, R]``; position-aware: ``[S, R, P]`` or
+        ``[C, S, R, P]``) between this run and ``ablated`` sender outputs; ``[B, P, V]`` or ``[C, B, P, V]``
+        (``P`` -> ``K`` with ``logit_positions``)."""
         ablated = as_ablated(ablated).to(self.device)
-        residual = MaskedResidual(masks.to(self.device), ablated)
+        s = self.structure
+        by_position = masks.dim() >= 3 and tuple(masks.shape[-3:-1]) == (s.n_senders, s.n_receivers)
+        residual = (PositionMaskedResidual if by_position else MaskedResidual)(masks.to(self.device), ablated)
         return self.run(input_ids, attention_mask, residual=residual, logit_positions=logit_positions).logits
 
     def __repr__(self) -> str:

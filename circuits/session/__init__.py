@@ -8,10 +8,12 @@ from circuits.session.session import (
                                       CircuitMetrics,
                                       CircuitSession,
                                       MemoryBudgetError,
+                                      PositionAlignmentError,
                                       SessionError,
                                       check_task_fits_model,
                                       resolve_split,
 )
 
-__all__ = ["CircuitSession", "SessionBatch", "SessionError", "MemoryBudgetError", "Baselines", "CircuitMetrics",
-           "resolve_split", "check_task_fits_model", "undefined", "normalized", "FaithfulnessWarning", "warn_undefined"]
+__all__ = ["CircuitSession", "SessionBatch", "SessionError", "MemoryBudgetError", "PositionAlignmentError",
+           "Baselines", "CircuitMetrics", "resolve_split", "check_task_fits_model", "undefined", "normalized",
+           "FaithfulnessWarning", "warn_undefined"]

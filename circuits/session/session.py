@@ -44,7 +44,7 @@ from torch import Tensor
 
 from circuits.errors import CircuitsError
 from circuits.interventions.ablation import Ablated, AblationError, build_ablation, check_ablation, mean_outputs
-from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
+from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual, PositionMaskedResidual
 from circuits.interventions.residual import ResidualStrategy
 from circuits.session.batches import SessionBatch, plan_batches
 from circuits.session.memory import ModelWidths, estimate_peak, format_bytes, parse_memory
@@ -71,6 +71,11 @@ StrategyFactory = Callable[[SessionBatch, Tensor], ResidualStrategy]
 
 class SessionError(CircuitsError, ValueError):
     """A circuit run cannot start as asked: the message names the problem and the fix."""
+
+
+class PositionAlignmentError(SessionError):
+    """Position-aware circuits asked of a task whose pairs do not all have one length (so position p is not one
+    place in every prompt): the message names the lengths and the option that aligns them."""
 
 
 class MemoryBudgetError(SessionError):
@@ -210,6 +215,27 @@ class CircuitSession:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @cached_property
+    def n_positions(self) -> int:
+        """``L``: the one token length of every pair, the position axis of position-aware scores and masks
+        (``[S, R, L]``, ``[C, S, R, L]``). Each batch is cut after its own last read position, so it reads and
+        writes ``[..., :P_b]`` of that axis; later positions cannot change its read logits (causal models).
+        Raises :class:`PositionAlignmentError` when the pairs differ in length."""
+        lengths = self.data.as_batch().lengths
+        found = sorted({int(n) for n in lengths.unique().tolist()})
+        if len(found) != 1:
+            shown = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
+            raise PositionAlignmentError(
+                f"position-aware circuits need every pair of task {self.task_name!r} to have one length, so that "
+                f"position p is the same slot of every prompt; its pairs have {len(found)} lengths ({shown} "
+                "tokens). Fix: keep the pairs of one length with task.aligned() (CLI: --align-positions), or use "
+                "a task whose prompts share one template length")
+        return found[0]
+
+    def position_masks(self, masks: Tensor, batch: SessionBatch) -> Tensor:
+        """``masks [C, S, R, L]`` cut to ``batch``'s positions ``[C, S, R, P_b]`` (a view)."""
+        return masks[..., :batch.clean.shape[1]]
 
     def in_share(self, units: Iterable[T]) -> list[T]:
         """The units of a method's fixed work list that this process runs: all of them, or those at the positions
@@ -359,7 +385,9 @@ class CircuitSession:
                         circuits_per_pass: int | None = None, strategy: StrategyFactory | None = None
                         ) -> CircuitMetrics:
         """The metric (and, with ``kl``, the KL to the full model) of every circuit in ``masks [C, S, R]``
-        (bool, or floats in [0, 1]) on every example.
+        (bool, or floats in [0, 1]) on every example. Position-aware circuits: ``masks [C, S, R, L]`` with
+        ``L = n_positions``, run by :class:`PositionMaskedResidual` (``strategy`` then gets each batch's
+        ``[c, S, R, P_b]``).
 
         Circuits equal to the full or the empty graph are not run (the baselines are theirs), identical masks run
         once, and each batch runs its circuits in as few patched passes as memory allows (``circuits_per_pass``
@@ -369,8 +397,18 @@ class CircuitSession:
         if masks.dim() == 2:
             masks = masks[None]
         S, R = self.structure.n_senders, self.structure.n_receivers
-        if tuple(masks.shape[1:]) != (S, R):
-            raise SessionError(f"masks must be [C, {S}, {R}] for this model, got {tuple(masks.shape)}")
+        if masks.dim() == 3 and tuple(masks.shape[:2]) == (S, R) and masks.shape[1:] != (S, R):
+            masks = masks[None]  # one position-aware circuit [S, R, L]
+        by_position = masks.dim() == 4
+        if by_position and tuple(masks.shape[1:]) != (S, R, self.n_positions):
+            raise SessionError(f"position-aware masks must be [C, {S}, {R}, {self.n_positions}] for this model and "
+                               f"task ({self.n_positions} positions per pair), got {tuple(masks.shape)}")
+        if not by_position and tuple(masks.shape[1:]) != (S, R):
+            raise SessionError(f"masks must be [C, {S}, {R}] (or [C, {S}, {R}, L] position-aware) for this model, "
+                               f"got {tuple(masks.shape)}")
+        if by_position and masks.requires_grad:
+            raise SessionError("position-aware masks run without gradients; detach them (position-aware "
+                               "attribution scores positions through GradientProbe instead)")
         self.fit("patched")  # before any forward: chunk the examples, or refuse a run that cannot fit
         kinds, unique = self._dedupe(masks.detach().cpu())
         C = len(kinds)
@@ -389,7 +427,10 @@ class CircuitSession:
                 with torch.no_grad():
                     for start in range(0, len(unique), per_pass):
                         chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
-                        residual = MaskedResidual(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
+                        if by_position:
+                            chunk = self.position_masks(chunk, b)
+                        default = PositionMaskedResidual if by_position else MaskedResidual
+                        residual = default(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
                         logits = self.run(b, residual)  # [c, b, K, V]
                         self.forwards += 1
                         rows = slice(start, start + len(chunk))
@@ -423,6 +464,8 @@ class CircuitSession:
     def _dedupe(self, masks: Tensor) -> tuple[list[tuple[str, int]], list[Tensor]]:
         """Per circuit ``("full" | "empty" | "run", index into the unique masks to run)``."""
         edges = self.structure.edge_mask
+        if masks.dim() == 4:  # position-aware: an edge is every one of its positions
+            edges = edges[..., None].expand(*edges.shape, masks.shape[-1])
         kinds: list[tuple[str, int]] = []
         unique: list[Tensor] = []
         seen: dict[bytes, int] = {}

@@ -50,7 +50,8 @@ _TEMPLATE_OPTIONS = _COMMON + ("corruption", "invalid", "drop_invalid_words")
 _OPTIONS = {
     "ioi": _TEMPLATE_OPTIONS,
     "greater-than": _TEMPLATE_OPTIONS + ("centuries",),
-    "induction": _COMMON + ("seq_len", "min_period", "max_period", "corpus", "token_ids", "corruption"),
+    "induction": _COMMON + ("seq_len", "min_period", "max_period", "corpus", "token_ids", "corruption",
+                           "replaced"),
     "template": _TEMPLATE_OPTIONS,
     "pairs": _COMMON + ("counterfactual",),
     "mib": _COMMON + ("counterfactual", "mib_split", "config", "invalid"),
@@ -112,7 +113,7 @@ def load_task(name_or_path: str | Path, model_or_tokenizer: Any, n: int = 200, s
     ``task.train``, default 0.5); for template tasks ``corruption`` (IOI: "abc", "s2", "swap"), ``invalid``
     ("resample" pairs that fail a tokenization check in context, or "error"), ``drop_invalid_words``;
     greater-than ``centuries``; induction ``seq_len``, ``min_period``, ``max_period``, ``corpus``, ``token_ids``,
-    ``corruption`` ("copy", "match": see :func:`circuits.tasks.builtin.induction_pairs`);
+    ``corruption`` ("copy", "match": see :func:`circuits.tasks.builtin.induction_pairs`), ``replaced`` (match);
     pairs files ``counterfactual`` (which MIB counterfactual to use). A folder holding an MIB dataset (as the hub
     lays it out; :mod:`circuits.tasks.mib`) takes ``mib_split`` (MIB's "train", "validation" or "test"; default
     "train"), ``counterfactual``, ``config`` (e.g. "4_answer_choices") and ``invalid`` ("drop", the default, leaves

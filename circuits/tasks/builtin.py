@@ -83,7 +83,7 @@ INDUCTION_CORRUPTIONS = ("copy", "match")
 
 def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int = 40, min_period: int = 5,
                     max_period: int = 15, corpus: Any = None, token_ids: Sequence[int] | None = None,
-                    corruption: str = "copy"):
+                    corruption: str = "copy", replaced: int | None = None):
     """Repeated sequences ``prefix + A + A`` (clean), all length ``seq_len``, and a corrupted partner.
 
     The period P = len(A) varies per example in [min_period, max_period], so no fixed look-back distance solves
@@ -102,7 +102,9 @@ def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int =
       absent from the sequence (j random in 0..P-2). Read once, at the second copy's A[j]: answer A[j + 1],
       distractor the replacing token. The attended token A[j + 1] is unchanged, only what precedes it differs,
       so the difference runs through the match (previous-token head -> induction head keys), not the values:
-      the counterfactual that isolates K-composition.
+      the counterfactual that isolates K-composition. ``replaced`` fixes j (the same for every example; with
+      ``min_period == max_period`` every pair is then read at one position: what position-aware circuits need
+      to show the effect in one place).
 
     Returns (clean ids, corrupted ids, readouts, records).
     """
@@ -114,6 +116,10 @@ def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int =
                         f"min_period={min_period}, max_period={max_period}, seq_len={seq_len}")
     if min_period < 2:
         raise TaskError("induction needs min_period >= 2 (a period of 1 has nothing to read); fix: raise min_period")
+    if replaced is not None and (corruption != "match" or not 0 <= int(replaced) <= min_period - 2):
+        raise TaskError(f"induction replaced={replaced!r}: the index of the replaced token needs "
+                        f"corruption='match' and 0 <= replaced <= min_period - 2 = {min_period - 2}; fix: drop it or "
+                        "give an index inside the shortest period")
     g = torch.Generator().manual_seed(int(seed))
     periods = torch.randint(min_period, max_period + 1, (n,), generator=g).tolist()
     if corpus is not None:
@@ -152,6 +158,7 @@ def induction_pairs(tok, n: int, seed: int, *, prepend_bos: bool, seq_len: int =
             record |= {"answer": tok.decode(A[1:]), "distractor": tok.decode(B[1:])}
         else:
             j = int(torch.randint(0, P - 1, (1,), generator=g))
+            j = j if replaced is None else int(replaced)  # drawn either way: the rest of the pairs do not change
             seen = set(head) | set(A)
             x = next((t for t in B if t not in seen), None)  # a token absent from the clean sequence
             if x is None:  # a corpus window made only of tokens already in the sequence

@@ -177,6 +177,26 @@ class Task:
         records = [self.records[i] for i in rows] if self.records else []
         return self._replace(data=self.data.index(torch.as_tensor(rows, dtype=torch.long)), records=records)
 
+    def aligned(self, length: int | None = None) -> "Task":
+        """The pairs of one token length (default: the most common one, the longest among ties), so that position
+        p is the same slot of every prompt: what position-aware circuits need (``CircuitSession.n_positions``).
+        The padding past that length is dropped."""
+        lengths = self.data.lengths
+        values, counts = lengths.unique(return_counts=True)
+        if length is None:
+            best = counts.max()
+            length = int(values[counts == best].max())
+        keep = (lengths == int(length)).nonzero().reshape(-1)
+        if len(keep) == 0:
+            found = ", ".join(str(int(v)) for v in values)
+            raise TaskError(f"task {self.name!r} has no pair of {length} tokens (its lengths: {found}); fix: "
+                            "give one of those lengths, or None for the most common")
+        task = self[keep]
+        trimmed = dataclasses.replace(task.data, clean=task.data.clean[:, :length],
+                                      corrupted=task.data.corrupted[:, :length],
+                                      attention_mask=task.data.attention_mask[:, :length])
+        return task._replace(data=trimmed, options={**task.options, "aligned_length": int(length)})
+
     def with_metric(self, name: str) -> "Task":
         """The same pairs scored with another metric (e.g. ``"kl"`` for faithfulness to the full model)."""
         return self._replace(base_metric=Metric(name))
