@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"method {meta['method']} made a node-level graph without node scores")
         names = [node.name for node in model.structure.nodes]
         frame = pd.DataFrame({"node": names, "score": graph.node_scores.tolist()})
-    if meta["level"] == "neuron" and graph.neuron_scores is not None:  # heads and MLP neurons, ranked together
+    neuron_level = meta["level"] == "neuron" and graph.neuron_scores is not None and graph.node_scores is not None
+    if neuron_level and graph.neuron_scores is not None and graph.node_scores is not None:  # heads, neurons ranked
         import pandas as pd
 
         s = model.structure
