@@ -104,15 +104,15 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"method {meta['method']} made a node-level graph without node scores")
         names = [node.name for node in model.structure.nodes]
         frame = pd.DataFrame({"node": names, "score": graph.node_scores.tolist()})
-    neuron_level = meta["level"] == "neuron" and graph.neuron_scores is not None and graph.node_scores is not None
-    if neuron_level and graph.neuron_scores is not None and graph.node_scores is not None:  # heads, neurons ranked
+    neurons, node_scores = graph.neuron_scores, graph.node_scores
+    if meta["level"] == "neuron" and neurons is not None and node_scores is not None:  # heads, neurons ranked
         import pandas as pd
 
         s = model.structure
         heads = [s.head_sender(layer, h) for layer in range(s.n_layers) for h in range(s.n_heads)]
-        L, m = graph.neuron_scores.shape
+        L, m = neurons.shape
         names = [s.nodes[i].name for i in heads] + [f"m{layer}.n{i}" for layer in range(L) for i in range(m)]
-        scores = graph.node_scores[heads].tolist() + graph.neuron_scores.flatten().tolist()
+        scores = node_scores[heads].tolist() + neurons.flatten().tolist()
         frame = pd.DataFrame({"node": names, "score": scores})
     frame = frame.dropna(subset=["score"]).sort_values("score", ascending=False, kind="stable")
     top = int(opts["top"] or 10)
