@@ -15,7 +15,8 @@ Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` posi
   with its float32 softmax and gradient.
 * ``"patched"``: one no-grad patched forward of ``c`` circuits on ``b`` examples (``rows = c x b``), counted
   in ``[rows, P, d]`` rows: the masked residual's sender buffer ``[1 + S, rows, P, d]`` (allocated whole when
-  the pass begins) and the MLP's partial sum (1); besides it, per layer, the largest of three transients, each
+  the pass begins), the MLP's partial sum (1) and the pass's masks ``[c, S, R]`` (``PATCHED_MASK_BYTES``
+  per edge); besides them, per layer, the largest of three transients, each
   freed before the next layer's read: the read of the ``R`` receivers a layer's heads read (``R = 3H``, or
   ``H + 2G`` with grouped k/v): up to ``R`` distinct mixes plus, when receivers share a mix, its ``R``-row
   gather (``2R + 1``); the attention: those ``R + 1`` inputs, q/k/v and their rotated and per-query-head
@@ -57,6 +58,7 @@ PATCHED_HEADS = 8  # attention besides its R inputs: q, k, v, rotated q, k, per-
 PATCHED_HALF_RMS = 2  # half-precision RMSNorm of the R inputs: x in float32 and x / rms in float32
 PATCHED_MLP_GATED = 3  # gate, up and their product [P, d_mlp] (SwiGLU)
 PATCHED_MLP = 2  # pre-activation and activation [P, d_mlp]
+PATCHED_MASK_BYTES = 8  # per circuit and edge: the pass's stacked float32 masks, the model-dtype copy, two bool ones
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -77,6 +79,7 @@ class ModelWidths:
     itemsize: int
     head_inputs: int = 0  # receivers a layer's heads read: 3H, or H + 2G with grouped k/v (0: 3H)
     rms_norm: bool = False  # RMSNorm (normalises in float32), else LayerNorm
+    n_receivers: int = 0  # receivers of the graph (a patched pass's masks are [c, S, n_receivers])
 
     @classmethod
     def of(cls, model: CircuitModel) -> ModelWidths:
@@ -87,7 +90,7 @@ class ModelWidths:
                    vocab=int(spec.W_U.shape[1]), n_senders=s.n_senders,
                    gated=mlp is not None and mlp.W_gate is not None,
                    itemsize=torch.finfo(model.dtype).bits // 8, head_inputs=s.n_heads + 2 * s.n_kv_receivers,
-                   rms_norm=spec.layers[0].attn_norm.kind == "rmsnorm")
+                   rms_norm=spec.layers[0].attn_norm.kind == "rmsnorm", n_receivers=s.n_receivers)
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,9 @@ class MemoryEstimate:
 
     kind: str
     ablated: int  # the ablation read: [S, b, P, d] (corrupted), [S, 1, P, d] (mean), 0 (zero)
-    senders: int  # sender differences (and clean outputs) [S, b, P, d]; patched: the [1 + S, rows, P, d] buffer
+    senders: int  # sender differences (and clean outputs) [S, b, P, d]; patched: the buffer, partial sum, masks
     saved: int  # autograd's saved activations (attribution only)
-    forward_transient: int  # per-head outputs [H, rows, P, d]; patched: the 6H receiver inputs and temporaries
+    forward_transient: int  # per-head outputs [H, rows, P, d]; patched: a layer's read, attention or MLP
     backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
     readout: int  # logits [rows, K, V] and their float32 copies
 
@@ -136,7 +139,8 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
             attention += PATCHED_HALF_RMS * R * stream * 4 if w.rms_norm else R * stream * isz
         mlp = (3 * stream + (PATCHED_MLP_GATED if w.gated else PATCHED_MLP) * P * w.d_mlp) * isz
         transient = max(read * stream * isz, attention, mlp)
-        return MemoryEstimate(kind, ablated, senders=(S + 2) * rows * stream * isz, saved=0,
+        masks = int(circuits) * S * w.n_receivers * PATCHED_MASK_BYTES
+        return MemoryEstimate(kind, ablated, senders=(S + 2) * rows * stream * isz + masks, saved=0,
                               forward_transient=rows * transient, backward_transient=0,
                               readout=rows * K * w.vocab * (isz + 8))
     rows = int(steps) * b
