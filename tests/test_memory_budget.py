@@ -197,13 +197,18 @@ def test_explicit_steps_per_pass_that_cannot_fit_names_it():
 
 
 # ---- the estimate and the defaults -----------------------------------------------------------------------------
-def test_patched_row_estimate_is_todays_formula():
-    """The session's circuits-per-pass sizing reads the estimator; a patched row costs what it did before."""
+def test_patched_row_estimate_is_the_documented_formula():
+    """The session's circuits-per-pass sizing reads the estimator: a patched row (fp32, 4 heads, 2 kv groups:
+    R = 12 head inputs) holds the buffer and the partial sum (S + 2 rows), the largest of the read (2R + 1) and
+    the attention (R + 1 + 8 rows and the scores with their float32 softmax), the masks and the readout."""
     model, task = tiny_model("qwen2"), tiny_task(n=N, vocab=64)
     session = CircuitSession(model, task, split="all")
     s, d, V = model.structure, model.spec.d_model, model.spec.W_U.shape[1]
+    R, H = 3 * s.n_heads, s.n_heads
     for P, K in ((8, 1), (64, 3)):
-        assert session._bytes_per_row(P, K) == (s.n_senders + 1 + 6 * s.n_heads + 8) * P * d * 4 + K * V * (4 + 8)
+        transient = max((2 * R + 1) * P * d * 4, (R + 1 + 8) * P * d * 4 + H * P * P * 16)
+        masks = s.n_senders * s.n_receivers * 8  # [1, S, R] in float32, the model's dtype and two bool copies
+        assert session._bytes_per_row(P, K) == (s.n_senders + 2) * P * d * 4 + masks + transient + K * V * 12
 
 
 def test_no_budget_on_cpu_plans_as_before():
@@ -226,7 +231,7 @@ def test_estimate_terms_on_llama_8b_widths():
     chunked = estimate_peak(w, "attribution", examples=8, positions=64, steps=5, sender_copies=2, position_chunk=8)
     assert chunked.backward_transient * 8 == two.backward_transient and chunked.saved == two.saved
     patched = estimate_peak(w, "patched", examples=8, positions=64, circuits=4)
-    assert patched.senders == (2 + 32 * 33) * 32 * 64 * 4096 * 2 and patched.saved == 0  # [1 + S, c*b, P, d]
+    assert patched.senders == (3 + 32 * 33) * 32 * 64 * 4096 * 2 and patched.saved == 0  # [1 + S, c*b, P, d], partial
     fp32 = estimate_peak(dataclasses.replace(w, itemsize=4), "attribution", examples=8, positions=64, steps=5,
                          sender_copies=2)
     assert (fp32.senders, fp32.saved, fp32.ablated) == (2 * two.senders, 2 * two.saved, 2 * two.ablated)

@@ -96,6 +96,8 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         if mlp_r is not None and spec.parallel_attn_mlp:
             mlp_in = residual.read(mlp_r)
         residual.write_heads(layer_idx, heads, outputs)
+        if heads:  # the buffer holds the outputs now: the next read must not find this layer's inputs held
+            del x, qkv, z, outputs
         if layer.attn.b_O is not None:
             residual.add_constant(layer.attn.b_O)
         if layer.mlp is None or layer.mlp_norm is None:
@@ -112,6 +114,7 @@ def decomposed_forward(spec: TransformerSpec, input_ids: Tensor, attention_mask:
         else:
             out = residual.mlp(layer_idx, layer.mlp, layer.mlp_norm(mlp_in))  # [1, N, P, d]
         residual.write_mlp(layer_idx, out)
+        del mlp_in, out
 
     final = residual.read(structure.logits_receiver)[0]  # [N, P, d]
     if read_rows is not None:  # [N, P, d] -> [N, K, d]

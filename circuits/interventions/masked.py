@@ -307,7 +307,7 @@ class MaskedResidual(ResidualStrategy):
                 mixed = self._mix(unique, 0)
                 if then is not None and ahead:
                     last = int(inverse[-1])
-                    self.partial[then] = (self.n_written, mixed[last:last + 1], self.base)
+                    self.partial[then] = (self.n_written, mixed[last:last + 1].clone(), self.base)  # frees the mix
                     inverse = inverse[:-1]
                 if bool((inverse == inverse[0]).all()):  # one stream for all: the forward normalises it once
                     return mixed[int(inverse[0])].reshape(1, self.N, self.P, self.d)
@@ -318,7 +318,7 @@ class MaskedResidual(ResidualStrategy):
                 index = slice(receivers.start, then + 1)  # contiguous: a view of the masks, no gather
             mixed = self._mix(index, 0)  # [R (+1), C, X]
             if then is not None and ahead:
-                self.partial[then] = (self.n_written, mixed[-1:], self.base)
+                self.partial[then] = (self.n_written, mixed[-1:].clone(), self.base)  # not the whole mix held
                 mixed = mixed[:-1]
         return mixed.reshape(R, self.N, self.P, self.d)
 
@@ -419,7 +419,9 @@ class _MixSenders(torch.autograd.Function):
         ctx.rows = rows[:, 1:] if ctx.with_base else rows
         ctx.chunk_shapes = [c.shape for c in chunks]
         ctx.save_for_backward(m)
-        return torch.bmm(m.transpose(1, 2), rows)  # [C, R, X]
+        # written in the [R, C, X] layout the reads return, so reshaping them to [R, N, P, d] copies nothing
+        out = rows.new_empty(m.shape[2], m.shape[0], rows.shape[2]).transpose(0, 1)  # [C, R, X] view
+        return torch.bmm(m.transpose(1, 2), rows, out=out)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # [C, R, X]

@@ -13,9 +13,17 @@ Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` posi
   gated: three of them); the forward's per-head outputs ``[H, rows, P, d]``; the backward's per-head input
   gradients ``[H, rows, p, d]`` in float32 (chunked over positions: ``p <= P``); the readout ``[rows, K, V]``
   with its float32 softmax and gradient.
-* ``"patched"``: one no-grad patched forward of ``c`` circuits on ``b`` examples (``rows = c x b``): the
-  masked residual's sender buffer ``[1 + S, rows, P, d]``, the per-head receiver inputs and their norms
-  (``6H`` rows of ``[rows, P, d]``) and a few temporaries, and the readout ``[rows, K, V]`` with float32 copies.
+* ``"patched"``: one no-grad patched forward of ``c`` circuits on ``b`` examples (``rows = c x b``), counted
+  in ``[rows, P, d]`` rows: the masked residual's sender buffer ``[1 + S, rows, P, d]`` (allocated whole when
+  the pass begins), the MLP's partial sum (1) and the pass's masks ``[c, S, R]`` (``PATCHED_MASK_BYTES``
+  per edge); besides them, per layer, the largest of three transients, each
+  freed before the next layer's read: the read of the ``R`` receivers a layer's heads read (``R = 3H``, or
+  ``H + 2G`` with grouped k/v): up to ``R`` distinct mixes plus, when receivers share a mix, its ``R``-row
+  gather (``2R + 1``); the attention: those ``R + 1`` inputs, q/k/v and their rotated and per-query-head
+  copies, the output (``PATCHED_HEADS``) and the scores ``[H, rows, P, P]`` with their float32 softmax, and in
+  half precision the RMSNorm's two float32 copies of the ``R`` inputs (LayerNorm: one normalised copy); the
+  MLP: its hidden ``[rows, P, d_mlp]`` tensors. Then the readout ``[rows, K, V]`` with float32 copies. Measured
+  against a storage-tracking dispatch mode in ``tests/test_patched_memory.py``.
 
 Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
@@ -44,7 +52,13 @@ SAVED_QKV = 2  # q, k, v [H + 2G, P, e] and their rotated copies
 SAVED_PATTERN = 2  # attention scores and pattern [H, P, P]
 SAVED_MLP_GATED = 4  # gate, act(gate), up, their product [P, d_mlp] (SwiGLU)
 SAVED_MLP = 2  # pre-activation and activation [P, d_mlp]
-PATCHED_ROWS = 8  # temporaries of a patched pass besides the sender buffer and the 6H receiver inputs [P, d]
+# a patched pass, in [P, d] rows per circuit x example (see the module docstring)
+PATCHED_READ = 2  # a read: up to R distinct mixes [R, rows, P, d] and, when receivers share one, the R-row gather
+PATCHED_HEADS = 8  # attention besides its R inputs: q, k, v, rotated q, k, per-query-head k, v, the heads' z
+PATCHED_HALF_RMS = 2  # half-precision RMSNorm of the R inputs: x in float32 and x / rms in float32
+PATCHED_MLP_GATED = 3  # gate, up and their product [P, d_mlp] (SwiGLU)
+PATCHED_MLP = 2  # pre-activation and activation [P, d_mlp]
+PATCHED_MASK_BYTES = 8  # per circuit and edge: the pass's stacked float32 masks, the model-dtype copy, two bool ones
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -63,6 +77,9 @@ class ModelWidths:
     n_senders: int
     gated: bool  # SwiGLU MLP (Llama, Qwen2)
     itemsize: int
+    head_inputs: int = 0  # receivers a layer's heads read: 3H, or H + 2G with grouped k/v (0: 3H)
+    rms_norm: bool = False  # RMSNorm (normalises in float32), else LayerNorm
+    n_receivers: int = 0  # receivers of the graph (a patched pass's masks are [c, S, n_receivers])
 
     @classmethod
     def of(cls, model: CircuitModel) -> ModelWidths:
@@ -72,7 +89,8 @@ class ModelWidths:
                    d_head=int(attn.W_Q.shape[-1]), d_mlp=0 if mlp is None else int(mlp.W_in.shape[1]),
                    vocab=int(spec.W_U.shape[1]), n_senders=s.n_senders,
                    gated=mlp is not None and mlp.W_gate is not None,
-                   itemsize=torch.finfo(model.dtype).bits // 8)
+                   itemsize=torch.finfo(model.dtype).bits // 8, head_inputs=s.n_heads + 2 * s.n_kv_receivers,
+                   rms_norm=spec.layers[0].attn_norm.kind == "rmsnorm", n_receivers=s.n_receivers)
 
 
 @dataclass(frozen=True)
@@ -82,9 +100,9 @@ class MemoryEstimate:
 
     kind: str
     ablated: int  # the ablation read: [S, b, P, d] (corrupted), [S, 1, P, d] (mean), 0 (zero)
-    senders: int  # sender differences (and clean outputs) [S, b, P, d]; patched: the [1 + S, rows, P, d] buffer
+    senders: int  # sender differences (and clean outputs) [S, b, P, d]; patched: the buffer, partial sum, masks
     saved: int  # autograd's saved activations (attribution only)
-    forward_transient: int  # per-head outputs [H, rows, P, d]; patched: the 6H receiver inputs and temporaries
+    forward_transient: int  # per-head outputs [H, rows, P, d]; patched: a layer's read, attention or MLP
     backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
     readout: int  # logits [rows, K, V] and their float32 copies
 
@@ -114,8 +132,16 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
     ablated = {"corrupted": S * b * stream, "mean": S * stream}.get(ablation, 0) * isz
     if kind == "patched":
         rows = int(circuits) * b
-        return MemoryEstimate(kind, ablated, senders=(S + 1) * rows * stream * isz, saved=0,
-                              forward_transient=(6 * H + PATCHED_ROWS) * rows * stream * isz, backward_transient=0,
+        R = w.head_inputs or 3 * H
+        read = PATCHED_READ * R + 1
+        attention = (R + 1 + PATCHED_HEADS) * stream * isz + H * P * P * (3 * isz + 4)  # scores, softmax in fp32
+        if isz < 4:  # half precision normalises the R inputs as the model does
+            attention += PATCHED_HALF_RMS * R * stream * 4 if w.rms_norm else R * stream * isz
+        mlp = (3 * stream + (PATCHED_MLP_GATED if w.gated else PATCHED_MLP) * P * w.d_mlp) * isz
+        transient = max(read * stream * isz, attention, mlp)
+        masks = int(circuits) * S * w.n_receivers * PATCHED_MASK_BYTES
+        return MemoryEstimate(kind, ablated, senders=(S + 2) * rows * stream * isz + masks, saved=0,
+                              forward_transient=rows * transient, backward_transient=0,
                               readout=rows * K * w.vocab * (isz + 8))
     rows = int(steps) * b
     p = P if position_chunk is None else min(P, int(position_chunk))
