@@ -110,6 +110,8 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
         "wall_time_s": round(wall, 3), "version": __version__, "model": model.name,
         "score_sign": "positive = the edge helps (MIB)",
     }
+    if isinstance(scores, torch.Tensor) and m.level == "edge" and scores.dim() == 3:
+        metadata["positions"] = int(scores.shape[-1])  # position-aware: [S, R, L], L = the pairs' token length
     if isinstance(session.extras.get(method), dict):  # a method's own summary (ACDC: edges kept, circuits run)
         metadata["result"] = session.extras[method]
     structure = model.structure

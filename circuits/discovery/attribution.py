@@ -1,7 +1,8 @@
 """Gradient attribution: EAP, EAP-IG (inputs and activations) and node-level attribution patching.
 
-All of them score edge ``S -> R`` as ``(out_S(clean) - out_S(ablated)) . g_R`` summed over positions and
-averaged over pairs, where ``g_R`` is a gradient of the objective with respect to receiver R's input; they
+All of them score edge ``S -> R`` as ``(out_S(clean) - out_S(ablated)) . g_R`` summed over positions (or, with
+``positions=True``, kept per position: ``[S, R, L]`` position-aware scores, Haklay et al. 2025) and averaged over
+pairs, where ``g_R`` is a gradient of the objective with respect to receiver R's input; they
 differ only in *where* that gradient is taken:
 
 * ``eap`` (Syed et al. 2023): on the clean run. This is exactly ``dM/dm[S, R]`` at ``m = 1``.
@@ -48,14 +49,18 @@ def _stacked_steps(params: dict) -> dict:
     return {"kind": "attribution", "sender_copies": 2, "steps": fixed or params["steps"], "fixed_steps": bool(fixed)}
 
 
-def _scores_buffer(session: CircuitSession) -> Tensor:
+def _scores_buffer(session: CircuitSession, positions: bool = False) -> Tensor:
+    """``[S, R]`` zeros, or ``[S, R, L]`` for position-aware scores (``L = session.n_positions``: it raises
+    :class:`~circuits.session.PositionAlignmentError` for pairs of several lengths, before any forward)."""
     s = session.structure
-    return torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=session.device)
+    shape = (s.n_senders, s.n_receivers) + ((session.n_positions,) if positions else ())
+    return torch.zeros(shape, dtype=torch.float32, device=session.device)
 
 
 def _finish(session: CircuitSession, scores: Tensor, n_steps: int = 1) -> Tensor:
     scores /= session.n_examples * n_steps
-    return scores.masked_fill_(~session.structure.edge_mask.to(scores.device), 0.0)
+    edges = session.structure.edge_mask.to(scores.device)
+    return scores.masked_fill_(~(edges if scores.dim() == 2 else edges[..., None]), 0.0)
 
 
 def _batches(session: CircuitSession, description: str):
@@ -71,14 +76,15 @@ def _batch_units(session: CircuitSession, **params) -> int:
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
           ranges={"rule": {"choices": rules.RULES}}, memory=lambda params: {"kind": "attribution"},
           units=_batch_units)
-def eap(session: CircuitSession, rule: str | BackwardRule = "gradient") -> Tensor:
+def eap(session: CircuitSession, rule: str | BackwardRule = "gradient", positions: bool = False) -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
-    rules "gim" and "relp" of :mod:`circuits.interventions.rules`)."""
+    rules "gim" and "relp" of :mod:`circuits.interventions.rules`). ``positions``: ``[S, R, L]`` position-aware
+    scores, ``dM/dm[S, R, p]`` (their sum over positions is the ``[S, R]`` score)."""
     backward = _rule(rule)
-    scores = _scores_buffer(session)
+    scores = _scores_buffer(session, positions)
     for b in _batches(session, "eap"):
         session.backward_objective(b, GradientProbe(session.ablated(b).values, scores, rule=backward,
-                                                    position_chunk=session.position_chunk))
+                                                    position_chunk=session.position_chunk, positions=positions))
     return _finish(session, scores)
 
 
@@ -111,20 +117,20 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
           memory=lambda params: _stacked_steps(params),
           units=_batch_units)
 def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None,
-           rule: str | BackwardRule = "gradient") -> Tensor:
+           rule: str | BackwardRule = "gradient", positions: bool = False) -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
 
     ``steps_per_pass``: interpolation steps stacked into one forward/backward (default: as many as keep a pass
     within :data:`MAX_ROWS_PER_PASS` rows). The steps share the sender differences, so their receiver gradients
     are summed before the score products: stacking all steps makes those products cost one step's. ``rule``:
-    the backward pass, as for :func:`eap`.
+    the backward pass, as for :func:`eap`. ``positions``: ``[S, R, L]`` position-aware scores.
     """
     backward = _rule(rule)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps_per_pass is not None and steps_per_pass < 1:
         raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
-    scores = _scores_buffer(session)
+    scores = _scores_buffer(session, positions)
     for b in _batches(session, f"eap-ig ({steps} steps)"):
         ablated = session.ablated(b).values
         clean, diffs = _clean_diffs(session, b, ablated)
@@ -137,7 +143,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
             embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
             embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
             probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T,
-                                  rule=backward, position_chunk=session.position_chunk)
+                                  rule=backward, position_chunk=session.position_chunk, positions=positions)
             session.backward_objective(b, probe, repeats=T)
     return _finish(session, scores, steps)
 
@@ -145,8 +151,9 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
           ranges={"steps": {"low": 1}}, memory=lambda params: {"kind": "attribution", "sender_copies": 2},
           units=_batch_units)
-def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
-    """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``)."""
+def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool = False) -> Tensor:
+    """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``);
+    ``positions``: ``[S, R, L]`` position-aware scores."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     s = session.structure
@@ -156,7 +163,7 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
         groups.append(slice(heads.start, heads.start + s.n_heads))
         if s.has_mlp:
             groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
-    scores = _scores_buffer(session)
+    scores = _scores_buffer(session, positions)
     for b in _batches(session, f"eap-ig-activations ({steps} steps)"):
         ablated = session.ablated(b).values
         clean, diffs = _clean_diffs(session, b, ablated)
@@ -168,7 +175,8 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5) -> Tensor:
                     value = value.detach().requires_grad_(True)
                 session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs,
                                                             overrides={group.start: value},
-                                                            position_chunk=session.position_chunk))
+                                                            position_chunk=session.position_chunk,
+                                                            positions=positions))
     return _finish(session, scores, steps * len(groups))
 
 

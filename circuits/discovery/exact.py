@@ -51,6 +51,26 @@ class EdgeCuts:
         return of_receiver[by_receiver], changed
 
 
+class EdgePositionCuts:
+    """``[n_edges * L, S, R, L]`` one-hot cuts of one edge at one position (position-aware exact patching), edge
+    after edge in MIB order and, within an edge, position after position; built lazily per slice. The incremental
+    engine does not take position masks, so these run on the plain one (every pass computes every node read)."""
+
+    def __init__(self, structure: GraphStructure, n_positions: int):
+        self.structure = structure
+        self.order = structure.edge_order  # [E, 2]
+        self.n_positions = int(n_positions)
+        self.shape = (self.order.shape[0] * self.n_positions, structure.n_senders, structure.n_receivers,
+                      self.n_positions)
+
+    def __getitem__(self, idx: slice | Tensor) -> Tensor:
+        cut = torch.arange(self.shape[0])[idx]
+        edge, position = cut // self.n_positions, cut % self.n_positions
+        out = torch.zeros(len(cut), *self.shape[1:], dtype=torch.bool)
+        out[torch.arange(len(cut)), self.order[edge, 0], self.order[edge, 1], position] = True
+        return out
+
+
 class NodeCuts:
     """Cut every outgoing edge of one sender node."""
 
@@ -90,23 +110,32 @@ def cut_passes(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int) -> list[Tensor
     return plan
 
 
-def pass_plan(cuts: EdgeCuts | NodeCuts, circuits_per_pass: int, incremental: bool = True) -> list[Tensor]:
-    """Cut indices per pass: :func:`cut_passes` for the incremental engine, else consecutive cuts."""
-    if incremental:
+def pass_plan(cuts: EdgeCuts | NodeCuts | EdgePositionCuts, circuits_per_pass: int,
+              incremental: bool = True) -> list[Tensor]:
+    """Cut indices per pass: :func:`cut_passes` for the incremental engine, else consecutive cuts (always for
+    position cuts, which run on the plain engine)."""
+    if incremental and not isinstance(cuts, EdgePositionCuts):
         return cut_passes(cuts, circuits_per_pass)
     return list(torch.arange(cuts.shape[0]).split(circuits_per_pass))
 
 
-def _edge_units(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True, **params) -> int:
+def _edge_units(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
+                positions: bool = False, **params) -> int:
     """What a spread run splits (``Method.units``): the passes, whose cuts' effects are independent."""
-    return len(pass_plan(EdgeCuts(session.structure), circuits_per_pass, incremental))
+    return len(pass_plan(_edge_cuts(session, positions), circuits_per_pass, incremental))
+
+
+def _edge_cuts(session: CircuitSession, positions: bool) -> EdgeCuts | EdgePositionCuts:
+    s = session.structure
+    return EdgePositionCuts(s, session.n_positions) if positions else EdgeCuts(s)
 
 
 def _node_units(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True, **params) -> int:
     return len(pass_plan(NodeCuts(session.structure), circuits_per_pass, incremental))
 
 
-def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, circuits_per_pass: int = 32,
+def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | EdgePositionCuts, *,
+                       circuits_per_pass: int = 32,
                        incremental: bool = True, checkpoint: Checkpoint | None = None,
                        description: str = "exact") -> Tensor:
     """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass).
@@ -123,7 +152,7 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
     effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
     start = state["next_pass"] if state else 0
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
-    strategy = session.incremental if incremental else None
+    strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
     passes = [p for p in session.in_share(range(len(plan))) if p >= start]  # a spread run: this worker's share
     for p in progress(passes, description, session, total=len(passes), unit="pass"):
         idx = plan[p]
@@ -137,13 +166,24 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts, *, ci
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",
           checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_edge_units)
 def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
-          checkpoint: Checkpoint | None = None) -> Tensor:
-    """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower)."""
+          checkpoint: Checkpoint | None = None, positions: bool = False) -> Tensor:
+    """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower).
+    ``positions``: ``[S, R, L]``, each edge cut at one position alone (``n_edges * L`` cuts, on the plain engine:
+    about L times the passes of the position-free run, each a whole forward)."""
     s = session.structure
-    effects = single_cut_effects(session, EdgeCuts(s), circuits_per_pass=circuits_per_pass, incremental=incremental,
-                                 checkpoint=checkpoint, description="exact (edges)")
-    scores = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32)
-    scores[s.edge_order[:, 0], s.edge_order[:, 1]] = effects.float()
+    cuts = _edge_cuts(session, positions)
+    effects = single_cut_effects(session, cuts, circuits_per_pass=circuits_per_pass, incremental=incremental,
+                                 checkpoint=checkpoint, description="exact (edge-positions)" if positions
+                                 else "exact (edges)")
+    if positions:
+        return _dense(s, effects.float().view(-1, session.n_positions))  # cuts are edge-major
+    return _dense(s, effects.float())
+
+
+def _dense(s: GraphStructure, per_edge: Tensor) -> Tensor:
+    """``[E, ...]`` values in MIB edge order as a dense ``[S, R, ...]`` tensor (zero off the edges)."""
+    scores = torch.zeros(s.n_senders, s.n_receivers, *per_edge.shape[1:], dtype=per_edge.dtype)
+    scores[s.edge_order[:, 0], s.edge_order[:, 1]] = per_edge
     return scores
 
 

@@ -39,12 +39,15 @@ class GradientProbe(PlainResidual):
     products, so T steps cost one. ``rule``: a backward rule (:mod:`circuits.interventions.rules`) in place of
     the gradient; the run must use ``rule.apply(spec)`` (``CircuitSession.backward_objective`` does), and the probe
     applies the rule's q/k/v scales and frozen norm to the q/k/v receivers it scores itself. ``position_chunk``:
-    positions per chunk of the q/k/v backward (module docstring; None: all at once).
+    positions per chunk of the q/k/v backward (module docstring; None: all at once). ``positions``: score every
+    position apart (position-aware edges): ``scores [S, R, L]`` with ``L`` at least this run's ``P`` positions,
+    ``scores[s, r, p] += sum_b diff_s[b, p] . dM/d input_r[b, p]``; the sender differences are then held
+    position-major (``[P, S, B*d]``), so each receiver group's scores are one batched product over positions.
     """
 
     def __init__(self, ablated: Tensor, scores: Tensor, diffs: Tensor | None = None,
                  overrides: dict[int, Tensor] | None = None, repeats: int = 1, rule: BackwardRule | None = None,
-                 position_chunk: int | None = None):
+                 position_chunk: int | None = None, positions: bool = False):
         if repeats != 1 and diffs is None:
             raise ValueError("stacked copies (repeats > 1) need shared diffs: a run's own outputs differ per copy")
         super().__init__(record=False)
@@ -58,6 +61,11 @@ class GradientProbe(PlainResidual):
         self.rule = rule
         self.qkv_scale = (1.0, 1.0, 1.0) if rule is None else rule.qkv_scale
         self.position_chunk = position_chunk
+        self.positions = positions
+        if positions and scores.dim() != 3:
+            raise ValueError(f"positions=True scores every position: give scores [S, R, L], got {tuple(scores.shape)}")
+        if not positions and scores.dim() != 2:
+            raise ValueError(f"scores must be [S, R] (or [S, R, L] with positions=True), got {tuple(scores.shape)}")
 
     def begin(self, first: Tensor, structure: GraphStructure) -> Tensor:
         super().begin(first, structure)
@@ -67,7 +75,14 @@ class GradientProbe(PlainResidual):
             first = first.detach().requires_grad_(torch.is_grad_enabled())
         S = self.scores.shape[0]
         self.own_diffs = self.diffs is None
-        self.buffer = first.new_empty(S, first.numel()) if self.diffs is None else self.diffs.reshape(S, -1)
+        B, P, d = first.shape
+        if self.positions:
+            if P > self.scores.shape[-1]:
+                raise ValueError(f"this run has {P} positions but the scores hold {self.scores.shape[-1]}")
+            self.buffer = (first.new_empty(P, S, B * d) if self.diffs is None else  # position-major [P, S, B*d]
+                           self.diffs.permute(2, 0, 1, 3).reshape(P, S, -1))  # shared by T stacked copies
+        else:
+            self.buffer = first.new_empty(S, first.numel()) if self.diffs is None else self.diffs.reshape(S, -1)
         self.stream = first
         self.n_written = 0
         self._record(first[None])
@@ -77,7 +92,11 @@ class GradientProbe(PlainResidual):
     def _record(self, outputs: Tensor) -> None:  # [k, B, P, d]
         if self.own_diffs:
             n, k = self.n_written, outputs.shape[0]
-            self.buffer[n:n + k] = (outputs.detach() - self.ablated[n:n + k]).reshape(k, -1)
+            diff = outputs.detach() - self.ablated[n:n + k]  # [k, B, P, d]
+            if self.positions:
+                self.buffer[:, n:n + k] = diff.permute(2, 0, 1, 3).reshape(diff.shape[2], k, -1)
+            else:
+                self.buffer[n:n + k] = diff.reshape(k, -1)
 
     def _write(self, outputs: Tensor) -> None:  # [k, B, P, d]: the next k senders
         if self.n_written in self.overrides:
@@ -117,6 +136,8 @@ class GradientProbe(PlainResidual):
         return _ProbedProjection.apply(x, self, n, receivers.start, attn, norm, self.structure.n_kv_receivers)
 
     def _score(self, grad: Tensor, n: int, receivers: slice) -> None:  # grad [R, T*B, P, d]
+        if self.positions:
+            return self._score_by_position(grad, n, receivers, slice(0, grad.shape[2]))
         R = grad.shape[0]
         flat = grad.reshape(R, self.repeats, -1)  # T stacked copies of the batch (EAP-IG steps): sum them first
         flat = flat[:, 0] if self.repeats == 1 else flat.sum(1, dtype=torch.promote_types(flat.dtype, torch.float32))
@@ -124,6 +145,8 @@ class GradientProbe(PlainResidual):
 
     def _score_positions(self, grad: Tensor, n: int, receivers: slice, positions: slice, P: int) -> None:
         """:meth:`_score` of ``grad [R, T*B, p, d]``, the gradient at ``positions`` (of ``P``) only."""
+        if self.positions:
+            return self._score_by_position(grad, n, receivers, positions)
         R, d = grad.shape[0], grad.shape[-1]
         p = positions.stop - positions.start
         acc = torch.promote_types(grad.dtype, torch.float32)  # half-precision products accumulate in float32
@@ -134,6 +157,18 @@ class GradientProbe(PlainResidual):
         contribution = torch.bmm(senders.transpose(0, 1).to(acc), flat.permute(1, 2, 0)).sum(0)
         self.scores[:n, receivers] += contribution.to(self.scores.dtype)
 
+
+    def _score_by_position(self, grad: Tensor, n: int, receivers: slice, positions: slice) -> None:
+        """Position-aware scores of ``grad [R, T*B, p, d]`` at ``positions``: ``[n, R, p]`` added, one batched
+        product over the p positions (the stacked copies summed first, in float32 at least)."""
+        R, p, d = grad.shape[0], grad.shape[2], grad.shape[3]
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        g = grad.reshape(R, self.repeats, -1, p, d).sum(1, dtype=acc)  # [R, B, p, d]
+        B = g.shape[1]
+        g = g.permute(2, 1, 3, 0).reshape(p, B * d, R)  # [p, B*d, R], the buffer's (example, width) order
+        senders = self.buffer[positions, :n]  # [p, n, B*d], a view
+        contribution = torch.bmm(senders.to(acc), g)  # [p, n, R]
+        self.scores[:n, receivers, positions] += contribution.permute(1, 2, 0).to(self.scores.dtype)
 
 #: Elements of one operand chunk that :func:`_fp32_product` casts to float32 at a time (16 MB).
 FP32_CHUNK_ELEMENTS = 2**22
