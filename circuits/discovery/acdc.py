@@ -56,7 +56,7 @@ from circuits.discovery.progress import progress
 from circuits.discovery.registry import DiscoveryError, register
 from circuits.graph.pruning import prune
 from circuits.interventions.ablation import Ablated
-from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual
+from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual, PositionMaskedResidual
 from circuits.session import CircuitSession, SessionBatch
 from circuits.tasks.metrics import Metric
 
@@ -136,7 +136,8 @@ class CandidateEvaluator:
         return IncrementalResidual(masks, self.session.ablated(b), self.batches[b.number].reference)
 
     def _plain(self, b: SessionBatch, masks: Tensor) -> MaskedResidual:
-        return MaskedResidual(masks, Ablated(self.session.ablated(b).values, "given"))
+        kind = PositionMaskedResidual if masks.dim() == 4 else MaskedResidual  # [c, S, R, P_b]: position-aware
+        return kind(masks, Ablated(self.session.ablated(b).values, "given"))
 
     def _follow(self, anchor: Tensor) -> None:
         """Make ``anchor`` the reference, recomputed from the full model's outputs (path-independent)."""
@@ -169,9 +170,9 @@ class CandidateEvaluator:
                   "max_receivers": {"low": 1}})
 def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
          circuits_per_pass: int | None = None, one_at_a_time: bool = False, max_receivers: int | None = None,
-         checkpoint: Checkpoint | None = None,
+         positions: bool = False, checkpoint: Checkpoint | None = None,
          on_progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
-    """ACDC's circuit: ``(scores [S, R], in_graph [S, R] bool)``.
+    """ACDC's circuit: ``(scores [S, R], in_graph [S, R] bool)``; ``positions=True``: ``[S, R, L]`` both.
 
     ``threshold``: tau; an edge is removed when removing it changes the objective by less than tau (for
     ``metric="kl"``: raises KL(full model || circuit) by less than tau; ``absolute=True`` compares
@@ -187,6 +188,11 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
 
     ``on_progress(n_done)`` is called after each receiver is finished and checkpointed (e.g. to stop a run).
 
+    ``positions``: ACDC over edge-positions (position-aware circuits): at each receiver, every incoming edge at
+    every position (senders in reverse order, positions last to first) is tested and removed alone, by the same
+    rule. The incremental engine takes no position masks, so candidates run as full patched forwards (batched
+    along the predicted path as above): about L times the tests of the position-free run.
+
     ``in_graph`` is ACDC's kept edge set, pruned to input -> logits paths (ACDC's traversal already drops nodes
     that reach no logits; pruning also drops edges out of senders left with no input, which under corrupted
     ablation carry exactly their ablated value).
@@ -200,19 +206,22 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
     m = objective_metric(session, metric)
     s = session.structure
     S, R = s.n_senders, s.n_receivers
+    L = session.n_positions if positions else None  # raises for pairs of several lengths, before any forward
+    extent = (S, R) if L is None else (S, R, L)
+    edges = s.edge_mask if L is None else s.edge_mask[..., None].expand(extent)
     n_up = s.n_upstream.tolist()
     nodes_of = [row.nonzero().flatten().tolist() for row in s.receiver_nodes]  # receiver -> nodes it feeds
     # (sender indices, logits = S; several for a grouped k/v receiver)
-    evaluator = (EVALUATOR.get() or CandidateEvaluator)(session, m, fast=not one_at_a_time)
+    evaluator = (EVALUATOR.get() or CandidateEvaluator)(session, m, fast=not (one_at_a_time or positions))
 
     state = checkpoint.load() if checkpoint is not None else None
     if state:
         mask, effects, tested = state["mask"], state["effects"], state["tested"]
         done, prior, current = state["done"], state["prior"], state["current"]
     else:
-        mask = s.edge_mask.clone().float()  # current circuit
-        effects = torch.zeros(S, R, dtype=torch.float64)
-        tested = torch.zeros(S, R, dtype=torch.bool)
+        mask = edges.clone().float()  # current circuit
+        effects = torch.zeros(extent, dtype=torch.float64)
+        tested = torch.zeros(extent, dtype=torch.bool)
         done, prior, current = 0, False, None  # prior: the last decision (True = removed)
     order = list(range(R - 1, -1, -1))
     if max_receivers is not None:
@@ -230,33 +239,35 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
         else:
             if current is None:
                 current = float(evaluator.objective(mask[None], mask)[0])
-            cands = list(range(n_up[r] - 1, -1, -1))
+            # the entries tested, in order: (sender, r) or (sender, r, position)
+            cands = [(snd, r) if L is None else (snd, r, p) for snd in range(n_up[r] - 1, -1, -1)
+                     for p in ([0] if L is None else range(L - 1, -1, -1))]
             anchor = mask.clone()  # the circuit before this receiver's tests: the evaluator's reference
-            stale: dict[int, float] = {}
-            widest = circuits_per_pass or _auto_width(session, mask, nodes)
+            stale: dict[tuple[int, ...], float] = {}
+            widest = circuits_per_pass or _auto_width(session, mask if L is None else mask.amax(-1), nodes)
             width = widest  # adapts to the length of correctly predicted runs
             j = 0
             while j < len(cands):
                 if one_at_a_time:
-                    snd = cands[j]
+                    at = cands[j]
                     trial = mask.clone()
-                    trial[snd, r] = 0.0
+                    trial[at] = 0.0
                     value = float(evaluator.objective(trial[None])[0])
-                    current, prior = _decide(mask, effects, tested, snd, r, current, value, threshold, key)
+                    current, prior = _decide(mask, effects, tested, at, current, value, threshold, key)
                     j += 1
                     continue
                 batch = cands[j:j + width]
                 predicted = [key(stale[c]) < threshold if c in stale else prior for c in batch]
-                trials = mask[None].repeat(len(batch), 1, 1)
-                for t, snd in enumerate(batch):
-                    trials[t, snd, r] = 0.0
+                trials = mask[None].repeat(len(batch), *[1] * mask.dim())
+                for t, at in enumerate(batch):
+                    trials[(t, *at)] = 0.0
                     if predicted[t]:  # the later candidates assume this one removed
-                        trials[t + 1:, snd, r] = 0.0
+                        trials[(slice(t + 1, None), *at)] = 0.0
                 values = evaluator.objective(trials, anchor).tolist()
-                for t, snd in enumerate(batch):
-                    stale[snd] = current - values[t]
-                for t, snd in enumerate(batch):
-                    current, removed = _decide(mask, effects, tested, snd, r, current, values[t], threshold, key)
+                for t, at in enumerate(batch):
+                    stale[at] = current - values[t]
+                for t, at in enumerate(batch):
+                    current, removed = _decide(mask, effects, tested, at, current, values[t], threshold, key)
                     prior = removed
                     j += 1
                     if removed != predicted[t]:  # later evaluations assumed the other decision: redo them
@@ -271,18 +282,23 @@ def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", a
         if on_progress is not None:
             on_progress(done)
 
-    kept = mask.bool() & s.edge_mask
+    kept = mask.bool() & edges
     visited = torch.zeros(R, dtype=torch.bool)
     visited[order] = True
+    visited_at = visited[None, :] if L is None else visited[None, :, None]
     scores = effects.clone()
     bounds = effects[tested].tolist() + [threshold, 0.0]
     lo = 0.0 if absolute and threshold > 0 else min(bounds) - 1.0  # |0| < threshold: never selected
     hi = max(bounds) + 1.0
-    untested = s.edge_mask & ~tested
-    scores[untested & visited[None, :]] = lo  # dropped with a disconnected receiver
-    scores[untested & ~visited[None, :]] = hi  # never reached (max_receivers)
-    scores[~s.edge_mask] = 0.0
-    in_graph, _ = prune(s, kept)
+    untested = edges & ~tested
+    scores[untested & visited_at] = lo  # dropped with a disconnected receiver
+    scores[untested & ~visited_at] = hi  # never reached (max_receivers)
+    scores[~edges] = 0.0
+    if L is None:
+        in_graph, _ = prune(s, kept)
+    else:  # an edge-position stays when its edge lies on an input -> logits path of the kept edges
+        on_paths, _ = prune(s, kept.any(-1))
+        in_graph = kept & on_paths[..., None]
     session.extras["acdc"] = {"n_kept": int(kept.sum()), "n_tested": int(tested.sum()),
                           "n_circuits_evaluated": evaluator.n_forward, "final_objective": current}
     return scores.float(), in_graph
@@ -299,13 +315,14 @@ def _auto_width(session: CircuitSession, mask: Tensor, nodes: list[int], widest:
     return max(1, widest // k)
 
 
-def _decide(mask: Tensor, effects: Tensor, tested: Tensor, snd: int, r: int, current: float, value: float,
+def _decide(mask: Tensor, effects: Tensor, tested: Tensor, at: tuple[int, ...], current: float, value: float,
             threshold: float, key) -> tuple[float, bool]:
-    """Record the test of edge ``snd -> r`` (objective ``value`` without it); returns (new current, removed)."""
+    """Record the test of entry ``at`` (an edge ``(sender, receiver)``, or with its position) whose removal gives
+    objective ``value``; returns (new current, removed)."""
     effect = current - value
-    effects[snd, r] = effect
-    tested[snd, r] = True
+    effects[at] = effect
+    tested[at] = True
     if key(effect) < threshold:
-        mask[snd, r] = 0.0
+        mask[at] = 0.0
         return value, True
     return current, False

@@ -9,6 +9,7 @@ import torch
 from circuits.discovery.attribution import eap, eap_ig, eap_ig_activations
 from circuits.discovery.exact import exact
 from circuits.session import CircuitSession, PositionAlignmentError
+from circuits.tasks.metrics import Metric
 from tests.conftest import tiny_model
 from tests.evaluation.conftest import tiny_task
 from tests.test_interventions import _edges_to_check, _naive_swap_forward
@@ -87,3 +88,37 @@ def test_position_methods_refuse_pairs_of_several_lengths():
     for method in (eap, eap_ig, exact):
         with pytest.raises(PositionAlignmentError, match="task.aligned"):
             method(session, positions=True)
+
+
+@pytest.fixture(scope="module")
+def induction_match():
+    """zoo:attn-only-2l on induction with the `match` corruption at one index: every pair is read at one position
+    (20 = the second copy's token 3), and the corruption sits at position 12 (the first copy's token 3)."""
+    import circuits
+
+    model = circuits.load_model("zoo:attn-only-2l")
+    task = circuits.load_task("induction", model, n=24, corruption="match", min_period=8, max_period=8, replaced=3,
+                              seq_len=24)
+    assert bool((task.positions[:, 0] == 20).all())
+    return model, task
+
+
+def test_position_acdc_keeps_edges_where_the_effect_is(induction_match):
+    from circuits.discovery.acdc import acdc
+
+    model, task = induction_match
+    session = CircuitSession(model, task, split="all")
+    scores, in_graph = acdc(session, threshold=0.05, positions=True)
+    s, L = session.structure, session.n_positions
+    assert scores.shape == in_graph.shape == (s.n_senders, s.n_receivers, L)
+    result = session.extras["acdc"]
+    logits = s.receiver_index("logits")
+    kept_at = in_graph.any(0).any(0).nonzero().flatten().tolist()  # positions with a kept edge
+    assert bool(in_graph[:, logits, 20].any()) and not bool(in_graph[:, logits, :20].any())
+    assert set(kept_at) <= {12, 13, 20}, kept_at  # the corrupted token, the token after it, the read position
+    # the circuit's own objective (KL to the model) is what the search ended at, and the plain one-at-a-time
+    # search takes the same decisions
+    kl = session.circuit_metrics(in_graph.float()[None], metric=Metric("kl")).metric.mean()
+    assert abs(float(kl) + result["final_objective"]) < 1e-5  # the objective of KL is -KL
+    _, one = acdc(CircuitSession(model, task, split="all"), threshold=0.05, positions=True, one_at_a_time=True)
+    assert torch.equal(one, in_graph)
