@@ -29,17 +29,18 @@ EPILOG = """examples:
   circuits discover --model gpt2 --task ioi --method exact --workers 8 --address auto # a running Ray cluster
   circuits discover --model random:llama-3.1-8b --method eap-ig --memory-budget 60GB  # chunked to fit, or refused
   circuits discover --model random:qwen2.5-0.5b --grouped-kv --method eap   # k/v receivers per key/value group
+  circuits discover --task induction --method exact --positions --align-positions  # one score per edge and position
 
 A --config TOML file holds the same options as keys (model, task, method, n, seed, ablation, split,
 batch_size, out, top, device, dtype, checkpoint, workers, address, memory_budget, examples_per_pass,
-position_chunk, grouped_kv, and a [params] table); the command line overrides it.
+position_chunk, grouped_kv, positions, align_positions, and a [params] table); the command line overrides it.
 """
 
 DEFAULT_MODEL = "zoo:planted-ioi"  # bundled, with a known circuit: the first run needs no download
 
 OPTIONS = ("model", "task", "method", "n", "seed", "ablation", "split", "batch_size", "out", "top", "device",
            "dtype", "checkpoint", "params", "workers", "address", "memory_budget", "examples_per_pass",
-           "position_chunk", "grouped_kv")
+           "position_chunk", "grouped_kv", "positions", "align_positions")
 
 
 def load_config(path: str) -> dict:
@@ -76,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     ablation, split = str(opts["ablation"]), str(opts["split"])
     n, seed, batch_size = (_integer(opts, key, low) for key, low in (("n", 2), ("seed", 0), ("batch_size", 1)))
     params = parse_params(args.param or [], method, config.get("params"))  # every check before the model loads
+    if opts["positions"]:
+        from circuits.discovery import METHODS
+
+        if "positions" not in METHODS[method].parameters:
+            takes = sorted(name for name, m in METHODS.items() if "positions" in m.parameters)
+            raise UsageError(f"--positions: method {method!r} has no position-aware form; use one of "
+                             f"{', '.join(takes)}")
+        params["positions"] = True
     check_workers(opts["workers"], opts["address"])
     memory = memory_options(_text(opts["memory_budget"]), *(_optional_integer(opts, key)
                                                            for key in ("examples_per_pass", "position_chunk")))
@@ -86,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     model = circuits.load_model(opts["model"], **model_options(opts["device"], opts["dtype"]),
                                 grouped_kv=bool(opts["grouped_kv"]))
     task = circuits.load_task(task_spec, model, n=n, seed=seed)
+    if opts["align_positions"]:
+        before = len(task)
+        task = task.aligned()
+        print(f"align  kept the {len(task)} of {before} pairs of {task.options['aligned_length']} tokens")
     print(f"model  {model.name}: {model.structure.describe()}, {model.structure.n_edges:,} edges")
     print(f"task   {task.name}: {len(task)} pairs ({opts['split']} split used for discovery), metric "
           f"{task.base_metric.name}")
@@ -219,5 +232,10 @@ def add_parser(sub) -> None:
     p.add_argument("--grouped-kv", dest="grouped_kv", action="store_const", const=True, default=None,
                    help="k/v receivers per key/value group instead of MIB's per query head (grouped-query models; "
                         "Llama-3.1-8B: 805,681 edges instead of 1,592,881; MIB export expands them)")
+    p.add_argument("--positions", action="store_const", const=True, default=None,
+                   help="position-aware edges: one score (and circuit flag) per edge and position, [S, R, L] "
+                        "(eap, eap-ig, eap-ig-activations, exact, acdc; needs pairs of one length)")
+    p.add_argument("--align-positions", dest="align_positions", action="store_const", const=True, default=None,
+                   help="keep the pairs of the task's most common token length (what --positions needs)")
     p.set_defaults(func=run)
 
