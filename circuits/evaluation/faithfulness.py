@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.levels import edge_mask_of, run_circuits
+from circuits.graph.levels import check_positions, edge_mask_of, run_circuits
 from circuits.graph.minimal import check_circuit
 from circuits.graph.pruning import prune as prune_mask
 from circuits.graph.selection import fraction_to_k, parse_selection, select, warn_if_uninformative
@@ -73,7 +73,7 @@ class EvaluationResult:
     metric_empty: float  # mean M(empty): every edge ablated
     kl: float  # mean KL(full || C) at the readout positions
     kl_empty: float  # mean KL(full || empty)
-    n_edges: int  # edges run (after pruning)
+    n_edges: int  # edges run (after pruning); edge-positions for a position-aware circuit
     n_nodes: int  # nodes run; with level="neuron", the MLPs with a kept neuron among them
     n_examples: int
     ablation: str
@@ -82,6 +82,7 @@ class EvaluationResult:
     split: str
     per_example: pd.DataFrame = field(repr=False)
     n_neurons: int | None = None  # MLP neurons kept, for level="neuron"
+    n_distinct_edges: int | None = None  # position-aware circuits: edges kept at one position or more
 
     def to_dict(self) -> dict:
         """The summary as plain Python values (JSON-serializable; ``per_example`` left out)."""
@@ -157,6 +158,11 @@ def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ab
                           "by its nodes.", FaithfulnessWarning, stacklevel=_stacklevel + 1)
     runner = CircuitSession(model, task, ablation=ablation, split=split, batch_size=batch_size,
                             memory_budget=memory_budget, examples_per_pass=examples_per_pass)
+    for c in circuits:
+        check_positions(c, runner)
+    if len({tuple(m.shape) for m in masks}) > 1:
+        raise ValueError("evaluate_many runs circuits of one kind together: all position-aware (of one length) "
+                         "or all position-free")
     values = (run_circuits(runner, circuits, level, prune=prune, kl=True) if level == "neuron"
               else runner.circuit_metrics(torch.stack(masks), kl=True))
     metric, kl = values.metric, values.kl
@@ -172,13 +178,14 @@ def evaluate_many(model: CircuitModel, task: Task, circuits: Sequence[Graph], ab
                               "metric_full": full.numpy(),
                               "metric_empty": empty.numpy(), "kl": kl[i].numpy(),
                               "faithfulness": _per_example_f(metric[i], full, empty).numpy()})
-        _, nodes = prune_mask(c.structure, mask)
+        _, nodes = prune_mask(c.structure, mask if mask.dim() == 2 else mask.any(-1))
         results.append(EvaluationResult(
             faithfulness=normalized(m_c, m_full, m_empty), metric=m_c, metric_full=m_full, metric_empty=m_empty,
             kl=float(kl[i].mean()), kl_empty=float(kl_empty.mean()), n_edges=int(mask.sum()),
             n_nodes=int(nodes.sum()), n_examples=runner.n_examples, ablation=runner.ablation,
             metric_name=runner.metric.name, task=runner.task_name, split=runner.split, per_example=frame,
-            n_neurons=c.n_neurons if level == "neuron" else None))
+            n_neurons=c.n_neurons if level == "neuron" else None,
+            n_distinct_edges=int(mask.any(-1).sum()) if mask.dim() == 3 else None))
     return results
 
 
@@ -298,6 +305,8 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     else:
         scored = check_circuit(runner, scored, "scored graph")
     fractions = _check_fractions(fractions)
+    if isinstance(runner, CircuitSession):
+        check_positions(scored, runner)
     warn_if_uninformative(scored, level)
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])

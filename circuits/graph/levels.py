@@ -24,7 +24,13 @@ LEVELS = ("edge", "node", "neuron")
 
 
 def edge_mask_of(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
-    """``[S, R]`` bool: the edges a run of ``circuit`` at ``level`` keeps (pruned to input -> logits paths)."""
+    """``[S, R]`` bool: the edges a run of ``circuit`` at ``level`` keeps (pruned to input -> logits paths);
+    ``[S, R, L]`` for a position-aware circuit, whose edge-positions are kept where their edge lies on such a path
+    of the edges kept at any position (:func:`prune_positions`)."""
+    by_position = circuit.in_graph.dim() == 3
+    if by_position and level != "edge":
+        raise SelectionError(f"level={level!r} does not apply to a position-aware circuit (its units are "
+                             "edge-positions); use level='edge', or graph.summed() for a position-free one")
     if level in ("node", "neuron"):
         mask = edges_between(circuit.structure, circuit.node_in_graph.cpu())
     elif level == "edge":
@@ -32,8 +38,24 @@ def edge_mask_of(circuit: Graph, prune: bool, level: str) -> torch.Tensor:
     else:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     if prune:
-        mask, _ = prune_mask(circuit.structure, mask)
+        mask = prune_positions(circuit.structure, mask) if by_position else prune_mask(circuit.structure, mask)[0]
     return mask
+
+
+def prune_positions(structure, mask: torch.Tensor) -> torch.Tensor:
+    """``[S, R, L]`` edge-positions whose edge lies on an input -> logits path of the edges kept at any position.
+    Conservative: an edge-position whose sender is fed at other positions only is kept (it changes nothing in a
+    run, so f is exact; only the size may count a few idle edge-positions)."""
+    on_paths, _ = prune_mask(structure, mask.any(-1))
+    return mask & on_paths[..., None].to(mask.device)
+
+
+def check_positions(circuit: Graph, session: CircuitSession) -> None:
+    """A position-aware circuit's L must be the session's pairs' token length."""
+    if circuit.in_graph.dim() == 3 and circuit.in_graph.shape[-1] != session.n_positions:
+        raise SelectionError(f"the circuit has {circuit.in_graph.shape[-1]} positions but the pairs of task "
+                             f"{session.task_name!r} have {session.n_positions} tokens; evaluate it on pairs of its "
+                             f"length (task.aligned({circuit.in_graph.shape[-1]}), or the task it was found on)")
 
 
 def neuron_mask_of(circuit: Graph) -> torch.Tensor:

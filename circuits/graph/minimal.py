@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuits.graph.graph import Graph
+from circuits.graph.levels import check_positions
 from circuits.graph.selection import (
     SELECTIONS,
     SelectionError,
@@ -71,7 +72,8 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
         warn_undefined(m_full, m_empty, runner.task_name, runner.ablation)
         raise SelectionError("faithfulness is undefined on this task (M(full) == M(empty)), so no circuit can reach a "
                          "target; see the warning above")
-    n = scored.structure.n_edges
+    check_positions(scored, runner)
+    n = scored.structure.n_edges * (scored.in_graph.shape[-1] if scored.in_graph.dim() == 3 else 1)  # edge-positions
     found: dict[int, float] = {0: 0.0, n: 1.0}
     circuits: dict[int, Graph] = {}
 
@@ -99,6 +101,7 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
     circuit = select(hi).copy()
     circuit.metadata["minimal"] = {
         "target": target, "k": hi, "faithfulness": found[hi], "n_edges": circuit.n_edges,
+        "n_distinct_edges": int(circuit.in_graph.any(-1).sum()) if circuit.in_graph.dim() == 3 else circuit.n_edges,
         "faithfulness_at_k_minus_1": found[lo] if lo == hi - 1 else None, "absolute": bool(absolute),
         "selection": selection, "ablation": runner.ablation, "task": runner.task_name, "split": runner.split,
         "n_examples": runner.n_examples, "evaluated": sorted([k, f] for k, f in found.items())}
