@@ -19,7 +19,7 @@ _EXPORTS = {
     "write_dot": "circuits.plotting.circuit", "layout": "circuits.plotting.circuit",
     "plot_faithfulness_curves": "circuits.plotting.curves", "curve_points": "circuits.plotting.curves",
     "plot_score_distribution": "circuits.plotting.scores", "plot_method_agreement": "circuits.plotting.scores",
-    "method_agreement": "circuits.plotting.scores",
+    "method_agreement": "circuits.plotting.scores", "plot_position_scores": "circuits.plotting.positions",
     "write_report": "circuits.plotting.report", "load_results": "circuits.plotting.report",
     "provenance": "circuits.plotting.provenance",
     "view": "circuits.plotting.viewer", "to_html": "circuits.plotting.viewer",

@@ -27,12 +27,13 @@ def _as_dict(graphs: Graph | Mapping[str, Graph]) -> dict[str, Graph]:
 
 
 def _edge_scores(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of every edge (MIB order) and whether each is in the circuit."""
+    """Scores of every edge (MIB order) and whether each is in the circuit (of every edge-position, edge by edge,
+    for a position-aware graph)."""
     st = graph.structure
     order = st.edge_order
     scores = graph.scores.detach().cpu().double()[order[:, 0], order[:, 1]].numpy()
     flags = graph.in_graph.detach().cpu()[order[:, 0], order[:, 1]].numpy()
-    return scores, flags
+    return scores.reshape(-1), flags.reshape(-1)
 
 
 def plot_score_distribution(graphs: Graph | Mapping[str, Graph], path: str | os.PathLike | None = None, *,
