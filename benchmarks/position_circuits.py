@@ -71,6 +71,7 @@ def main() -> None:
         figure = Path("results/position_circuits.png")
         plot_position_scores(scored_positions, figure, top=16,
                              title="exact patching per edge and position, zoo:attn-only-2l, induction (match)")
+    exact_circuit = next(r for r in rows if r["method"] == "exact" and r["positions"])["circuit"]
     table = "\n".join(
         f"| {r['method']} | {'[S, R, L]' if r['positions'] else '[S, R]'} | {r['edges']} | {r['edge_positions']} | "
         f"{r['f']:.3f} | {', '.join(map(str, r['positions_kept'])) if r['positions'] else 'all'} |" for r in rows)
@@ -84,7 +85,7 @@ edges x {L}.
 |---|---|---|---|---|---|
 {table}
 
-Circuits (position-aware, exact): {', '.join(next(r for r in rows if r['method'] == 'exact' and r['positions'])['circuit'])}.
+Circuit (position-aware, exact): {', '.join(exact_circuit)}.
 """
     if figure is not None:
         md += f"\n![exact scores per edge and position]({figure.name})\n"
