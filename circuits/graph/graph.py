@@ -95,10 +95,14 @@ class Graph:
         if not isinstance(structure, GraphStructure):
             raise TypeError(f"structure must be a GraphStructure, got {type(structure).__name__}")
         self.structure = structure
-        shape = (structure.n_senders, structure.n_receivers)
+        n_positions = self._positions_of(structure, scores, in_graph)
+        shape: tuple[int, ...] = (structure.n_senders, structure.n_receivers)
         device = (scores.device if isinstance(scores, torch.Tensor) else in_graph.device
                   if isinstance(in_graph, torch.Tensor) else torch.device("cpu"))
         mask = structure.on(device).edge_mask
+        if n_positions is not None:
+            shape = (*shape, n_positions)
+            mask = mask[..., None].expand(shape)
         if scores is None:
             scores = torch.zeros(shape, dtype=torch.float32, device=device)
         else:
@@ -159,12 +163,37 @@ class Graph:
         return None if kept is None else int(kept.sum())
 
     @staticmethod
+    def _positions_of(structure: GraphStructure, scores: Any, in_graph: Any) -> int | None:
+        """The position axis's length L of ``[S, R, L]`` scores / in_graph, None for ``[S, R]`` ones; a clear
+        ValueError for any other shape, or when the two disagree."""
+        S, R = structure.n_senders, structure.n_receivers
+        found: dict[str, int | None] = {}
+        for t, name in ((scores, "scores"), (in_graph, "in_graph")):
+            if t is None:
+                continue
+            shape = tuple(t.shape) if hasattr(t, "shape") else tuple(torch.as_tensor(t).shape)
+            if len(shape) == 3 and shape[:2] == (S, R):
+                if shape[2] < 1:
+                    raise ValueError(f"{name} has a position axis of length 0 {shape}; a position-aware graph "
+                                     "needs at least one position")
+                found[name] = shape[2]
+            elif shape == (S, R):
+                found[name] = None
+            else:
+                raise ValueError(f"{name} must have shape ({S}, {R}) (n_senders, n_receivers of this structure) or "
+                                 f"({S}, {R}, n_positions) for a position-aware graph, got {shape}")
+        if len(set(found.values())) > 1:
+            raise ValueError("scores and in_graph must have the same position axis: got "
+                             + ", ".join(f"{k} {'[S, R]' if v is None else f'[S, R, {v}]'}" for k, v in found.items()))
+        return next(iter(found.values()), None)
+
+    @staticmethod
     def _check(t: Any, shape: tuple[int, ...], name: str, floating: bool) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
             t = torch.as_tensor(t)
         if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} (n_senders, n_receivers / n_nodes of this "
-                             f"structure), got {tuple(t.shape)}")
+            axes = "n_senders, n_receivers, n_positions" if len(shape) == 3 else "n_senders, n_receivers / n_nodes"
+            raise ValueError(f"{name} must have shape {shape} ({axes} of this structure), got {tuple(t.shape)}")
         if floating and not t.is_floating_point():
             t = t.float()
         if not floating and t.dtype != torch.bool:
@@ -183,8 +212,10 @@ class Graph:
               metadata: Mapping[str, Any] | None = None) -> Graph:
         """No edge in the circuit (everything ablated)."""
         device = scores.device if scores is not None else None
+        extra = tuple(scores.shape[2:]) if scores is not None and scores.dim() == 3 else ()
         return cls(structure, scores=scores, metadata=metadata,
-                   in_graph=torch.zeros(structure.n_senders, structure.n_receivers, dtype=torch.bool, device=device))
+                   in_graph=torch.zeros(structure.n_senders, structure.n_receivers, *extra, dtype=torch.bool,
+                                        device=device))
 
     @classmethod
     def from_edges(cls, structure: GraphStructure, edges: Iterable[str], scores: torch.Tensor | None = None,
@@ -213,16 +244,54 @@ class Graph:
         return self.scores.device
 
     @property
+    def n_positions(self) -> int | None:
+        """L for a position-aware graph (``[S, R, L]`` scores / in_graph), None for a position-free one."""
+        return int(self.scores.shape[2]) if self.scores.dim() == 3 else None
+
+    @property
+    def edge_in_graph(self) -> torch.Tensor:
+        """``[S, R]`` bool: the edges in the circuit at any position (``in_graph`` itself when position-free)."""
+        return self.in_graph.any(-1) if self.in_graph.dim() == 3 else self.in_graph
+
+    def summed(self) -> Graph:
+        """The position-free graph: scores summed over positions (NaN propagates), an edge in the circuit when it is
+        at any position, node / neuron fields and metadata copied, plus ``metadata["summed_positions"] = L``.
+        A position-free graph returns a copy of itself."""
+        if self.n_positions is None:
+            return self.copy()
+        metadata = copy.deepcopy(self.metadata)
+        metadata["summed_positions"] = self.n_positions
+        return Graph(self.structure, self.scores.sum(-1), self.in_graph.any(-1), self.node_scores,
+                     self._node_in_graph, metadata, **self._neurons())
+
+    def _split_name(self, name: str) -> tuple[str, int | None]:
+        """``"S->R@p"`` -> ``("S->R", p)``; ``"S->R"`` -> ``("S->R", None)``; checks p against n_positions."""
+        if "@" not in name:
+            return name, None
+        edge, _, pos = name.rpartition("@")
+        L = self.n_positions
+        if L is None:
+            raise KeyError(f"{name!r} names a position, but this graph is position-free; edges are 'S->R'")
+        try:
+            p = int(pos)
+        except ValueError:
+            raise KeyError(f"{name!r}: the position after '@' must be an integer in [0, {L})") from None
+        if not 0 <= p < L:
+            raise KeyError(f"{name!r}: position {p} out of range; this graph has {L} positions")
+        return edge, p
+
+    @property
     def n_edges(self) -> int:
-        """Edges in the circuit (after pruning, for a pruned selection)."""
+        """Edges in the circuit (after pruning, for a pruned selection); for a position-aware graph, edge-positions."""
         return int(self.in_graph.sum())
 
     @property
     def node_in_graph(self) -> torch.Tensor:
-        """``[n_nodes]`` bool: explicit if given, else derived from ``in_graph`` (see the class docstring)."""
+        """``[n_nodes]`` bool: explicit if given, else derived from ``in_graph`` (see the class docstring; for a
+        position-aware graph, from the edges in the circuit at any position)."""
         if self._node_in_graph is not None:
             return self._node_in_graph
-        return node_mask(self.structure, self.in_graph)
+        return node_mask(self.structure, self.edge_in_graph)
 
     @property
     def n_nodes(self) -> int:
@@ -231,7 +300,7 @@ class Graph:
 
     @property
     def edges(self) -> tuple[str, ...]:
-        """Names of the circuit's edges, in MIB order."""
+        """Names of the circuit's edges, in MIB order (position-aware: ``"S->R@p"``, MIB order then position)."""
         return tuple(self.to_frame(circuit_only=True)["name"])
 
     @property
@@ -245,13 +314,20 @@ class Graph:
         if not isinstance(name, str):
             return False
         if "->" in name:
-            return bool(self.in_graph[self.structure.edge_index(name)])
+            edge, p = self._split_name(name)
+            flags = self.in_graph[self.structure.edge_index(edge)]
+            return bool(flags.any() if p is None else flags[p])
         return bool(self.node_in_graph[self.structure.node_index(name)])
 
     def score(self, name: str) -> float:
-        """Score of one edge by name (``"a0.h1->m0"``), or of a node when the graph has node scores."""
+        """Score of one edge by name (``"a0.h1->m0"``), or of a node when the graph has node scores.
+
+        Position-aware graphs: ``"a0.h1->m0@3"`` is the score at position 3; a name without ``@p`` gives the sum
+        over positions (as :meth:`summed`)."""
         if "->" in name:
-            return float(self.scores[self.structure.edge_index(name)])
+            edge, p = self._split_name(name)
+            value = self.scores[self.structure.edge_index(edge)]
+            return float(value.sum() if value.dim() else value) if p is None else float(value[p])
         if self.node_scores is None:
             raise KeyError(f"{name!r} is a node name, and this graph has no node scores; edges are 'S->R'")
         return float(self.node_scores[self.structure.node_index(name)])
@@ -262,7 +338,10 @@ class Graph:
         return dict(zip(frame["name"], frame["score"].tolist()))
 
     def to_frame(self, circuit_only: bool = False) -> pd.DataFrame:
-        """A ``pandas.DataFrame``, one row per edge in MIB order: ``sender, receiver, name, score, in_graph``."""
+        """A ``pandas.DataFrame``, one row per edge in MIB order: ``sender, receiver, name, score, in_graph``.
+
+        Position-aware graphs: one row per edge-position (MIB order, then position), with a ``position`` column
+        and names ``"S->R@p"``."""
         from circuits.graph.views import to_frame
         return to_frame(self, circuit_only)
 
@@ -279,6 +358,8 @@ class Graph:
         ``circuit_only=True`` (default) keeps the circuit's edges and nodes, and only the q/k/v nodes that
         receive one of them: for a selected circuit that is what one draws or analyses. ``False`` gives all
         of them (32,491 edges for GPT-2 small; fine for networkx, slow for Llama-8B's 1.6M).
+
+        A position-aware graph is shown through its :meth:`summed` view.
         """
         from circuits.graph.views import to_networkx
         return to_networkx(self, circuit_only)
@@ -289,16 +370,25 @@ class Graph:
 
         ``scores``: a dense ``[n_senders, n_receivers]`` tensor, a ``[n_edges]`` tensor in MIB edge order, or a
         ``{edge name: score}`` mapping (edges not named keep their score). Non-edges are stored as 0.
+        Position-aware graphs take a dense ``[n_senders, n_receivers, n_positions]`` tensor or a mapping of
+        ``"S->R@p"`` names (a name without ``@p`` sets every position).
         """
         st = self.structure
         if isinstance(scores, Mapping):
             new = self.scores.clone()
             for name, value in scores.items():
-                new[st.edge_index(name)] = float(value)
+                edge, p = self._split_name(name)
+                index = st.edge_index(edge)
+                new[index if p is None else (*index, p)] = float(value)
             self.scores = new
             return
         if not isinstance(scores, torch.Tensor):
             raise TypeError(f"scores must be a tensor or a mapping of edge names, got {type(scores).__name__}")
+        L = self.n_positions
+        if L is not None:
+            scores = self._check(scores, (st.n_senders, st.n_receivers, L), "scores", floating=True)
+            self.scores = scores.to(self.device).masked_fill(~st.on(self.device).edge_mask[..., None], 0.0)
+            return
         if scores.ndim == 1:
             if scores.shape[0] != st.n_edges:
                 raise ValueError(f"a flat score vector must have one entry per edge ({st.n_edges:,}) in MIB "
@@ -325,8 +415,14 @@ class Graph:
         """
         return self._top_k(int(k), absolute, prune, level, {})
 
+    def _no_positions(self, what: str) -> None:
+        if self.n_positions is not None:
+            raise SelectionError(f"{what} is not defined for position-aware graphs; use graph.summed()")
+
     def _top_k(self, k: int, absolute: bool, prune: bool, level: Level, extra: dict[str, Any]) -> Graph:
         neurons = None
+        if level in ("node", "neuron"):
+            self._no_positions(f"level={level!r} selection")
         if level == "neuron":
             nodes, neurons = selection.top_k_units(self.structure, self.node_scores, self._need_neuron_scores(), k,
                                                    absolute)
@@ -335,7 +431,8 @@ class Graph:
             nodes = selection.top_k_nodes(self.structure, self._need_node_scores(), k, absolute)
             mask = selection.edges_between(self.structure, nodes)
         elif level == "edge":
-            mask = selection.top_k_edges(self.structure, self.scores, k, absolute)
+            mask = (selection.top_k_edges(self.structure, self.scores, k, absolute) if self.n_positions is None
+                    else selection.top_k_edge_positions(self.structure, self.scores, k, absolute))
         else:
             raise SelectionError(f"level must be 'edge', 'node' or 'neuron', got {level!r}")
         return self._selected(mask, prune, {"rule": "top_k", "k": k, **extra, "absolute": absolute,
@@ -344,7 +441,10 @@ class Graph:
     def top_fraction(self, fraction: float, absolute: bool = False, *, prune: bool = True,
                      level: Level = "edge") -> Graph:
         """:meth:`top_k` with ``k = int(fraction * n)``, n the number of edges (or scored nodes, or scored heads and
-        neurons for ``level="neuron"``): MIB's rule."""
+        neurons for ``level="neuron"``): MIB's rule. Position-aware graphs: n counts edge-positions
+        (``structure.n_edges * n_positions``)."""
+        if level in ("node", "neuron"):
+            self._no_positions(f"level={level!r} selection")
         if level == "neuron":
             if not 0.0 <= fraction <= 1.0:
                 raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
@@ -356,15 +456,17 @@ class Graph:
                 raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
             k = int(fraction * int(scored.sum()))
         else:
-            k = selection.fraction_to_k(self.structure, fraction)
+            k = selection.fraction_to_k(self.structure, fraction, self.n_positions)
         return self._top_k(k, absolute, prune, level, {"fraction": fraction})
 
     def threshold(self, threshold: float, absolute: bool = False, *, prune: bool = True,
                   level: Level = "edge") -> Graph:
-        """Every edge (or node) whose score (``|score|`` if ``absolute``) is ``>= threshold``, then pruned."""
+        """Every edge (or node) whose score (``|score|`` if ``absolute``) is ``>= threshold``, then pruned
+        (position-aware graphs: every edge-position)."""
         if math.isnan(threshold):
             raise SelectionError(f"threshold={threshold!r}: a NaN threshold selects nothing; give a number")
         if level == "node":
+            self._no_positions("level='node' selection")
             nodes = selection.threshold_nodes(self.structure, self._need_node_scores(), threshold, absolute)
             mask = selection.edges_between(self.structure, nodes)
         elif level == "edge":
@@ -381,6 +483,7 @@ class Graph:
         construction); pruning then drops edges whose sender the input does not reach. ``k`` counts edges
         chosen before pruning.
         """
+        self._no_positions("greedy selection")
         mask = selection.greedy_edges(self.structure, self.scores, int(k), absolute)
         return self._selected(mask, prune, {"rule": "greedy", "k": int(k), "absolute": absolute, "level": "edge"},
                               stacklevel=3)
@@ -392,6 +495,7 @@ class Graph:
         2025). Needs the per-edge agreement that
         :func:`circuits.discovery.bootstrap.discover_with_sign_agreement` stores in ``metadata["sign_agreement"]``.
         """
+        self._no_positions("sign_consistent selection")
         if not 0.0 <= min_agreement <= 1.0:
             raise ValueError(f"min_agreement must lie in [0, 1], got {min_agreement}")
         mask = selection.sign_consistent_edges(self.structure, self.scores, self.sign_agreement, int(k),
@@ -417,6 +521,7 @@ class Graph:
         """``k`` edges: ``round(positive_fraction * k)`` with the largest positive scores, the rest with the most
         negative ones (Nikankin et al. 2025's positive/negative ratio; a side that runs out is filled by
         ``|score|``)."""
+        self._no_positions("ratio selection")
         if not 0.0 <= positive_fraction <= 1.0:
             raise ValueError(f"positive_fraction must lie in [0, 1], got {positive_fraction}")
         mask = selection.ratio_edges(self.structure, self.scores, int(k), float(positive_fraction))
@@ -445,9 +550,22 @@ class Graph:
         """A copy without the edges that lie on no path input -> ... -> logits (see :mod:`~circuits.graph.pruning`).
 
         Node membership is re-derived from the surviving edges.
+
+        Position-aware graphs: an edge-position is kept iff its edge survives pruning of the any-position view
+        (``in_graph.any(-1)``). This is conservative: a path may be assembled from edges at different positions,
+        so some kept edge-positions need not lie on one position-consistent path (no edge-position on a real
+        input -> logits path is ever dropped).
         """
-        edges, _ = prune_mask(self.structure, self.in_graph)
+        edges = self._pruned(self.in_graph)
         return Graph(self.structure, self.scores, edges, self.node_scores, None, self.metadata, **self._neurons())
+
+    def _pruned(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` ([S, R] or [S, R, L]) pruned to input -> logits paths (see :meth:`prune`)."""
+        if mask.dim() == 3:
+            edges, _ = prune_mask(self.structure, mask.any(-1))
+            return mask & edges[..., None]
+        edges, _ = prune_mask(self.structure, mask)
+        return edges
 
     def _need_neuron_scores(self) -> torch.Tensor:
         if self.neuron_scores is None:
@@ -465,7 +583,7 @@ class Graph:
                   neurons: torch.Tensor | None = None) -> Graph:
         n_selected = int(mask.sum())
         if prune:
-            mask, _ = prune_mask(self.structure, mask)
+            mask = self._pruned(mask)
         metadata = copy.deepcopy(self.metadata)
         metadata["selection"] = {**record, "pruned": prune, "n_selected": n_selected}
         out = Graph(self.structure, self.scores, mask, self.node_scores, None, metadata,
@@ -496,13 +614,15 @@ class Graph:
         if not isinstance(other, Graph):
             return NotImplemented
         a, b = self.structure, other.structure
-        if not a.same_shape(b) or a.n_kv_heads != b.n_kv_heads:
+        if not a.same_shape(b) or a.n_kv_heads != b.n_kv_heads or self.n_positions != other.n_positions:
             return False
 
         def same(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
             if x is None or y is None:
                 return x is None and y is None
             x, y = x.detach().cpu(), y.detach().cpu()
+            if x.shape != y.shape:
+                return False
             if x.dtype == torch.bool or y.dtype == torch.bool:
                 return torch.equal(x, y)
             x, y = x.double(), y.double()
@@ -517,10 +637,15 @@ class Graph:
 
     def __repr__(self) -> str:
         st = self.structure
-        on_edges = self.scores[st.on(self.device).edge_mask]
+        on_edges = self.scores[st.on(self.device).edge_mask]  # [n] or [n, L]
         on_edges = on_edges[~torch.isnan(on_edges)]
         rng = (f"scores in [{float(on_edges.min()):.3g}, {float(on_edges.max()):.3g}]" if on_edges.numel()
                else "no scores")
         keys = [f"{k}={self.metadata[k]!r}" for k in ("method", "task", "model") if k in self.metadata]
+        L = self.n_positions
+        if L is not None:
+            return (f"Graph({st.describe()}, {L} positions: {self.n_edges:,} of {st.n_edges * L:,} edge-positions "
+                    f"({int(self.edge_in_graph.sum()):,} of {st.n_edges:,} edges), {self.n_nodes} of {st.n_nodes} "
+                    f"nodes in the circuit; {rng}" + "".join(", " + k for k in keys) + ")")
         return (f"Graph({st.describe()}: {self.n_edges:,} of {st.n_edges:,} edges, {self.n_nodes} of "
                 f"{st.n_nodes} nodes in the circuit; {rng}" + "".join(", " + k for k in keys) + ")")

@@ -22,6 +22,20 @@ Grouped k/v receivers (``GraphStructure.grouped_kv``): ``.json``, ``.graphml`` a
 ``a{l}.g{g}<k>``, ``cfg["grouped_kv"] = true``, so a file loads back as the grouped graph it was and MIB's own
 loader refuses the names instead of misreading them); the MIB-only writers (:func:`write_mib_pt`, the submission
 export) expand them to MIB's per-head receivers (:func:`circuits.graph.grouped.expand_grouped`).
+
+Position-aware graphs (``[S, R, L]`` scores / in_graph, ``graph.n_positions == L``):
+
+* ``.pt`` keeps the axis: the tensors are stored as they are, with ``n_positions = L``; loading restores it.
+* ``.json`` stays MIB's format: it holds the :meth:`~circuits.Graph.summed` view (scores summed over positions,
+  an edge in the circuit when it is at any position, ``metadata["summed_positions"] = L``), so MIB's own loader
+  reads it unchanged. Beside it goes a sidecar ``<stem>.positions.pt`` (``x.json`` -> ``x.positions.pt``) with
+  the ``[S, R, L]`` scores and in_graph and the graph's own metadata. ``Graph.load("x.json")`` restores the
+  position-aware graph when the sidecar is there and agrees with the JSON (its summed view equals the file's;
+  else a warning, and the summed graph), and records ``metadata["positions_sidecar"] = "x.positions.pt"``;
+  without the sidecar it loads the summed graph. Copy the two files together.
+* ``.graphml`` refuses a position-aware graph (:class:`GraphFormatError`): save it as ``.pt`` or ``.json``, or
+  save ``graph.summed()``.
+* MIB's ``.pt`` (:func:`write_mib_pt`) and submissions hold the summed view.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SUFFIXES = (".json", ".graphml", ".pt")
 PT_FORMAT = "circuits.Graph"
 PT_VERSION = 1
+POSITIONS_FORMAT = "circuits.Graph.positions"
 #: The largest [senders, receivers] score matrix a file may ask for (Llama-3.1-405B's has 0.79e9 entries): a
 #: damaged cfg must not make the loader allocate terabytes.
 MAX_MATRIX = 2**31
@@ -126,6 +141,10 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         json.dumps(graph.metadata, allow_nan=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"cannot save {path}: graph.metadata must be JSON-serializable ({e})") from None
+    if suffix == ".graphml" and graph.n_positions is not None:
+        raise GraphFormatError(f"cannot save {path}: GraphML holds no position axis, and this graph has "
+                               f"{graph.n_positions} positions; save it as .pt (keeps the axis) or .json (MIB's format, "
+                               "the summed view plus a .positions.pt sidecar), or save graph.summed() as .graphml")
     path.parent.mkdir(parents=True, exist_ok=True)
     {".json": _write_json, ".graphml": _write_graphml, ".pt": _write_pt}[suffix](graph, path)
     return path
@@ -148,7 +167,9 @@ def _edge_names(st: GraphStructure) -> tuple[str, ...]:
 
 
 def to_mib_dict(graph: Graph) -> dict:
-    """The MIB JSON document for ``graph`` (what ``.json`` files hold)."""
+    """The MIB JSON document for ``graph`` (what ``.json`` files hold; a position-aware graph's summed view)."""
+    if graph.n_positions is not None:
+        graph = graph.summed()
     st = graph.structure
     order = st.on(graph.scores.device).edge_order
     scores = graph.scores.detach()[order[:, 0], order[:, 1]].cpu().tolist()  # exact float64 of each score
@@ -190,10 +211,24 @@ def _read_neurons(block: Any, source: str | os.PathLike) -> dict[str, torch.Tens
     return {"neuron_scores": scores, "neuron_in_graph": kept}
 
 
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the position sidecar of a ``.json`` graph file lies: ``x.json`` -> ``x.positions.pt``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".positions.pt")
+
+
 def _write_json(graph: Graph, path: Path) -> None:
     text = json.dumps(to_mib_dict(graph))  # one-shot dumps uses the C encoder; json.dump would not
     with open(path, "w") as f:
         f.write(text)
+    if graph.n_positions is not None:
+        explicit = graph._node_in_graph
+        torch.save({"format": POSITIONS_FORMAT, "version": PT_VERSION, "cfg": graph.structure.cfg(),
+                    "n_positions": graph.n_positions,
+                    "scores": graph.scores.detach().cpu(),  # [S, R, L]
+                    "in_graph": graph.in_graph.cpu(),  # [S, R, L]
+                    "node_in_graph": None if explicit is None else explicit.cpu(),
+                    "metadata": json.dumps(graph.metadata)}, sidecar_path(path))
 
 
 def _read_json(path: Path, model: HasStructure | None) -> Graph:
@@ -202,7 +237,46 @@ def _read_json(path: Path, model: HasStructure | None) -> Graph:
             doc = json.load(f)
     except json.JSONDecodeError as e:
         raise GraphFormatError(f"{path}: not valid JSON ({e})") from None
-    return from_mib_dict(doc, model=model, source=path)
+    graph = from_mib_dict(doc, model=model, source=path)
+    side = sidecar_path(path)
+    return _with_positions(graph, side) if side.exists() else graph
+
+
+def _with_positions(summed: Graph, side: Path) -> Graph:
+    """The position-aware graph of a ``.json`` file's sidecar, checked against the file's summed graph."""
+    from circuits.graph.graph import Graph
+
+    try:
+        d = torch.load(side, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise GraphFormatError(f"{side}: not a readable position sidecar ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != POSITIONS_FORMAT:
+        raise GraphFormatError(f"{side}: not a circuits position sidecar (no format={POSITIONS_FORMAT!r}); move it "
+                               "away to load the JSON file's summed graph")
+    st = summed.structure
+    L = d.get("n_positions")
+    scores, in_graph = d.get("scores"), d.get("in_graph")
+    shape = (st.n_senders, st.n_receivers, L)
+    if (not isinstance(L, int) or not isinstance(scores, torch.Tensor) or not isinstance(in_graph, torch.Tensor)
+            or tuple(scores.shape) != shape or tuple(in_graph.shape) != shape):
+        raise GraphFormatError(f"{side}: the sidecar's tensors do not fit {st.describe()} with n_positions={L!r} "
+                               f"(expected [S, R, L] = {list(shape)})")
+    if structure_from_cfg(d.get("cfg"), side).cfg() != st.cfg():
+        raise GraphFormatError(f"{side}: the sidecar was written for another graph ({d.get('cfg')}), not "
+                               f"{st.cfg()}")
+    metadata = json.loads(d.get("metadata") or "{}")
+    metadata["positions_sidecar"] = side.name
+    graph = Graph(st, scores=scores, in_graph=in_graph, node_scores=summed.node_scores,
+                  node_in_graph=d.get("node_in_graph"), metadata=metadata, **summed._neurons())
+    view = graph.summed()
+    mask = st.edge_mask
+    a, b = view.scores.double()[mask], summed.scores.double()[mask]
+    if not (torch.equal(view.in_graph, summed.in_graph)
+            and bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())):
+        warnings.warn(f"{side}: the position sidecar does not match its JSON file (was the JSON written or edited "
+                      "without it?); loading the JSON's summed graph instead", stacklevel=4)
+        return summed
+    return graph
 
 
 def from_mib_dict(doc: Any, model: HasStructure | None = None, source: str | os.PathLike = "<dict>") -> Graph:
@@ -369,8 +443,9 @@ def _write_pt(graph: Graph, path: Path) -> None:
     explicit = graph._node_in_graph
     torch.save({
         "format": PT_FORMAT, "version": PT_VERSION, "cfg": graph.structure.cfg(),
-        "scores": graph.scores.detach().cpu(),  # [S, R]
-        "in_graph": graph.in_graph.cpu(),  # [S, R]
+        "n_positions": graph.n_positions,  # None, or L of [S, R, L] tensors
+        "scores": graph.scores.detach().cpu(),  # [S, R] or [S, R, L]
+        "in_graph": graph.in_graph.cpu(),  # [S, R] or [S, R, L]
         "node_scores": None if graph.node_scores is None else graph.node_scores.detach().cpu(),  # [n_nodes]
         "node_in_graph": None if explicit is None else explicit.cpu(),  # [n_nodes]
         "neuron_scores": None if graph.neuron_scores is None else graph.neuron_scores.detach().cpu(),  # [L, m]
@@ -388,6 +463,8 @@ def _read_pt(path: Path, model: HasStructure | None) -> Graph:
         raise GraphFormatError(f"{path}: not a readable circuits graph .pt file ({e})") from None
     if isinstance(d, dict) and "format" not in d and "edges_scores" in d:
         return from_mib_pt_dict(d, model=model, source=path)
+    if isinstance(d, dict) and d.get("format") == POSITIONS_FORMAT:
+        raise GraphFormatError(f"{path}: a position sidecar, not a graph file; load the .json file beside it")
     if not isinstance(d, dict) or d.get("format") != PT_FORMAT:
         raise GraphFormatError(f"{path}: not a circuits graph file (no format={PT_FORMAT!r} entry) nor MIB's "
                                "(no 'edges_scores')")
@@ -395,10 +472,15 @@ def _read_pt(path: Path, model: HasStructure | None) -> Graph:
         if key not in d:
             raise GraphFormatError(f"{path}: no {key!r} entry")
     st = _resolve_structure(d["cfg"], model, path)
-    shape = (st.n_senders, st.n_receivers)
-    if tuple(d["scores"].shape) != shape or tuple(d["in_graph"].shape) != shape:
-        raise GraphFormatError(f"{path}: tensors have shape {tuple(d['scores'].shape)}, expected {shape} for "
-                               f"{st.describe()}")
+    L = d.get("n_positions")
+    if L is not None and (not isinstance(L, int) or isinstance(L, bool) or L < 1):
+        raise GraphFormatError(f"{path}: n_positions must be a positive integer or None, got {L!r}")
+    shape: tuple[int, ...] = (st.n_senders, st.n_receivers) if L is None else (st.n_senders, st.n_receivers, L)
+    for key in ("scores", "in_graph"):
+        if not isinstance(d[key], torch.Tensor) or tuple(d[key].shape) != shape:
+            got = tuple(d[key].shape) if isinstance(d[key], torch.Tensor) else type(d[key]).__name__
+            raise GraphFormatError(f"{path}: {key} has shape {got}, expected {shape} for {st.describe()}"
+                                   + ("" if L is None else f" with {L} positions"))
     return Graph(st, scores=d["scores"], in_graph=d["in_graph"], node_scores=d.get("node_scores"),
                  node_in_graph=d.get("node_in_graph"), metadata=json.loads(d.get("metadata") or "{}"),
                  neuron_scores=d.get("neuron_scores"), neuron_in_graph=d.get("neuron_in_graph"))
@@ -414,6 +496,8 @@ def to_mib_pt_dict(graph: Graph, *, scores: bool = True) -> dict[str, Any]:
     Grouped k/v receivers are expanded to MIB's per-head ones (:func:`~circuits.graph.grouped.expand_grouped`)."""
     from circuits.graph.grouped import expand_grouped
 
+    if graph.n_positions is not None:
+        graph = graph.summed()
     graph = expand_grouped(graph)
     st = graph.structure
     mask = st.edge_mask  # [S, R]

@@ -8,6 +8,10 @@ Ties are broken deterministically by MIB's edge order (``GraphStructure.edge_ord
 same key, the one listed first in a MIB file wins. MIB's own ``apply_topn`` uses an unstable argsort here, so
 on exact ties (e.g. many zero scores) the two can differ; on distinct scores they agree.
 
+Position-aware graphs (``[S, R, L]`` scores) rank *edge-positions*: :func:`top_k_edge_positions` and
+:func:`threshold_edges` return ``[S, R, L]`` masks, ties broken by MIB edge order, then position. The other rules
+(greedy, sign-consistent, ratio, node and neuron level) are defined on edges only.
+
 These functions only select; pruning to input -> logits paths is :mod:`circuits.graph.pruning`.
 """
 
@@ -51,18 +55,41 @@ def top_k_edges(structure: GraphStructure, scores: torch.Tensor, k: int, absolut
     return out
 
 
+def top_k_edge_positions(structure: GraphStructure, scores: torch.Tensor, k: int,
+                         absolute: bool = False) -> torch.Tensor:
+    """``[S, R, L]`` bool: the ``k`` edge-positions of ``scores [S, R, L]`` with the highest key (ties: first in MIB
+    edge order, then the lower position)."""
+    L = int(scores.shape[2])
+    n = structure.n_edges * L
+    if not 0 <= k <= n:
+        raise SelectionError(f"k={k} edge-positions requested, but the graph has {n:,} ({structure.n_edges:,} edges "
+                             f"x {L} positions; {structure.describe()})")
+    order = structure.on(scores.device).edge_order  # [E, 2]
+    key = rank_key(scores[order[:, 0], order[:, 1]], absolute).reshape(-1)  # [E * L]: edge-major, then position
+    keep = torch.sort(key, descending=True, stable=True).indices[:k]
+    edge, pos = keep // L, keep % L
+    out = torch.zeros(structure.n_senders, structure.n_receivers, L, dtype=torch.bool, device=scores.device)
+    out[order[edge, 0], order[edge, 1], pos] = True
+    return out
+
+
 def threshold_edges(structure: GraphStructure, scores: torch.Tensor, threshold: float,
                     absolute: bool = False) -> torch.Tensor:
-    """``[S, R]`` bool: every edge whose key is ``>= threshold`` (inclusive, as EAP-IG's ``apply_threshold``)."""
+    """``[S, R]`` bool: every edge whose key is ``>= threshold`` (inclusive, as EAP-IG's ``apply_threshold``).
+    ``[S, R, L]`` scores give the ``[S, R, L]`` edge-positions passing it."""
     key = rank_key(scores, absolute)
-    return (key >= float(threshold)) & ~torch.isnan(scores) & structure.on(scores.device).edge_mask
+    mask = structure.on(scores.device).edge_mask
+    if scores.dim() == 3:
+        mask = mask[..., None]
+    return (key >= float(threshold)) & ~torch.isnan(scores) & mask
 
 
-def fraction_to_k(structure: GraphStructure, fraction: float) -> int:
-    """MIB's count for an edge fraction: ``int(fraction * n_edges)`` (floor, float product as MIB computes it)."""
+def fraction_to_k(structure: GraphStructure, fraction: float, n_positions: int | None = None) -> int:
+    """MIB's count for an edge fraction: ``int(fraction * n_edges)`` (floor, float product as MIB computes it).
+    With ``n_positions`` (a position-aware graph) it counts edge-positions: ``int(fraction * n_edges * L)``."""
     if not 0.0 <= fraction <= 1.0:
         raise SelectionError(f"fraction must lie in [0, 1], got {fraction}")
-    return int(fraction * structure.n_edges)
+    return int(fraction * (structure.n_edges * (1 if n_positions is None else int(n_positions))))
 
 
 # ---- beyond top-k: sign-consistent and positive/negative-ratio selection (Nikankin et al. 2025) -----------------

@@ -28,11 +28,38 @@ def _edge_table(graph: Graph, circuit_only: bool) -> tuple[torch.Tensor, list[fl
     return order, scores.tolist(), flags.tolist()
 
 
-def to_frame(graph: Graph, circuit_only: bool = False) -> pd.DataFrame:
-    """One row per edge in MIB order: ``sender, receiver, name, score, in_graph``."""
+def _position_frame(graph: Graph, circuit_only: bool) -> pd.DataFrame:
+    """One row per edge-position (MIB order, then position): ``sender, receiver, position, name, score, in_graph``."""
     import numpy as np
     import pandas as pd
 
+    st = graph.structure
+    L = int(graph.scores.shape[2])
+    order = st.edge_order  # [E, 2]
+    flags = graph.in_graph.detach().cpu()[order[:, 0], order[:, 1]].reshape(-1)  # [E * L]
+    scores = graph.scores.detach().cpu()[order[:, 0], order[:, 1]].reshape(-1)  # [E * L]
+    edge = torch.arange(order.shape[0]).repeat_interleave(L)
+    pos = torch.arange(L).repeat(order.shape[0])
+    if circuit_only:
+        edge, pos, scores, flags = edge[flags], pos[flags], scores[flags], flags[flags]
+    rows = order[edge]
+    senders = np.array([n.name for n in st.senders], dtype=object)[rows[:, 0].numpy()]
+    receivers = np.array([r.name for r in st.receivers], dtype=object)[rows[:, 1].numpy()]
+    positions = pos.numpy()
+    names = (senders + "->" + receivers + "@" + positions.astype(str).astype(object) if len(senders)
+             else np.array([], dtype=object))
+    return pd.DataFrame({"sender": senders, "receiver": receivers, "position": positions.astype(np.int64),
+                         "name": names, "score": scores.double().numpy(), "in_graph": flags.numpy().astype(bool)})
+
+
+def to_frame(graph: Graph, circuit_only: bool = False) -> pd.DataFrame:
+    """One row per edge in MIB order: ``sender, receiver, name, score, in_graph`` (position-aware graphs: one row
+    per edge-position, with a ``position`` column)."""
+    import numpy as np
+    import pandas as pd
+
+    if graph.n_positions is not None:
+        return _position_frame(graph, circuit_only)
     st = graph.structure
     order, scores, flags = _edge_table(graph, circuit_only)
     senders = np.array([n.name for n in st.senders], dtype=object)[order[:, 0].numpy()]
@@ -46,6 +73,8 @@ def to_networkx(graph: Graph, circuit_only: bool = True) -> nx.DiGraph:
     """The graph as a ``networkx.DiGraph`` (see :meth:`Graph.to_networkx`)."""
     import networkx as nx
 
+    if graph.n_positions is not None:
+        graph = graph.summed()
     st = graph.structure
     order, scores, flags = _edge_table(graph, circuit_only)
     node_in = graph.node_in_graph.detach().cpu()  # [n_nodes]
