@@ -149,11 +149,17 @@ def draw_circuit(graph: Graph, path: str | os.PathLike | None = None, *, circuit
         Name every node (``a9.h9``, ``m0``). Default: when at most 400 nodes are drawn; beyond that nodes are
         plain markers (the axes still give layer and head) and the drawing stays fast.
 
+    A position-aware graph is drawn as its summed view (an edge at any position, scores summed over positions;
+    the title says so): the position axis is :func:`~circuits.plotting.positions.plot_position_scores`'s.
+
     Returns the matplotlib ``Figure`` (Agg backend; nothing is displayed).
     """
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
+    summed = graph.n_positions
+    if summed is not None:
+        graph = graph.summed()
     graph = expand_grouped(graph)  # grouped k/v receivers are drawn at each head's k/v port (score shares)
     st = graph.structure
     pos = layout(st)
@@ -276,7 +282,10 @@ def draw_circuit(graph: Graph, path: str | os.PathLike | None = None, *, circuit
     handles = [h for pair in zip(nodes_row, edges_row) for h in pair]  # legend fills column by column
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=ncol,
               fontsize=label_size, frameon=False, handlelength=2.2, columnspacing=1.4, borderaxespad=0.2)
-    ax.set_title(title if title is not None else _title(graph, len(frame), n_total), fontsize=label_size + 3,
+    title = title if title is not None else _title(graph, len(frame), n_total)
+    if summed is not None:
+        title += f"\n(position-aware graph, summed over its {summed} positions)"
+    ax.set_title(title, fontsize=label_size + 3,
                  pad=40, loc="left")
     ax.text(1.0, -0.045, "edges run upward: sender -> receiver", transform=ax.transAxes, ha="right", va="top",
             fontsize=label_size - 0.5, color="0.45")
@@ -310,7 +319,7 @@ def to_dot(graph: Graph, *, circuit_only: bool = True, max_edges: int | None = N
     as ``"SENDER" -> "RECEIVER"`` with MIB's names, coloured by sign, ``penwidth`` by ``|score|``, and the name
     and score in its ``tooltip``. Grouped k/v receivers are drawn as MIB's per-head ones (score shares).
     """
-    graph = expand_grouped(graph)
+    graph = expand_grouped(graph.summed() if graph.n_positions is not None else graph)  # positions: summed view
     st = graph.structure
     frame, n_total = _edge_table(graph, circuit_only, max_edges)
     if circuit_only:
