@@ -61,8 +61,8 @@ def plot_position_scores(graph: Graph, path: str | os.PathLike | None = None, *,
     heat.set_xticklabels(tokens if tokens is not None else [str(p) for p in range(L)], fontsize=7,
                          rotation=90 if tokens is not None else 0)
     heat.set_xlabel("position")
-    fig.colorbar(image, ax=heat, label="score (positive = helps)", fraction=0.04, pad=0.02)
-    fig.tight_layout()
+    # the colour bar takes its width from both panels, so their columns stay aligned
+    fig.colorbar(image, ax=[strip, heat], label="score (positive = helps)", fraction=0.04, pad=0.02)
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
