@@ -143,8 +143,9 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         raise TypeError(f"cannot save {path}: graph.metadata must be JSON-serializable ({e})") from None
     if suffix == ".graphml" and graph.n_positions is not None:
         raise GraphFormatError(f"cannot save {path}: GraphML holds no position axis, and this graph has "
-                               f"{graph.n_positions} positions; save it as .pt (keeps the axis) or .json (MIB's format, "
-                               "the summed view plus a .positions.pt sidecar), or save graph.summed() as .graphml")
+                               f"{graph.n_positions} positions; save it as .pt (keeps the axis) or .json (MIB's "
+                               "format: the summed view plus a .positions.pt sidecar), or save graph.summed() as "
+                               ".graphml")
     path.parent.mkdir(parents=True, exist_ok=True)
     {".json": _write_json, ".graphml": _write_graphml, ".pt": _write_pt}[suffix](graph, path)
     return path

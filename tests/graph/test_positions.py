@@ -49,7 +49,7 @@ def scored(st) -> circuits.Graph:
     return circuits.Graph(st, scores=scores, metadata={"method": "test"})
 
 
-# ---- construction --------------------------------------------------------------------------------------------------
+# ---- construction ---------------------------------------------------------------------------------------------------
 def test_construction_and_defaults(st, scored):
     assert scored.n_positions == L
     assert circuits.Graph(st).n_positions is None
@@ -86,7 +86,7 @@ def test_shape_errors(st):
         circuits.Graph(st, in_graph=torch.ones(S, R, L))
 
 
-# ---- views -----------------------------------------------------------------------------------------------------------
+# ---- views ----------------------------------------------------------------------------------------------------------
 def test_summed(st, scored):
     g = circuits.Graph(st, scores=scored.scores, in_graph=flags(st, [f"{E1}@0", f"{E1}@2", f"{E2}@1"]),
                        metadata={"method": "test"})
@@ -140,7 +140,7 @@ def test_set_scores(st, scored):
         g.set_scores(torch.ones(st.n_senders, st.n_receivers))
 
 
-# ---- selection -------------------------------------------------------------------------------------------------------
+# ---- selection ------------------------------------------------------------------------------------------------------
 def test_top_k_orders_edge_positions_with_ties(scored):
     # 5.0 at E1@2 and E2@0: E1 is first in MIB order; 4.0 at E1@0 and E1@1: the lower position first
     assert scored.top_k(1, prune=False).edges == (f"{E1}@2",)
@@ -213,7 +213,7 @@ def test_unsupported_selections_raise(st, scored):
     assert select(g, "top_k", 2).edges == scored.top_k(2).edges
 
 
-# ---- files -------------------------------------------------------------------------------------------------------------
+# ---- files ----------------------------------------------------------------------------------------------------------
 def _same_tensors(a: circuits.Graph, b: circuits.Graph) -> None:
     assert a.n_positions == b.n_positions
     assert a.scores.dtype == b.scores.dtype
@@ -275,7 +275,7 @@ def test_graphml_refuses_position_aware_graphs(tmp_path, scored):
     scored.summed().save(tmp_path / "s.graphml")  # the summed view is fine
 
 
-# ---- equality and display ------------------------------------------------------------------------------------------------
+# ---- equality and display -------------------------------------------------------------------------------------------
 def test_equality_copy_to_repr(st, scored):
     assert scored == scored.copy() and scored == scored.to("cpu")
     assert scored.copy().n_positions == L and scored.to("cpu").n_positions == L
