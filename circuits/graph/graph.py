@@ -5,6 +5,12 @@ Storage follows EAP-IG: two dense ``[n_senders, n_receivers]`` tensors (``scores
 Selection (``top_k``, ``top_fraction``, ``threshold``, ``greedy``) and ``prune`` return new graphs, so a
 scored graph can be cut at many sizes (MIB's faithfulness curves) without being modified.
 
+Position-aware graphs carry ``[n_senders, n_receivers, n_positions]`` tensors instead (``graph.n_positions``):
+an edge-position is one edge at one token position. ``n_edges`` / ``edges`` count and name edge-positions
+(``"S->R@p"``); ``top_k`` / ``top_fraction`` / ``threshold`` rank them; ``prune`` keeps an edge-position when its
+edge survives pruning of the any-position view; ``summed()`` gives the position-free graph. Greedy, sign-consistent,
+ratio, node- and neuron-level selection need the position-free graph (``graph.summed()``).
+
 >>> import circuits, torch
 >>> s = circuits.GraphStructure(n_layers=2, n_heads=2)
 >>> g = circuits.Graph.full(s)
