@@ -63,9 +63,11 @@ class Graph:
         ``[n_senders, n_receivers]`` floating edge scores, positive = the edge helps the task (MIB's sign).
         Entries that are not edges are stored as 0 and never read; NaN on an edge means "not scored" (it ranks
         last and never passes a threshold). The dtype is kept (files load as float64, so they round-trip
-        exactly). Default: zeros (float32).
+        exactly). Default: zeros (float32). ``[n_senders, n_receivers, n_positions]`` makes a position-aware graph
+        (one score per edge and token position; see the module docstring).
     in_graph : Tensor, optional
         ``[n_senders, n_receivers]`` bool, the edges of the circuit. Default: every edge (the full graph).
+        ``[n_senders, n_receivers, n_positions]`` for a position-aware graph (the same L as ``scores``).
     node_scores : Tensor, optional
         ``[n_nodes]`` floating scores of nodes (MIB node order, ``logits`` last), for node-level methods.
     node_in_graph : Tensor, optional
