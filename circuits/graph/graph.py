@@ -5,6 +5,12 @@ Storage follows EAP-IG: two dense ``[n_senders, n_receivers]`` tensors (``scores
 Selection (``top_k``, ``top_fraction``, ``threshold``, ``greedy``) and ``prune`` return new graphs, so a
 scored graph can be cut at many sizes (MIB's faithfulness curves) without being modified.
 
+Position-aware graphs carry ``[n_senders, n_receivers, n_positions]`` tensors instead (``graph.n_positions``):
+an edge-position is one edge at one token position. ``n_edges`` / ``edges`` count and name edge-positions
+(``"S->R@p"``); ``top_k`` / ``top_fraction`` / ``threshold`` rank them; ``prune`` keeps an edge-position when its
+edge survives pruning of the any-position view; ``summed()`` gives the position-free graph. Greedy, sign-consistent,
+ratio, node- and neuron-level selection need the position-free graph (``graph.summed()``).
+
 >>> import circuits, torch
 >>> s = circuits.GraphStructure(n_layers=2, n_heads=2)
 >>> g = circuits.Graph.full(s)
@@ -57,9 +63,11 @@ class Graph:
         ``[n_senders, n_receivers]`` floating edge scores, positive = the edge helps the task (MIB's sign).
         Entries that are not edges are stored as 0 and never read; NaN on an edge means "not scored" (it ranks
         last and never passes a threshold). The dtype is kept (files load as float64, so they round-trip
-        exactly). Default: zeros (float32).
+        exactly). Default: zeros (float32). ``[n_senders, n_receivers, n_positions]`` makes a position-aware graph
+        (one score per edge and token position; see the module docstring).
     in_graph : Tensor, optional
         ``[n_senders, n_receivers]`` bool, the edges of the circuit. Default: every edge (the full graph).
+        ``[n_senders, n_receivers, n_positions]`` for a position-aware graph (the same L as ``scores``).
     node_scores : Tensor, optional
         ``[n_nodes]`` floating scores of nodes (MIB node order, ``logits`` last), for node-level methods.
     node_in_graph : Tensor, optional

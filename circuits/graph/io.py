@@ -32,7 +32,8 @@ Position-aware graphs (``[S, R, L]`` scores / in_graph, ``graph.n_positions == L
   the ``[S, R, L]`` scores and in_graph and the graph's own metadata. ``Graph.load("x.json")`` restores the
   position-aware graph when the sidecar is there and agrees with the JSON (its summed view equals the file's;
   else a warning, and the summed graph), and records ``metadata["positions_sidecar"] = "x.positions.pt"``;
-  without the sidecar it loads the summed graph. Copy the two files together.
+  without the sidecar it loads the summed graph. Copy the two files together. Saving a position-free graph to
+  ``x.json`` removes a circuits sidecar ``x.positions.pt`` left from an earlier save (it belonged to the old file).
 * ``.graphml`` refuses a position-aware graph (:class:`GraphFormatError`): save it as ``.pt`` or ``.json``, or
   save ``graph.summed()``.
 * MIB's ``.pt`` (:func:`write_mib_pt`) and submissions hold the summed view.
@@ -143,8 +144,9 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         raise TypeError(f"cannot save {path}: graph.metadata must be JSON-serializable ({e})") from None
     if suffix == ".graphml" and graph.n_positions is not None:
         raise GraphFormatError(f"cannot save {path}: GraphML holds no position axis, and this graph has "
-                               f"{graph.n_positions} positions; save it as .pt (keeps the axis) or .json (MIB's format, "
-                               "the summed view plus a .positions.pt sidecar), or save graph.summed() as .graphml")
+                               f"{graph.n_positions} positions; save it as .pt (keeps the axis) or .json (MIB's "
+                               "format: the summed view plus a .positions.pt sidecar), or save graph.summed() as "
+                               ".graphml")
     path.parent.mkdir(parents=True, exist_ok=True)
     {".json": _write_json, ".graphml": _write_graphml, ".pt": _write_pt}[suffix](graph, path)
     return path
@@ -221,14 +223,26 @@ def _write_json(graph: Graph, path: Path) -> None:
     text = json.dumps(to_mib_dict(graph))  # one-shot dumps uses the C encoder; json.dump would not
     with open(path, "w") as f:
         f.write(text)
-    if graph.n_positions is not None:
-        explicit = graph._node_in_graph
-        torch.save({"format": POSITIONS_FORMAT, "version": PT_VERSION, "cfg": graph.structure.cfg(),
-                    "n_positions": graph.n_positions,
-                    "scores": graph.scores.detach().cpu(),  # [S, R, L]
-                    "in_graph": graph.in_graph.cpu(),  # [S, R, L]
-                    "node_in_graph": None if explicit is None else explicit.cpu(),
-                    "metadata": json.dumps(graph.metadata)}, sidecar_path(path))
+    side = sidecar_path(path)
+    if graph.n_positions is None:
+        if side.exists() and _is_sidecar(side):
+            side.unlink()  # the old file's sidecar: it would restore positions this graph does not have
+        return
+    explicit = graph._node_in_graph
+    torch.save({"format": POSITIONS_FORMAT, "version": PT_VERSION, "cfg": graph.structure.cfg(),
+                "n_positions": graph.n_positions,
+                "scores": graph.scores.detach().cpu(),  # [S, R, L]
+                "in_graph": graph.in_graph.cpu(),  # [S, R, L]
+                "node_in_graph": None if explicit is None else explicit.cpu(),
+                "metadata": json.dumps(graph.metadata)}, side)
+
+
+def _is_sidecar(path: Path) -> bool:
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not ours (or unreadable): leave it alone
+        return False
+    return isinstance(d, dict) and d.get("format") == POSITIONS_FORMAT
 
 
 def _read_json(path: Path, model: HasStructure | None) -> Graph:
