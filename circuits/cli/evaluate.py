@@ -61,7 +61,8 @@ def _load_graph(spec: str, model):
 def _task(args, model):
     import circuits
 
-    return circuits.load_task(args.task, model, n=args.n, seed=args.seed)
+    task = circuits.load_task(args.task, model, n=args.n, seed=args.seed)
+    return task.aligned() if getattr(args, "align_positions", False) else task
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -244,6 +245,8 @@ def add_parser(sub) -> None:
     sel.add_argument("--absolute", action="store_true", help="rank by |score| (MIB's CMD runs) instead of score")
     ev.add_argument("--curve", action="store_true",
                     help="the faithfulness curve at MIB's fractions with CPR and CMD instead of one circuit")
+    ev.add_argument("--align-positions", dest="align_positions", action="store_true",
+                    help="keep the pairs of the task's most common token length (position-aware graphs need one)")
     ev.add_argument("--level", default="edge", choices=["edge", "node", "neuron"],
                     help="node: run every edge between the circuit's nodes (node-level circuits); neuron: heads and "
                          "MLP neurons as units (--k/--fraction/--minimal count them), cut neurons ablated")

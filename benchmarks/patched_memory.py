@@ -1,0 +1,64 @@
+"""The patched pass's memory estimate against its measured peak at Llama-3.1-8B width (issue 18, point 2).
+
+``estimate_peak(kind="patched")`` sizes the circuits (and examples) of a patched pass to a memory budget; it must
+not fall below what a pass really takes. Each point runs ``CircuitSession.circuit_metrics`` of 4 random circuits
+(half the edges each) in one pass on a random Llama-3.1-8B-width model (4096 wide, 32 heads, 8 kv groups, MLP
+14336, vocabulary 8192) of 1-4 layers, in a fresh subprocess, measured as ``benchmarks/memory_scale.py`` measures
+(VmHWM above the resident size before the call: the ablation, the baselines and the pass itself), against the
+estimate of the same (``total``, the ablation included).
+
+    python benchmarks/patched_memory.py        # writes results/patched_memory.{json,md} (~4 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import memory_scale  # noqa: E402
+from _common import write  # noqa: E402
+
+from circuits.graph.structure import GraphStructure  # noqa: E402
+from circuits.session.memory import ModelWidths, estimate_peak  # noqa: E402
+
+POINTS = [(1, "float32", 2, 64), (2, "float32", 2, 32), (4, "float32", 2, 32), (2, "bfloat16", 2, 16)]
+CIRCUITS = 4
+
+
+def main() -> None:
+    rows = []
+    for layers, dtype, batch, length in POINTS:
+        measured = memory_scale.measure(layers, dtype, batch, length, ["patched"], 1)[0]
+        st = GraphStructure(n_layers=layers, n_heads=32, n_kv_heads=8)
+        widths = ModelWidths(n_layers=layers, n_heads=32, n_kv_heads=8, d_model=4096, d_head=128, d_mlp=14336,
+                             vocab=memory_scale.VOCAB, n_senders=st.n_senders, gated=True,
+                             itemsize=4 if dtype == "float32" else 2, head_inputs=3 * 32, rms_norm=True,
+                             n_receivers=st.n_receivers)
+        estimate = estimate_peak(widths, "patched", examples=batch, positions=length, read_positions=1,
+                                 circuits=CIRCUITS).total / 2**20
+        rows.append({"layers": layers, "dtype": dtype, "batch": batch, "length": length,
+                     "measured_mib": measured["peak_above_mib"], "estimate_mib": estimate,
+                     "estimate_over_measured": estimate / measured["peak_above_mib"]})
+    table = "\n".join(f"| {r['layers']} | {r['dtype']} | {r['batch']} x {r['length']} | {r['measured_mib']:.0f} | "
+                      f"{r['estimate_mib']:.0f} | {r['estimate_over_measured']:.2f} |" for r in rows)
+    low = min(r["estimate_over_measured"] for r in rows)
+    md = f"""
+One patched pass of {CIRCUITS} random circuits (`CircuitSession.circuit_metrics`, corrupted ablation) on a random
+Llama-3.1-8B-width model, each point in a fresh subprocess; measured = VmHWM above the resident size before the call
+(ablation, baselines and the pass), estimate = `estimate_peak("patched", ...).total` of the same.
+
+| layers | dtype | batch x length | measured (MiB) | estimate (MiB) | estimate / measured |
+|---|---|---|---|---|---|
+{table}
+
+The estimate is {'never below' if low >= 1 else 'below'} the measured peak here (lowest ratio {low:.2f}){
+    ': passes sized to a budget by it stay under the budget' if low >= 1 else ''}.
+"""
+    paths = write("patched_memory", {"points": rows, "circuits": CIRCUITS}, md, "python benchmarks/patched_memory.py")
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
