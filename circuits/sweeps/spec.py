@@ -265,6 +265,14 @@ def load_sweep(path_or_config: str | Path | dict, overrides: dict | list[str] | 
     return _validate(config, source, check_models)
 
 
+def sweepable_methods() -> list[str]:
+    """The methods a sweep runs: every registered one but the neuron-level ones (evaluated at level 'neuron',
+    which the sweep's jobs do not do yet)."""
+    from circuits.discovery import METHODS
+
+    return [name for name, m in METHODS.items() if m.level != "neuron"]
+
+
 def _err(source: str, key: str, problem: str, fix: str) -> SweepError:
     return SweepError(f"{source}: key {key!r}: {problem}; fix: {fix}")
 
@@ -402,11 +410,16 @@ def _validate(config: dict, source: str, check_models: bool) -> SweepSpec:
 
     methods = _as_list(cfg, "methods", source)
     if methods == ["all"]:
-        methods = list(METHODS)
+        methods = sweepable_methods()
     for i, m in enumerate(methods):
         if m not in METHODS:
             raise _err(source, f"methods[{i}]", f"unknown method {m!r}",
                        f"use one of {', '.join(METHODS)} (or [\"all\"])")
+        if m not in sweepable_methods():
+            raise _err(source, f"methods[{i}]", f"{m!r} is a neuron-level method, which sweeps do not run yet "
+                       "(their evaluation cuts edges or nodes)",
+                       "run it with `circuits discover --method ...` or circuits.discover, and evaluate with "
+                       "level='neuron'")
     ablations = _as_list(cfg, "ablations", source)
     for i, a in enumerate(ablations):
         try:

@@ -93,9 +93,9 @@ def test_overrides():
 def test_shipped_sweeps_parse_and_expand(name):
     spec = load_sweep(ROOT / "discovery" / f"{name}.toml")
     jobs = spec.expand()
-    from circuits.discovery import METHODS
+    from circuits.sweeps.spec import sweepable_methods
 
-    assert {j.method for j in jobs} == set(METHODS)  # every method
+    assert {j.method for j in jobs} == set(sweepable_methods())  # every method a sweep runs (not neuron-level)
     assert len({j.job_id for j in jobs}) == len(jobs)
     if name == "benchmark":
         assert len({j.seed for j in jobs}) >= 3
@@ -127,3 +127,9 @@ def test_results_table_holds_the_current_jobs_only(tmp_path):
     assert list(frame["job_id"]) == ["b", "a"]
     assert list(__import__("pandas").read_parquet(store.parquet)["job_id"]) == ["b", "a"]
     assert store.status() == {"a": "ok", "b": "error", "old": "ok"}  # the old row stays on disk
+
+
+def test_neuron_level_methods_are_refused_by_sweeps_with_the_way_to_run_them():
+    with pytest.raises(SweepError, match="'eap-neurons' is a neuron-level method.*circuits discover"):
+        load_sweep(BASE, overrides={"methods": ["eap", "eap-neurons"]})
+    assert "eap-neurons" not in {j.method for j in load_sweep(BASE, overrides={"methods": ["all"]}).expand()}
