@@ -25,6 +25,28 @@ def commit() -> str:
     return git_commit()
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def pass_peak_mb(fn: Callable[[], object], device: str) -> float:
+    """Peak memory of one call of ``fn`` in MB above what was held before it: CUDA's peak allocated, else the
+    process's peak resident size (VmHWM, meaningful in a fresh process) above its resident size (VmRSS)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - base) / 1024
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function, run in turns so machine noise hits all of them alike."""
     for _ in range(warmup):

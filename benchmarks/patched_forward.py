@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved_medians, write  # noqa: E402
+from _common import interleaved_medians, pass_peak_mb, write  # noqa: E402
 
 from circuits.interventions.ablation import ablated_outputs  # noqa: E402
 from circuits.models.random import random_model  # noqa: E402
@@ -43,28 +43,11 @@ def setup(batch: int, seq: int, device: str):
     return model, runs
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return 0
-
-
 def probe_memory(kind: str, batch: int, seq: int, device: str) -> None:
     """Run one pass of ``kind`` in this (fresh) process and print its peak memory in MB as JSON."""
     _, runs = setup(batch, seq, device)
     with torch.no_grad():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            runs[kind]()
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            base = _rss_kb("VmRSS")
-            runs[kind]()
-            peak = (_rss_kb("VmHWM") - base) / 1024
+        peak = pass_peak_mb(runs[kind], device)
     print(json.dumps({"kind": kind, "peak_mb": peak}))
 
 
