@@ -8,7 +8,7 @@ one :class:`~circuits.session.CircuitSession`, so :meth:`Graph.minimal` and
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
     from circuits.tasks.task import Task
 
-__all__ = ["SELECTIONS", "check_circuit", "minimal_circuit"]
+__all__ = ["SELECTIONS", "bisect_smallest", "check_circuit", "minimal_circuit"]
 
 
 def check_circuit(model: Any, circuit: Any, what: str = "circuit") -> Graph:
@@ -40,6 +40,26 @@ def check_circuit(model: Any, circuit: Any, what: str = "circuit") -> Graph:
     name = getattr(model, "name", None) or type(model).__name__
     circuit.structure.check_fits(model.structure, source=source, model_name=name)
     return circuit
+
+
+def bisect_smallest(n: int, target: float, found: dict[int, float], measure: Callable[[list[int]], None],
+                    points_per_pass: int = 1) -> tuple[int, int]:
+    """Bisection over k in [0, n] keeping f(lo) < target <= f(hi) (``found`` holds f(0) and f(n) on entry;
+    ``measure(ks)`` adds f of ``points_per_pass`` ks per pass). Returns ``(lo, hi)``: ``hi`` reaches the target,
+    and ``lo == hi - 1`` when the search ended next to it."""
+    lo, hi = 0, n
+    while hi - lo > 1:
+        p = min(points_per_pass, hi - lo - 1)
+        ks = sorted({lo + (hi - lo) * (i + 1) // (p + 1) for i in range(p)} - {lo, hi})
+        measure(ks)
+        reached = [k for k in ks if found[k] >= target]
+        if reached:
+            hi = reached[0]
+            below = [k for k in ks if k < hi]
+            lo = below[-1] if below else lo
+        else:
+            lo = ks[-1]
+    return lo, hi
 
 
 def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: float = 0.9, *, absolute: bool = False,
@@ -84,20 +104,12 @@ def minimal_circuit(model: CircuitModel, task: Task, scored: Graph, target: floa
                 circuits[k] = select_by(scored, selection, k, absolute)
         return circuits[k]
 
-    lo, hi = 0, n
-    while hi - lo > 1:
-        p = min(points_per_pass, hi - lo - 1)
-        ks = sorted({lo + (hi - lo) * (i + 1) // (p + 1) for i in range(p)} - {lo, hi})
+    def measure(ks: list[int]) -> None:
         metric = runner.circuit_metrics(torch.stack([select(k).in_graph.cpu() for k in ks])).metric
         for k, row in zip(ks, metric):
             found[k] = normalized(float(row.mean()), m_full, m_empty)
-        reached = [k for k in ks if found[k] >= target]
-        if reached:
-            hi = reached[0]
-            below = [k for k in ks if k < hi]
-            lo = below[-1] if below else lo
-        else:
-            lo = ks[-1]
+
+    lo, hi = bisect_smallest(n, target, found, measure, points_per_pass)
     circuit = select(hi).copy()
     circuit.metadata["minimal"] = {
         "target": target, "k": hi, "faithfulness": found[hi], "n_edges": circuit.n_edges,

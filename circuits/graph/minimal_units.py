@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from circuits.graph.levels import run_circuits
-from circuits.graph.minimal import check_circuit
+from circuits.graph.minimal import bisect_smallest, check_circuit
 from circuits.graph.selection import SelectionError, unit_scores
 from circuits.session import CircuitSession
 from circuits.session.neurons import NeuronRuns
@@ -76,18 +76,7 @@ def minimal_unit_circuit(model: CircuitModel, task: Task, scored: Graph, target:
     if found[n] < target:
         raise SelectionError(f"every unit kept gives f = {found[n]:.4f} < target {target} at level {level!r}; "
                              "lower the target")
-    lo, hi = 0, n
-    while hi - lo > 1:
-        p = min(points_per_pass, hi - lo - 1)
-        ks = sorted({lo + (hi - lo) * (i + 1) // (p + 1) for i in range(p)} - {lo, hi})
-        measure(ks)
-        reached = [k for k in ks if found[k] >= target]
-        if reached:
-            hi = reached[0]
-            below = [k for k in ks if k < hi]
-            lo = below[-1] if below else lo
-        else:
-            lo = ks[-1]
+    _, hi = bisect_smallest(n, target, found, measure, points_per_pass)
     circuit = select(hi).copy()
     circuit.metadata["minimal"] = {
         "target": target, "level": level, "k": hi, "n_units": n, "faithfulness": found[hi],
