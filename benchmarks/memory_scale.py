@@ -25,6 +25,15 @@ faithfulness curve (MIB's fractions of a random-scored graph) with the session's
     python benchmarks/memory_scale.py --resume   # continue an interrupted run (or add new grid points to the last)
     python benchmarks/memory_scale.py --quick    # one layer, one small shape, fp32 (a minute)
     python benchmarks/memory_scale.py --render   # rewrite the .md from the saved .json
+    python benchmarks/memory_scale.py --device cuda   # on a GPU: the series up to 32 layers, measured against
+                                                      # predicted; writes results/memory_scale_gpu.*
+
+On a GPU (``--device cuda``) every configuration runs in one process (the allocator's own peak,
+``torch.cuda.max_memory_allocated`` above ``memory_allocated`` before the method, needs no process of its
+own), each method after ``session.fit`` of its memory plans as ``circuits.discover`` does, so the session's
+own budget (half the free GPU memory) chooses its chunks; the report sets each measured peak against the
+session's estimate (:func:`circuits.session.memory.estimate_peak`, recomputed when the report is rendered) and
+against the CPU fit's prediction (results/memory_scale.json).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,6 +74,13 @@ GRID = [
     (2, "bfloat16", 2, 16, ("eap-ig", "patched", "curve")),  # with the three above: bf16's own cross-layer slope
 ]
 QUICK = [(1, "float32", 1, 16, METHODS)]
+# On a GPU: the CPU grid's points (the same vocabulary: CPU against GPU at identical shapes), then the issue's
+# target shape, bf16 batch 8 x 64, from 1 to 32 layers with Llama-3.1-8B's real vocabulary (edge pruning besides:
+# a trained pass, 3 steps).
+GPU_METHODS = (*METHODS, "edge-pruning")
+GPU_GRID = [*[(L, "bfloat16", 8, 64, GPU_METHODS, 128256) for L in (1, 2, 4, 8, 16, 32)],
+            (2, "float32", 8, 64, GPU_METHODS, 128256), (8, "float32", 8, 64, GPU_METHODS, 128256),
+            *[(*g[:4], g[4], VOCAB) for g in GRID]]
 CROSS_CHECK = (1, "float32", 1, 16, METHODS)
 TARGET = dict(layers=32, batch=8, length=64, dtype="bfloat16", weights_gb=16.06, limit_gb=60.0)
 # Llama-3.1-8B: per layer q/o 4096^2, k/v 4096x1024, MLP 3x4096x14336, 2 norms; embedding and unembedding 128256 x 4096
@@ -82,28 +99,73 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
 
 
-def child(spec: dict) -> None:
+class _Peak:
+    """Peak memory of a block above what was held when it began: the CUDA allocator's peak on a GPU (and its
+    reserved peak), Linux's VmHWM reset at the start on the CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+        else:
+            self.before = (_status_kib("VmRSS") * 1024, 0)
+            _reset_peak()
+
+    def stop(self) -> dict:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {"peak_above_mib": (torch.cuda.max_memory_allocated() - self.before[0]) / MiB,
+                    "reserved_above_mib": (torch.cuda.max_memory_reserved() - self.before[1]) / MiB,
+                    "allocated_before_mib": self.before[0] / MiB}
+        return {"peak_above_mib": (_status_kib("VmHWM") * 1024 - self.before[0]) / MiB,
+                "rss_before_mib": self.before[0] / MiB}
+
+
+def run_config(spec: dict) -> dict:
+    """Build one (layers, dtype, batch x length) model and task, then measure each method's peak in turn."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dataclasses import asdict
+
     from discovery_speed import random_pairs_task
 
     import circuits
+    from circuits.discovery import METHODS
     from circuits.discovery.attribution import eap, eap_ig, eap_ig_activations
+    from circuits.discovery.edge_pruning import edge_pruning
     from circuits.graph import Graph
     from circuits.models.random import random_model
     from circuits.session import CircuitSession
+    from circuits.session.memory import ModelWidths
 
+    device = spec.get("device", "cpu")
     torch.set_num_threads(spec["threads"])
+    warnings.filterwarnings("ignore", message="edge pruning")  # 3 steps do not converge: they are a memory probe
     dtype = getattr(torch, spec["dtype"])
-    model = random_model("llama-3.1-8b", n_layers=spec["layers"], vocab_size=VOCAB, dtype=dtype)
+    model = random_model("llama-3.1-8b", n_layers=spec["layers"], vocab_size=spec.get("vocab", VOCAB), dtype=dtype,
+                         device=device)
     weights = sum(p.numel() * p.element_size() for p in model.hf.parameters())
     task = random_pairs_task(model, spec["batch"], spec["length"])
     s = model.structure
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(4, s.n_senders, s.n_receivers, generator=gen) < 0.5) & s.edge_mask
     scored = Graph(s, torch.randn(s.n_senders, s.n_receivers, generator=gen))
+    params = {"eap": {}, "eap-ig": {"steps": 5}, "eap-ig:spp1": {"steps": 5, "steps_per_pass": 1},
+              "eap-ig-activations": {"steps": spec.get("activation_steps", 1)}, "edge-pruning": {"steps": 3}}
 
     def session(t=task):
         return CircuitSession(model, t, split="all", batch_size=spec["batch"], show_progress=False)
+
+    def fit(method: str, sess: CircuitSession) -> None:  # as circuits.discover does before any forward
+        name = method.split(":")[0]
+        if name in METHODS:
+            m = METHODS[name]
+            plans = m.memory({**m.params, **params[method]}) if m.memory else {"kind": "patched"}
+            for plan in plans if isinstance(plans, list) else [plans]:
+                sess.fit(**plan)
 
     def run(method: str, sess: CircuitSession):
         if method == "eap":
@@ -114,6 +176,8 @@ def child(spec: dict) -> None:
             return eap_ig(sess, steps=5, steps_per_pass=1)
         if method == "eap-ig-activations":
             return eap_ig_activations(sess, steps=spec.get("activation_steps", 1))
+        if method == "edge-pruning":
+            return edge_pruning(sess, **params[method])
         if method == "patched":
             return sess.circuit_metrics(masks, circuits_per_pass=len(masks))
         if method == "curve":
@@ -126,30 +190,73 @@ def child(spec: dict) -> None:
         session(tiny).circuit_metrics(masks[:1], circuits_per_pass=1)
     gc.collect()
     after_build = _status_kib("VmRSS")
+    peak = _Peak(device)
     rows = []
     for method in spec["methods"]:
         sess = session()
         gc.collect()
-        before = _status_kib("VmRSS")
-        _reset_peak()
+        row: dict = {"method": method}
+        peak.start()
         t0 = time.perf_counter()
-        out = run(method, sess)
-        seconds = time.perf_counter() - t0
-        peak = _status_kib("VmHWM")
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, since the process started
-        row = {"method": method, "peak_above_mib": (peak - before) / 1024, "seconds": seconds,
-               "rss_before_mib": before / 1024, "maxrss_above_build_mib": (maxrss - after_build) / 1024}
-        if method == "curve":  # the circuits one pass ran: the distinct non-trivial ones, up to the session's cap
+        try:
+            fit(method, sess)
+            out = run(method, sess)
+        except Exception as e:  # out of memory past the card, or a failure: recorded, the series goes on
+            if not peak.cuda:
+                raise
+            import traceback
+
+            out = None
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]} ({where.filename}:{where.lineno})"
+            row["traceback"] = traceback.format_exc()[-3000:]
+        row.update(peak.stop(), seconds=time.perf_counter() - t0)
+        if not peak.cuda:
+            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, since the process started
+            row["maxrss_above_build_mib"] = (maxrss - after_build) / 1024
+        if method == "curve" and out is not None:  # the circuits one pass ran: the distinct non-trivial ones, capped
             run_circuits = len(sess._dedupe(torch.stack([c.in_graph for c in out.circuits]))[1])
-            row["circuits_per_pass"] = min(run_circuits, sess._circuits_per_pass(sess.batches[0]))
+            row["circuits_per_pass"] = min(run_circuits, sess.circuits_per_pass_for(sess.batches[0]))
         if method == "eap-ig":
-            row["steps_per_pass"] = max(1, min(5, MAX_ROWS_PER_PASS // spec["batch"]))
+            row["steps_per_pass"] = min(max(1, min(5, MAX_ROWS_PER_PASS // spec["batch"])),
+                                        sess.steps_per_pass or 5)
         if method == "eap-ig:spp1":
             row["steps_per_pass"] = 1
+        row["examples_per_pass"] = max(len(b) for b in sess.batches)
+        if peak.cuda:
+            row["budget_mib"] = sess._fit_budget() / MiB  # what fit chunked to (read once per session)
         rows.append(row)
         del out, sess
         gc.collect()
-    print(json.dumps({"weights_mib": weights / MiB, "rss_after_build_mib": after_build / 1024, "rows": rows}))
+        if peak.cuda:
+            torch.cuda.empty_cache()
+    return {"weights_mib": weights / MiB, "rss_after_build_mib": after_build / 1024,
+            "widths": asdict(ModelWidths.of(model)), "rows": rows}
+
+
+def child(spec: dict) -> None:
+    print(json.dumps(run_config(spec)))
+
+
+def _rows_of(out: dict, layers: int, dtype: str, batch: int, length: int, fresh: bool, extra: dict) -> list[dict]:
+    rows = []
+    for r in out["rows"]:
+        rows.append({"layers": layers, "dtype": dtype, "batch": batch, "length": length, "tokens": batch * length,
+                     "weights_mib": out["weights_mib"], "rss_after_build_mib": out["rss_after_build_mib"],
+                     "widths": out["widths"], "fresh_process": fresh, **extra, **r})
+        print(f"L={layers} {dtype} {batch}x{length} {r['method']}: {r['peak_above_mib']:.0f} MiB above "
+              f"({r['seconds']:.1f} s){' ' + r['error'] if 'error' in r else ''}", flush=True)
+    return rows
+
+
+def measure_gpu(layers: int, dtype: str, batch: int, length: int, methods, vocab: int, threads: int) -> list[dict]:
+    """One configuration on the GPU, in this process (the allocator's peak needs no process of its own)."""
+    spec = {"layers": layers, "dtype": dtype, "batch": batch, "length": length, "methods": list(methods),
+            "threads": threads, "device": "cuda", "vocab": vocab}
+    out = run_config(spec)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return _rows_of(out, layers, dtype, batch, length, False, {"vocab": vocab})
 
 
 def measure(layers: int, dtype: str, batch: int, length: int, methods, threads: int, fresh: bool = False,
@@ -163,14 +270,7 @@ def measure(layers: int, dtype: str, batch: int, length: int, methods, threads: 
     if done.returncode != 0:
         raise RuntimeError(f"child {spec} failed:\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    rows = []
-    for r in out["rows"]:
-        rows.append({"layers": layers, "dtype": dtype, "batch": batch, "length": length, "tokens": batch * length,
-                     "weights_mib": out["weights_mib"], "rss_after_build_mib": out["rss_after_build_mib"],
-                     "fresh_process": fresh, **extra, **r})
-        print(f"L={layers} {dtype} {batch}x{length} {r['method']}: {r['peak_above_mib']:.0f} MiB above "
-              f"({r['seconds']:.1f} s)", flush=True)
-    return rows
+    return _rows_of(out, layers, dtype, batch, length, fresh, extra)
 
 
 # ---- the fit and the report -----------------------------------------------------------------------------------------
@@ -478,6 +578,147 @@ def verdict_text(fits: dict) -> str:
             + "; ".join(out) + ".")
 
 
+# ---- the GPU series: measured against predicted ------------------------------------------------------------------
+def session_estimate_mib(r: dict) -> float | None:
+    """What the session's estimate (:func:`circuits.session.memory.estimate_peak`, as the code now stands) says
+    the row's pass holds: the largest of its method's memory plans at the chunks the row ran with."""
+    from circuits.discovery import METHODS
+    from circuits.session.memory import KINDS, ModelWidths, estimate_peak
+
+    w = ModelWidths(**r["widths"])
+    b, P = r.get("examples_per_pass", r["batch"]), r["length"]
+    method = r["method"].split(":")[0]
+    if method in ("patched", "curve"):
+        circuits_ = 4 if method == "patched" else r.get("circuits_per_pass")
+        return None if circuits_ is None else \
+            estimate_peak(w, "patched", examples=b, positions=P, circuits=circuits_).total / MiB
+    m = METHODS[method]
+    params = {**m.params, **({"steps": 5} if method == "eap-ig" else {})}
+    plans = m.memory(params) if m.memory else {"kind": "patched"}
+    out = []
+    for plan in plans if isinstance(plans, list) else [plans]:
+        if plan["kind"] not in KINDS:
+            continue
+        steps = r.get("steps_per_pass", 1) if plan["kind"] == "attribution" else 1
+        extra = {k: v for k, v in plan.items() if k not in ("kind", "steps", "fixed_steps")}
+        out.append(estimate_peak(w, plan["kind"], examples=b, positions=P, steps=steps, **extra).total / MiB)
+    return max(out) if out else None
+
+
+def cpu_prediction_mib(cpu: dict | None, r: dict) -> float | None:
+    """The CPU memory model's prediction at the row's point (results/memory_scale.json): its fit for the method
+    and dtype, for bf16 the larger of bf16's own fit and the derived one (as the README's table takes it)."""
+    if cpu is None:
+        return None
+    fits = cpu["fits"]
+    keys = [f"{r['method']}|{r['dtype']}"] + ([f"{r['method']}|bfloat16-derived"] if r["dtype"] == "bfloat16" else [])
+    models = [f for k, f in {**fits, **derived_half(fits)}.items() if k in keys]
+    if not models:
+        return None
+    return max(predict(f, r["layers"], _units(r)) for f in models)
+
+
+def gpu_report(saved: dict, cpu: dict | None) -> str:
+    rows = saved["rows"]
+    gpu = saved["machine"].get("gpu", "a GPU")
+    cpu_rows = {(c["layers"], c["dtype"], c["batch"], c["length"], c["method"]): c["peak_above_mib"]
+                for c in (cpu or {}).get("rows", []) if not c["fresh_process"] and c.get("activation_steps", 1) == 1}
+    table = []
+    for r in rows:
+        est = session_estimate_mib(r)
+        pred = cpu_prediction_mib(cpu, r)
+        measured = None if "error" in r else r["peak_above_mib"]
+        plan = (f"{r['steps_per_pass']} steps/pass" if "steps_per_pass" in r else
+                f"{r['circuits_per_pass']} circuits/pass" if "circuits_per_pass" in r else
+                "4 circuits/pass" if r["method"] == "patched" else "-")
+        table.append({
+            "layers": r["layers"], "dtype": r["dtype"], "batch x length": f"{r['batch']} x {r['length']}",
+            "vocab": r["vocab"], "method": r["method"], "plan": plan, "examples/pass": r["examples_per_pass"],
+            "weights (MiB)": r["weights_mib"], "measured peak above (MiB)": measured if measured is not None
+            else r["error"], "allocator reserved above (MiB)": r.get("reserved_above_mib"),
+            "session estimate (MiB)": est, "measured / estimate": None if est is None or measured is None
+            else measured / est, "CPU fit's prediction (MiB)": pred,
+            "measured / CPU fit": None if pred is None or measured is None else measured / pred,
+            "measured on CPU, same point (MiB)": cpu_rows.get((r["layers"], r["dtype"], r["batch"], r["length"],
+                                                                r["method"])),
+            "seconds": r["seconds"]})
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    T = TARGET
+    target = [t for t in table if (t["layers"], t["dtype"], t["batch x length"], t["method"]) ==
+              (T["layers"], T["dtype"], f"{T['batch']} x {T['length']}", "eap-ig")]
+    lines = [f"Measured on **{gpu}** (torch {saved['machine'].get('torch')}), random weights of Llama-3.1-8B's "
+             "widths (hidden 4096, 32 heads, 8 kv heads, intermediate 14336). Peak = `torch.cuda.max_memory_allocated` "
+             "above `memory_allocated` just before the method (the weights and the session's data are below it), "
+             "after `session.fit` of the method's memory plans as `circuits.discover` does, so the session's own "
+             "budget (half the free GPU memory, `budget_mib` in the .json) chose the chunks. 'allocator reserved "
+             "above' is the caching allocator's reserved peak (what `nvidia-smi` sees grow). 'session estimate': "
+             "`circuits.session.memory.estimate_peak` at the chunks the row ran with (recomputed when this report is "
+             "rendered: `python benchmarks/memory_scale.py --device cuda --render`); 'CPU fit's prediction': the CPU "
+             "memory model of results/memory_scale.md at this point (for bf16 the larger of its own fit and the "
+             "derived one); the CPU grid's points (vocabulary 8,192) are repeated here, so CPU and GPU are compared "
+             "at identical shapes. The target series (batch 8 x 64, 1 to 32 layers) uses the real vocabulary "
+             "(128,256): at 32 layers it is Llama-3.1-8B's shape.", ""]
+    if target:
+        t = target[0]
+        m = t["measured peak above (MiB)"]
+        if isinstance(m, float):
+            gb = m * MiB / GB
+            est, pred = t["session estimate (MiB)"], t["CPU fit's prediction (MiB)"]
+            verdict = "within" if gb <= T["limit_gb"] else "OVER"
+            text = (f"**Issue 18's goal, measured: EAP-IG (5 steps, {t['plan']}), batch {T['batch']} x "
+                    f"{T['length']}, bf16, {T['layers']} layers: {gb:.1f} GB above the "
+                    f"{t['weights (MiB)'] * MiB / GB:.1f} GB of weights ({verdict} {T['limit_gb']:.0f} GB)")
+            if est:
+                text += f"; the session estimated {est * MiB / GB:.1f} GB"
+            if pred:
+                text += f", the CPU fit predicted {pred * MiB / GB:.1f} GB"
+            lines += [text + ".**", ""]
+        else:
+            lines += [f"**Issue 18's goal shape ran out of memory: {m}.**", ""]
+    over = [t for t in table if t["measured / estimate"] is not None and t["measured / estimate"] > 1.0]
+    ratios = [t["measured / estimate"] for t in table if t["measured / estimate"] is not None]
+    if ratios:
+        lines += [f"Measured / session estimate over {len(ratios)} rows: {min(ratios):.2f} to {max(ratios):.2f}"
+                  + (f"; {len(over)} row(s) above the estimate: "
+                     + ", ".join(f"{t['method']} L={t['layers']} {t['dtype']} {t['batch x length']} "
+                                 f"({t['measured / estimate']:.2f}x)" for t in over)
+                     if over else "; the estimate is an upper bound on every row") + ".", ""]
+    lines += [markdown_table(frame, ".2f"), ""]
+    return "\n".join(lines)
+
+
+def gpu_main(args) -> None:
+    name = "memory_scale_gpu"
+    cpu_json = RESULTS / "memory_scale.json"
+    cpu = json.loads(cpu_json.read_text()) if cpu_json.exists() else None
+    command = "python benchmarks/memory_scale.py --device cuda"
+    if args.render:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())
+        kept = {k: v for k, v in saved.items() if k not in ("benchmark", "command")}  # the run's date, machine
+        _, md_path = write(name, kept, gpu_report(saved, cpu), command)
+        print(f"wrote {md_path} from the .json")
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    partial = RESULTS / f"{name}.partial.json"
+    rows: list[dict] = json.loads(partial.read_text()) if args.resume and partial.exists() else []
+    done = {(r["layers"], r["dtype"], r["batch"], r["length"], r["vocab"]) for r in rows}
+    grid = GPU_GRID[:1] if args.quick else GPU_GRID
+    for layers, dtype, batch, length, methods, vocab in grid:
+        if (layers, dtype, batch, length, vocab) in done:
+            continue
+        rows += measure_gpu(layers, dtype, batch, length, methods, vocab, threads=args.threads)
+        partial.write_text(json.dumps(rows, indent=1))
+    saved = {"rows": rows, "target": TARGET, **({"commit": args.commit} if args.commit else {})}
+    from _common import machine
+
+    json_path, md_path = write(name, saved, gpu_report({**saved, "machine": machine()}, cpu), command)
+    partial.unlink(missing_ok=True)
+    print(f"wrote {md_path} and {json_path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one layer, one small shape, fp32")
@@ -485,10 +726,16 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the saved .json")
     p.add_argument("--resume", action="store_true", help="keep the configurations of an interrupted run's "
                    "results/memory_scale.partial.json")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: the GPU series (results/memory_scale_gpu.*), in one process")
+    p.add_argument("--commit", help="the commit to record where the checkout has no git (a copied working tree)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(json.loads(args.child))
+        return
+    if args.device == "cuda":
+        gpu_main(args)
         return
     name = "memory_scale_quick" if args.quick else "memory_scale"
     if args.render:

@@ -78,7 +78,8 @@ def random_model(family_or_preset: str = "gpt2", *, seed: int = 0, dtype: torch.
         name = f"random:{family}"
     config = random_config(family, **shape)
     torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+    with torch.device(device):  # initialised where it runs: an 8B-width model on a GPU needs no CPU copy first
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if tokenizer is None and config.vocab_size == 50257:
         tokenizer = _gpt2_tokenizer_or_none()
     return CircuitModel.from_hf(hf, tokenizer, name=name)
