@@ -87,6 +87,18 @@ TARGET = dict(layers=32, batch=8, length=64, dtype="bfloat16", weights_gb=16.06,
 LLAMA8B_PARAMS = 32 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) + 2 * 128256 * 4096 + 4096
 
 
+def _llama8b_widths():
+    from circuits.session.memory import ModelWidths
+
+    H, G, L = 32, 8, 32
+    return ModelWidths(n_layers=L, n_heads=H, n_kv_heads=G, d_model=4096, d_head=128, d_mlp=14336, vocab=128256,
+                       n_senders=1 + L * (H + 1), gated=True, itemsize=2, head_inputs=3 * H, rms_norm=True,
+                       n_receivers=L * (3 * H + 1) + 1)
+
+
+LLAMA8B_WIDTHS = _llama8b_widths()  # bf16, MIB's per-head k/v receivers
+
+
 # ---- the child: one (layers, dtype, shape) -------------------------------------------------------------------------
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -152,6 +164,8 @@ def run_config(spec: dict) -> dict:
     s = model.structure
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(4, s.n_senders, s.n_receivers, generator=gen) < 0.5) & s.edge_mask
+    sparse = masks.clone()  # a sparse circuit's layers: head 1 read by nothing, so each computes a head subset
+    sparse[:, [s.layer_senders(layer).start + 1 for layer in range(s.n_layers)], :] = False
     scored = Graph(s, torch.randn(s.n_senders, s.n_receivers, generator=gen))
     params = {"eap": {}, "eap-ig": {"steps": 5}, "eap-ig:spp1": {"steps": 5, "steps_per_pass": 1},
               "eap-ig-activations": {"steps": spec.get("activation_steps", 1)}, "edge-pruning": {"steps": 3}}
@@ -178,8 +192,9 @@ def run_config(spec: dict) -> dict:
             return eap_ig_activations(sess, steps=spec.get("activation_steps", 1))
         if method == "edge-pruning":
             return edge_pruning(sess, **params[method])
-        if method == "patched":
-            return sess.circuit_metrics(masks, circuits_per_pass=len(masks))
+        if method in ("patched", "patched-sparse"):
+            chosen = masks if method == "patched" else sparse
+            return sess.circuit_metrics(chosen, circuits_per_pass=len(chosen))
         if method == "curve":
             return circuits.faithfulness_curve(None, None, scored, runner=sess)
         raise ValueError(method)
@@ -424,13 +439,19 @@ def extrapolation(saved: dict) -> list[str]:
               "steps; not investigated), so multiply its rows by that for 5 steps."]
     own = fits.get("patched|bfloat16")
     if own is not None:  # the session's own per-row estimate (CircuitSession._bytes_per_row) against the fit
-        S, P, d, H = 1 + 32 * 33, T["length"], 4096, 32
-        session_row = (S + 1 + 6 * H + 8) * P * d * 2
+        from circuits.session.memory import estimate_peak
+
+        P = T["length"]
+        one = estimate_peak(LLAMA8B_WIDTHS, "patched", examples=1, positions=P)
+        session_row = one.total - one.ablated - one.weight_copies
         fitted_row = (T["layers"] * own["terms"]["c"] + own["terms"].get("e", 0.0)) * P * MiB
         lines += ["", f"A patched pass per row (one circuit x one {P}-token example, 32 layers, bf16): "
                   f"{fitted_row / GB:.2f} GB by bf16's own fit, against {session_row / GB:.2f} GB that "
-                  "`CircuitSession._bytes_per_row` assumes when it sizes passes to the memory budget "
-                  f"({fitted_row / session_row:.1f}x more: the budgeted pass would overshoot)."]
+                  "`CircuitSession._bytes_per_row` (the estimate `circuits.session.memory.estimate_peak`) "
+                  f"assumes when it sizes passes to the memory budget ({session_row / fitted_row:.2f}x the fit: "
+                  + ("an upper bound" if session_row >= fitted_row else "UNDER the fit: a budgeted pass would "
+                     "overshoot") + f"), besides {one.weight_copies / MiB:.0f} MiB of head-subset weight copies "
+                  "once per pass."]
     lines.append("")
     verdict = verdict_text(fits)
     if verdict:
@@ -588,8 +609,8 @@ def session_estimate_mib(r: dict) -> float | None:
     w = ModelWidths(**r["widths"])
     b, P = r.get("examples_per_pass", r["batch"]), r["length"]
     method = r["method"].split(":")[0]
-    if method in ("patched", "curve"):
-        circuits_ = 4 if method == "patched" else r.get("circuits_per_pass")
+    if method in ("patched", "patched-sparse", "curve"):
+        circuits_ = r.get("circuits_per_pass") if method == "curve" else 4
         return None if circuits_ is None else \
             estimate_peak(w, "patched", examples=b, positions=P, circuits=circuits_).total / MiB
     m = METHODS[method]

@@ -137,7 +137,7 @@ def project_folded(x: Tensor, norm: Norm, W: Tensor, b: Tensor | None, n_heads: 
         mean = x.mean(-1)
         var = (mean_square - mean.square()).clamp(min=0)
         out = (out - mean[..., None] * per_head(folded.sum(1))[:, None, None]) * torch.rsqrt(var + norm.eps)[..., None]
-        bias = torch.einsum("d,kde->ke", norm.bias, W) if norm.bias is not None else None
+        bias = norm.bias @ W if norm.bias is not None else None  # [K, e], a bmm over W in place (no permuted copy)
         bias = bias if b is None else b if bias is None else bias + b
     else:
         out = out * torch.rsqrt(mean_square + norm.eps)[..., None]

@@ -22,8 +22,12 @@ Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` posi
   gather (``2R + 1``); the attention: those ``R + 1`` inputs, q/k/v and their rotated and per-query-head
   copies, the output (``PATCHED_HEADS``) and the scores ``[H, rows, P, P]`` with their float32 softmax, and in
   half precision the RMSNorm's two float32 copies of the ``R`` inputs (LayerNorm: one normalised copy); the
-  MLP: its hidden ``[rows, P, d_mlp]`` tensors. Then the readout ``[rows, K, V]`` with float32 copies. Measured
-  against a storage-tracking dispatch mode in ``tests/test_patched_memory.py``.
+  MLP: its hidden ``[rows, P, d_mlp]`` tensors. Then the readout ``[rows, K, V]`` with float32 copies. Besides
+  the rows, once per pass: the weights a layer copies when it computes only some of its heads (a sparse
+  circuit's layers: :func:`~circuits.interventions.attention.head_subset` picks their q/o rows and their own or
+  their groups' k/v rows) and, in fp32, the norm-folded projection weights (``project_folded``); at 8B width
+  ~300 MiB per pass, which dominate a pass of few rows. Measured against a storage-tracking dispatch mode in
+  ``tests/test_patched_memory.py``.
 
 Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
@@ -105,11 +109,12 @@ class MemoryEstimate:
     forward_transient: int  # per-head outputs [H, rows, P, d]; patched: a layer's read, attention or MLP
     backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
     readout: int  # logits [rows, K, V] and their float32 copies
+    weight_copies: int = 0  # patched: a head subset's weight rows and fp32's folded projections (once per pass)
 
     @property
     def total(self) -> int:
         return (self.ablated + self.senders + self.saved + max(self.forward_transient, self.backward_transient)
-                + self.readout)
+                + self.readout + self.weight_copies)
 
     def describe(self) -> str:
         terms = ", ".join(f"{f.name} {format_bytes(getattr(self, f.name))}" for f in fields(self)[1:]
@@ -142,7 +147,7 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
         masks = int(circuits) * S * w.n_receivers * PATCHED_MASK_BYTES
         return MemoryEstimate(kind, ablated, senders=(S + 2) * rows * stream * isz + masks, saved=0,
                               forward_transient=rows * transient, backward_transient=0,
-                              readout=rows * K * w.vocab * (isz + 8))
+                              readout=rows * K * w.vocab * (isz + 8), weight_copies=head_subset_weights(w))
     rows = int(steps) * b
     p = P if position_chunk is None else min(P, int(position_chunk))
     mlp = (SAVED_MLP_GATED if w.gated else SAVED_MLP) * P * w.d_mlp
@@ -153,6 +158,23 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
         forward_transient=2 * H * rows * stream * isz,  # the heads' outputs and their differences from the ablated
         backward_transient=H * rows * p * d * (4 + isz) + H * b * p * d * 4,  # fp32 gradients, their cast, step sum
         readout=rows * K * w.vocab * (isz + 12))
+
+
+def head_subset_weights(w: ModelWidths, subset: bool = True) -> int:
+    """Bytes of weights a patched layer copies, the same for one row or many: when it computes a subset of its
+    heads (at most ``H - 1``; the estimate assumes one may), their ``W_Q`` and ``W_O`` rows and the ``W_K``,
+    ``W_V`` rows they use (one per head with per-head k/v inputs, one per group with grouped ones), held through
+    the layer; in fp32 (and fp64) also one norm-folded projection weight at a time (``project_folded``:
+    ``[h, d, e]``, all ``H`` heads' when the layer computes them all). ``subset=False``: the folded weight only
+    (every layer computes all its heads)."""
+    H, de, isz = w.n_heads, w.d_model * w.d_head, w.itemsize
+    folded = isz >= 4
+    if H < 2 or not subset:  # no proper subset: only the folded projection
+        return H * de * isz if folded else 0
+    h = H - 1
+    grouped = 0 < w.head_inputs < 3 * H
+    kv = min(w.n_kv_heads, h) if grouped else h
+    return ((2 * h + 2 * kv) * de + (H * de if folded else 0)) * isz
 
 
 def format_bytes(n: float) -> str:

@@ -570,7 +570,7 @@ class CircuitSession:
     def _bytes_per_row(self, P: int, K: int) -> int:
         """One row (circuit x example) of a patched pass: the estimate without the ablation it shares."""
         one = self._patched_estimate(1, P, K)
-        return one.total - one.ablated
+        return one.total - one.ablated - one.weight_copies
 
     def circuits_per_pass_for(self, batch: SessionBatch) -> int:
         """Circuits one patched pass over ``batch`` runs: as given (``circuits_per_pass``, a maximum under a
@@ -583,8 +583,10 @@ class CircuitSession:
         b = len(batch)
         P, K = batch.clean.shape[1], batch.positions.shape[1]
         room = self.memory_budget_bytes
+        estimate = self._patched_estimate(b, P, K)
+        room -= estimate.weight_copies  # once per pass, however many rows
         if self._run_peak:  # fitted: the ablation this batch reads is held besides the pass
-            room -= self._patched_estimate(b, P, K).ablated
+            room -= estimate.ablated
         fit = room // (self._bytes_per_row(P, K) * b)
         if self.device.type == "cpu":
             fit = min(fit, CPU_ROWS_PER_PASS // b)
