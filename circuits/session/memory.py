@@ -43,7 +43,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
 
-KINDS = ("attribution", "patched")
+KINDS = ("attribution", "patched", "trained")
 GB = 2**30
 
 # autograd's saved activations per layer and row, in units of the dtype's bytes (see the module docstring)
@@ -59,6 +59,16 @@ PATCHED_HALF_RMS = 2  # half-precision RMSNorm of the R inputs: x in float32 and
 PATCHED_MLP_GATED = 3  # gate, up and their product [P, d_mlp] (SwiGLU)
 PATCHED_MLP = 2  # pre-activation and activation [P, d_mlp]
 PATCHED_MASK_BYTES = 8  # per circuit and edge: the pass's stacked float32 masks, the model-dtype copy, two bool ones
+# a trained step (forward + backward through MaskedResidual, masks that require grad), see the module docstring
+TRAINED_READ = 1  # float32: a layer's read [R + 1, rows, P, d], saved by the projections the norm is folded into
+TRAINED_HALF_RMS = 1  # half-precision RMSNorm: its float32 copy of the R inputs, saved
+TRAINED_HALF_RMS_FORWARD = 2  # ... and, while it normalises, two more float32 copies of them
+TRAINED_HALF_RMS_BACKWARD = 5  # its backward: float32 gradients of the R inputs
+TRAINED_HALF_LN = 1  # half-precision LayerNorm: the R + 1 rows of the read (or its normalised copy), saved
+TRAINED_READ_BACKWARD = 1  # the gradient of a layer's read [R + 1, rows, P, d] (model dtype)
+TRAINED_HALF_LN_BACKWARD = 2  # half-precision LayerNorm's backward: the read's gradient in float32
+TRAINED_GRADS = 2  # the senders' gradients [S, rows, P, d]: one read's, and those accumulated from later reads
+TRAINED_MASK_BYTES = 24  # per edge: the float32 parameters, their gradient, the masks, their gradient, Adam's state
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -130,6 +140,8 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
     isz, d, S, H = w.itemsize, w.d_model, w.n_senders, w.n_heads
     stream = P * d  # one [P, d] row
     ablated = {"corrupted": S * b * stream, "mean": S * stream}.get(ablation, 0) * isz
+    if kind == "trained":
+        return _trained(widths, ablated, b, P, K)
     if kind == "patched":
         rows = int(circuits) * b
         R = w.head_inputs or 3 * H
@@ -153,6 +165,35 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
         forward_transient=2 * H * rows * stream * isz,  # the heads' outputs and their differences from the ablated
         backward_transient=H * rows * p * d * (4 + isz) + H * b * p * d * 4,  # fp32 gradients, their cast, step sum
         readout=rows * K * w.vocab * (isz + 12))
+
+
+def _trained(w: ModelWidths, ablated: int, b: int, P: int, K: int) -> MemoryEstimate:
+    """One trained step of one circuit on ``b`` examples (``rows = b``): module docstring, kind ``"trained"``."""
+    isz, d, S, H, e = w.itemsize, w.d_model, w.n_senders, w.n_heads, w.d_head
+    stream = P * d  # one [P, d] row
+    R = w.head_inputs or 3 * H
+    mlp = (SAVED_MLP_GATED if w.gated else SAVED_MLP) * P * w.d_mlp * isz
+    pattern = H * P * P * (4 if isz >= 4 else 4 + isz)  # the float32 softmax (half precision: and its cast)
+    per_layer = (SAVED_STREAM * stream + SAVED_QKV * 3 * H * P * e) * isz + pattern + mlp  # per row
+    fixed = 0  # per pass, not per row
+    if isz >= 4:  # the norm folded into the projections: the read is saved, and the folded q/k/v weights
+        per_layer += TRAINED_READ * (R + 1) * stream * isz
+        fixed = w.n_layers * (H + 2 * w.n_kv_heads) * d * e * isz
+        layer_forward, layer_backward = H * stream * isz, TRAINED_READ_BACKWARD * (R + 1) * stream * isz
+    elif w.rms_norm:  # half precision normalises the R inputs in float32 as the model does
+        per_layer += TRAINED_HALF_RMS * R * stream * 4
+        layer_forward, layer_backward = TRAINED_HALF_RMS_FORWARD * R * stream * 4, \
+            TRAINED_HALF_RMS_BACKWARD * R * stream * 4
+    else:
+        per_layer += TRAINED_HALF_LN * (R + 1) * stream * isz
+        layer_forward, layer_backward = (R + 1) * stream * isz, TRAINED_HALF_LN_BACKWARD * (R + 1) * stream * isz
+    n_edges = S * (w.n_receivers or 3 * H * w.n_layers + 1)
+    return MemoryEstimate(
+        "trained", ablated, senders=(S + 1) * b * stream * isz + n_edges * TRAINED_MASK_BYTES,
+        saved=w.n_layers * b * per_layer + fixed,
+        forward_transient=b * (S * stream * isz + layer_forward),  # the sender differences held, a layer's work
+        backward_transient=b * (TRAINED_GRADS * S * stream * isz + layer_backward),
+        readout=b * K * w.vocab * (isz + 12))
 
 
 def format_bytes(n: float) -> str:
