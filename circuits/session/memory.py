@@ -2,7 +2,7 @@
 sizes passes (:class:`~circuits.session.CircuitSession` chunks its examples, stacked steps and positions by it,
 and refuses a run that cannot fit before any forward).
 
-Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` positions, ``K`` read positions,
+Three kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` positions, ``K`` read positions,
 ``p`` the position chunk of the attribution backward, ``isz`` the model dtype's bytes):
 
 * ``"attribution"``: a forward and backward through :class:`~circuits.interventions.probe.GradientProbe` on
@@ -24,6 +24,18 @@ Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` posi
   half precision the RMSNorm's two float32 copies of the ``R`` inputs (LayerNorm: one normalised copy); the
   MLP: its hidden ``[rows, P, d_mlp]`` tensors. Then the readout ``[rows, K, V]`` with float32 copies. Measured
   against a storage-tracking dispatch mode in ``tests/test_patched_memory.py``.
+* ``"trained"``: one training step of one circuit (``rows = b``): the forward and backward of
+  :class:`~circuits.interventions.masked.MaskedResidual` with float masks that require grad (edge pruning,
+  MAttr). Nothing is skipped (every sender is computed, no receivers share a mix). Held: the sender buffer
+  ``[1 + S, rows, P, d]`` (the mixes' backward reads the rows in place) and, per edge, the parameters, masks, their
+  gradients and Adam's state (``TRAINED_MASK_BYTES``); autograd's saved activations per layer as in the
+  attribution kind (q/k/v per query head) plus what the read of the ``R`` head inputs leaves saved: in float32
+  the read itself (``R + 1`` rows, the norm folded into the projections) and, per pass, the folded q/k/v weights;
+  in half precision RMSNorm's float32 copy of the R inputs, LayerNorm's read. The forward's transient: the
+  sender differences ``[S, rows, P, d]`` it holds until it ends, plus a layer's outputs (half precision RMSNorm:
+  two more float32 copies of the R inputs); the backward's: the senders' gradients (one read's ``[S, ...]`` and
+  those accumulated, ``TRAINED_GRADS``) plus a layer's read gradient (half precision RMSNorm: float32, of the R
+  inputs). The readout and its float32 KL as in attribution. Measured in ``tests/test_trained_memory.py``.
 
 Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
