@@ -32,16 +32,18 @@ from circuits.discovery import hard_concrete as hc
 from circuits.discovery.acdc import objective_metric
 from circuits.discovery.checkpoint import Checkpoint
 from circuits.discovery.progress import progress
-from circuits.discovery.registry import DiscoveryError, register
+from circuits.discovery.registry import METHODS, DiscoveryError, register
 from circuits.graph.pruning import prune
 from circuits.session import CircuitSession
 
 
 def _eap_ig_then_trained(params: dict) -> list[dict]:
-    """edge-pruning-eap-ig's memory plans (:meth:`CircuitSession.fit`): its EAP-IG phase, then the training."""
-    from circuits.discovery.attribution import _stacked_steps
-
-    return [_stacked_steps({"steps": params["ig_steps"]}), {"kind": "trained"}]
+    """edge-pruning-eap-ig's memory plans (:meth:`CircuitSession.fit`): its EAP-IG phase (eap-ig's own plan at
+    ``ig_steps``), then the training."""
+    eap_ig = METHODS["eap-ig"]
+    assert eap_ig.memory is not None, "eap-ig declares its attribution passes"
+    phase = eap_ig.memory({"steps": params["ig_steps"]})
+    return (phase if isinstance(phase, list) else [phase]) + [{"kind": "trained"}]
 
 
 @register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low KL "

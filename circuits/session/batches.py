@@ -28,7 +28,7 @@ class SessionBatch:
     attention_mask: Tensor  # [b, P]
     positions: Tensor  # [b, K] long: the positions the metric reads (pass as logit_positions=)
     readout: TaskBatch  # the batch re-indexed for logits taken at `positions` only ([b, K, V])
-    group: int  # the batch of ``batch_size`` examples this one is a part of (a memory budget's sub-batch) or is
+    group: int  # the batch of ``batch_size`` examples this one is, or is a sub-batch of (a memory budget's chunk)
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])

@@ -27,17 +27,18 @@ Three kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` po
 * ``"trained"``: one training step of one circuit (``rows = b``): the forward and backward of
   :class:`~circuits.interventions.masked.MaskedResidual` with float masks that require grad (edge pruning,
   MAttr). Nothing is skipped (every sender is computed, no receivers share a mix). Held: the sender buffer
-  ``[1 + S, rows, P, d]`` (the mixes' backward reads the rows in place) and, per edge, the parameters, masks, their
-  gradients and Adam's state (``TRAINED_MASK_BYTES``); autograd's saved activations per layer as in the
-  attribution kind (q/k/v per query head) plus what the read of the ``R`` head inputs leaves saved: in float32
-  the read itself (``R + 1`` rows, the norm folded into the projections) and, per pass, the folded q/k/v weights;
-  in half precision RMSNorm's float32 copy of the R inputs, LayerNorm's read. The forward's transient: the
-  sender differences ``[S, rows, P, d]`` it holds until it ends, plus a layer's outputs (half precision RMSNorm:
-  two more float32 copies of the R inputs); the backward's: the senders' gradients (one read's ``[S, ...]`` and
-  those accumulated, ``TRAINED_GRADS``) plus a layer's read gradient (half precision RMSNorm: float32, of the R
-  inputs). The readout and its float32 KL as in attribution. Measured in ``tests/test_trained_memory.py``.
+  ``[1 + S, rows, P, d]`` (the mixes' backward reads the rows in place) and the parameters, masks, their
+  gradients and Adam's state (``TRAINED_MASK_BYTES`` per ``[S, R]`` entry); autograd's saved activations per
+  layer as in the attribution kind (q/k/v per query head) plus what the read of the ``R`` head inputs leaves
+  saved: in float32 the read itself (``R + 1`` rows, the norm folded into the projections) and, per pass, the
+  folded q/k/v weights; in half precision RMSNorm's float32 copy of the R inputs, LayerNorm's read. The
+  forward's transient: the sender differences ``[S, rows, P, d]`` it holds until it ends, plus a layer's outputs
+  (half precision RMSNorm: two more float32 copies of the R inputs); the backward's: the senders' gradients (one
+  read's ``[S, ...]`` and those accumulated, ``TRAINED_GRADS``) plus a layer's read gradient (half precision
+  RMSNorm: float32, of the R inputs). The readout and its float32 KL as in attribution. Measured against the
+  storage-tracking mode in ``tests/test_trained_memory.py`` (1.13-1.34x the tracked peak).
 
-Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
+Each adds the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
 can be compared against them term by term; the weights and the caches a session keeps across batches (full
 logits, held clean runs of exact patching) are not part of a pass's estimate.
@@ -80,7 +81,7 @@ TRAINED_HALF_LN = 1  # half-precision LayerNorm: the R + 1 rows of the read (or 
 TRAINED_READ_BACKWARD = 1  # the gradient of a layer's read [R + 1, rows, P, d] (model dtype)
 TRAINED_HALF_LN_BACKWARD = 2  # half-precision LayerNorm's backward: the read's gradient in float32
 TRAINED_GRADS = 2  # the senders' gradients [S, rows, P, d]: one read's, and those accumulated from later reads
-TRAINED_MASK_BYTES = 24  # per edge: the float32 parameters, their gradient, the masks, their gradient, Adam's state
+TRAINED_MASK_BYTES = 24  # per [S, R] entry: parameters, masks, their gradients and Adam's state, in float32
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
