@@ -32,14 +32,22 @@ from circuits.discovery import hard_concrete as hc
 from circuits.discovery.acdc import objective_metric
 from circuits.discovery.checkpoint import Checkpoint
 from circuits.discovery.progress import progress
-from circuits.discovery.registry import DiscoveryError, register
+from circuits.discovery.registry import METHODS, DiscoveryError, register
 from circuits.graph.pruning import prune
-from circuits.interventions.masked import MaskedResidual
 from circuits.session import CircuitSession
 
 
+def _eap_ig_then_trained(params: dict) -> list[dict]:
+    """edge-pruning-eap-ig's memory plans (:meth:`CircuitSession.fit`): its EAP-IG phase (eap-ig's own plan at
+    ``ig_steps``), then the training."""
+    eap_ig = METHODS["eap-ig"]
+    assert eap_ig.memory is not None, "eap-ig declares its attribution passes"
+    phase = eap_ig.memory({"steps": params["ig_steps"]})
+    return (phase if isinstance(phase, list) else [phase]) + [{"kind": "trained"}]
+
+
 @register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low KL "
-          "at a target sparsity", checkpoints=True,
+          "at a target sparsity", checkpoints=True, memory=lambda params: {"kind": "trained"},
           ranges={"target_sparsity": {"low": 0, "high": 1}, "steps": {"low": 1}, "lr": {"low": 0, "low_open": True},
                   "seed": {"low": 0}, "metric": {"choices": ("kl", "task")}})
 def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: int = 500, lr: float = 0.1,
@@ -52,6 +60,8 @@ def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: 
     each (batches cycle). ``lr``: learning rate of ``log_alpha`` and of the Lagrange multipliers. ``seed``:
     initial noise and gate samples. ``metric``: ``"kl"`` (KL to the full model at the readout positions) or
     ``"task"``. ``init_log_alpha``: starting gate location (3.0: every gate open with probability ~0.99).
+    Under a memory budget a batch may run as several passes (:meth:`CircuitSession.fit`, kind ``"trained"``);
+    a step's gradient is accumulated over them, so the gates are those of the unbudgeted run.
     """
     return train_edge_gates(session, init_log_alpha, target_sparsity=target_sparsity, steps=steps, lr=lr, seed=seed,
                             metric=metric, checkpoint=checkpoint, on_progress=on_progress, name="edge-pruning")
@@ -59,6 +69,7 @@ def edge_pruning(session: CircuitSession, target_sparsity: float = 0.95, steps: 
 
 @register("edge-pruning-eap-ig", "edge", "edge pruning whose gates start from EAP-IG's ranking (Mondorf et al. "
           "2025): log_alpha = 3 (2r - 1), r the normalised rank of |EAP-IG score|", checkpoints=True,
+          memory=_eap_ig_then_trained,
           ranges={"target_sparsity": {"low": 0, "high": 1}, "steps": {"low": 1}, "lr": {"low": 0, "low_open": True},
                   "seed": {"low": 0}, "metric": {"choices": ("kl", "task")}, "ig_steps": {"low": 1}})
 def edge_pruning_eap_ig(session: CircuitSession, target_sparsity: float = 0.95, steps: int = 200, lr: float = 0.1,
@@ -96,10 +107,11 @@ def train_edge_gates(session: CircuitSession, init_log_alpha: float | Tensor, *,
     if not lr > 0:
         raise DiscoveryError(f"lr must be positive, got {lr}")
     m = objective_metric(session, metric)
+    session.fit("trained")  # before any forward: a batch's passes fit the memory budget, or the run is refused
     model, s = session.model, session.structure
     order = s.edge_order.to(model.device)  # [E, 2]
     E = order.shape[0]
-    batches = session.batches
+    groups = session.batch_groups  # one step per batch, over the passes it runs as
 
     gen = torch.Generator().manual_seed(seed)
     start_at = init_log_alpha.float().cpu() if isinstance(init_log_alpha, Tensor) else float(init_log_alpha)
@@ -123,12 +135,11 @@ def train_edge_gates(session: CircuitSession, init_log_alpha: float | Tensor, *,
     history = []
     bar = progress(range(start, steps), name, session, total=steps, initial=start, unit="step")
     for step in bar:
-        b = batches[step % len(batches)]
         target = target_sparsity * min(1.0, (step + 1) / warmup)
         z = hc.sample(log_alpha, gen)
-        masks = torch.zeros(s.n_senders, s.n_receivers, dtype=model.dtype, device=model.device)
-        masks = masks.index_put((order[:, 0], order[:, 1]), z.to(model.dtype))
-        task_loss = -session.objective(session.run(b, MaskedResidual(masks, session.ablated(b))), b, m).mean()
+        masks = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=model.device)
+        masks = masks.index_put((order[:, 0], order[:, 1]), z)  # [S, R], run in the model's dtype
+        task_loss = -session.trained_objective(groups[step % len(groups)], masks, m)
         sparsity = 1.0 - hc.prob_nonzero(log_alpha).mean()
         gap = sparsity - target
         loss = task_loss + lambdas[0] * gap + lambdas[1] * gap ** 2

@@ -28,7 +28,6 @@ from circuits.discovery.acdc import objective_metric
 from circuits.discovery.checkpoint import Checkpoint
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import DiscoveryError, register
-from circuits.interventions.masked import MaskedResidual
 from circuits.session import CircuitSession
 
 
@@ -42,6 +41,7 @@ def sigmoid_top_k(theta: Tensor, k: int, temperature: float) -> Tensor:
 
 @register("mattr", "edge", "multi-sparsity mask learning (MAttr, Arora et al. 2026): sigmoid top-k masks at a "
           "log-uniform random k per step, KL to the full model", checkpoints=True,
+          memory=lambda params: {"kind": "trained"},
           ranges={"steps": {"low": 1}, "lr": {"low": 0, "low_open": True}, "temperature": {"low": 0, "low_open": True},
                   "seed": {"low": 0}, "metric": {"choices": ("kl", "task")}})
 def mattr(session: CircuitSession, steps: int = 200, lr: float = 0.05, temperature: float = 0.5, seed: int = 0,
@@ -49,12 +49,14 @@ def mattr(session: CircuitSession, steps: int = 200, lr: float = 0.05, temperatu
           on_progress: Callable[[int], None] | None = None) -> Tensor:
     """``[S, R]`` learned edge ranking (module docstring). ``steps``: Adam steps, one data batch each (batches
     cycle); ``lr``: Adam's learning rate; ``temperature``: of the sigmoid top-k; ``seed``: initial noise and the
-    drawn sizes; ``metric``: "kl" or "task"."""
+    drawn sizes; ``metric``: "kl" or "task". Under a memory budget a step's gradient is accumulated over the
+    passes its batch runs as (:meth:`CircuitSession.trained_objective`): the ranking of the unbudgeted run."""
     if steps < 1:
         raise DiscoveryError(f"steps must be at least 1, got {steps}")
     if not lr > 0 or not temperature > 0:
         raise DiscoveryError(f"lr and temperature must be positive, got lr={lr}, temperature={temperature}")
     m = objective_metric(session, metric)
+    session.fit("trained")  # before any forward: a batch's passes fit the memory budget, or the run is refused
     model, s = session.model, session.structure
     order = s.edge_order.to(model.device)  # [E, 2]
     E = order.shape[0]
@@ -70,13 +72,13 @@ def mattr(session: CircuitSession, steps: int = 200, lr: float = 0.05, temperatu
         gen.set_state(state["rng"])
         start = state["step"]
     log_e = math.log(E)
+    groups = session.batch_groups  # one step per batch, over the passes it runs as
     for step in progress(range(start, steps), "mattr", session, total=steps, initial=start, unit="step"):
-        b = session.batches[step % len(session.batches)]
         k = min(E, max(1, int(round(math.exp(float(torch.rand((), generator=gen)) * log_e)))))  # log-uniform
         mask = sigmoid_top_k(theta, k, temperature)
-        masks = torch.zeros(s.n_senders, s.n_receivers, dtype=model.dtype, device=model.device)
-        masks = masks.index_put((order[:, 0], order[:, 1]), mask.to(model.dtype))
-        loss = -session.objective(session.run(b, MaskedResidual(masks, session.ablated(b))), b, m).mean()
+        masks = torch.zeros(s.n_senders, s.n_receivers, dtype=torch.float32, device=model.device)
+        masks = masks.index_put((order[:, 0], order[:, 1]), mask)  # [S, R], run in the model's dtype
+        loss = -session.trained_objective(groups[step % len(groups)], masks, m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -28,6 +28,7 @@ class SessionBatch:
     attention_mask: Tensor  # [b, P]
     positions: Tensor  # [b, K] long: the positions the metric reads (pass as logit_positions=)
     readout: TaskBatch  # the batch re-indexed for logits taken at `positions` only ([b, K, V])
+    group: int  # the batch of ``batch_size`` examples this one is, or is a sub-batch of (a memory budget's chunk)
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -42,7 +43,7 @@ def plan_batches(task: Task, batch_size: int, device: torch.device,
                  examples_per_pass: int | None = None) -> list[SessionBatch]:
     """``task``'s examples in batches of ``batch_size``, grouped by the length up to their last read position.
     ``examples_per_pass``: each batch cut further into sub-batches of that many examples (a memory budget's
-    chunks), each cut after its own last read position."""
+    chunks), each cut after its own last read position (``SessionBatch.group``: the batch it is part of)."""
     data = task.as_batch()
     last = data.positions.masked_fill(~data.position_mask, 0).max(1).values  # [n] last read position
     order = torch.sort(last, descending=True, stable=True).indices
@@ -54,5 +55,6 @@ def plan_batches(task: Task, batch_size: int, device: torch.device,
             sub = data.index(idx).to(device)
             P = int(last[idx].max()) + 1
             batches.append(SessionBatch(len(batches), idx, sub.clean[:, :P], sub.corrupted[:, :P],
-                                        sub.attention_mask[:, :P], sub.positions, sub.readout_view()))
+                                        sub.attention_mask[:, :P], sub.positions, sub.readout_view(),
+                                        group=start // batch_size))
     return batches

@@ -2,7 +2,7 @@
 sizes passes (:class:`~circuits.session.CircuitSession` chunks its examples, stacked steps and positions by it,
 and refuses a run that cannot fit before any forward).
 
-Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` positions, ``K`` read positions,
+Three kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` positions, ``K`` read positions,
 ``p`` the position chunk of the attribution backward, ``isz`` the model dtype's bytes):
 
 * ``"attribution"``: a forward and backward through :class:`~circuits.interventions.probe.GradientProbe` on
@@ -28,8 +28,21 @@ Two kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` posi
   their groups' k/v rows) and, in fp32, the norm-folded projection weights (``project_folded``); at 8B width
   ~300 MiB per pass, which dominate a pass of few rows. Measured against a storage-tracking dispatch mode in
   ``tests/test_patched_memory.py``.
+* ``"trained"``: one training step of one circuit (``rows = b``): the forward and backward of
+  :class:`~circuits.interventions.masked.MaskedResidual` with float masks that require grad (edge pruning,
+  MAttr). Nothing is skipped (every sender is computed, no receivers share a mix). Held: the sender buffer
+  ``[1 + S, rows, P, d]`` (the mixes' backward reads the rows in place) and the parameters, masks, their
+  gradients and Adam's state (``TRAINED_MASK_BYTES`` per ``[S, R]`` entry); autograd's saved activations per
+  layer as in the attribution kind (q/k/v per query head) plus what the read of the ``R`` head inputs leaves
+  saved: in float32 the read itself (``R + 1`` rows, the norm folded into the projections) and, per pass, the
+  folded q/k/v weights; in half precision RMSNorm's float32 copy of the R inputs, LayerNorm's read. The
+  forward's transient: the sender differences ``[S, rows, P, d]`` it holds until it ends, plus a layer's outputs
+  (half precision RMSNorm: two more float32 copies of the R inputs); the backward's: the senders' gradients (one
+  read's ``[S, ...]`` and those accumulated, ``TRAINED_GRADS``) plus a layer's read gradient (half precision
+  RMSNorm: float32, of the R inputs). The readout and its float32 KL as in attribution. Measured against the
+  storage-tracking mode in ``tests/test_trained_memory.py`` (1.13-1.34x the tracked peak).
 
-Both add the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
+Each adds the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
 can be compared against them term by term; the weights and the caches a session keeps across batches (full
 logits, held clean runs of exact patching) are not part of a pass's estimate.
@@ -47,7 +60,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.models.circuit_model import CircuitModel
 
-KINDS = ("attribution", "patched")
+KINDS = ("attribution", "patched", "trained")
 GB = 2**30
 
 # autograd's saved activations per layer and row, in units of the dtype's bytes (see the module docstring)
@@ -63,6 +76,16 @@ PATCHED_HALF_RMS = 2  # half-precision RMSNorm of the R inputs: x in float32 and
 PATCHED_MLP_GATED = 3  # gate, up and their product [P, d_mlp] (SwiGLU)
 PATCHED_MLP = 2  # pre-activation and activation [P, d_mlp]
 PATCHED_MASK_BYTES = 8  # per circuit and edge: the pass's stacked float32 masks, the model-dtype copy, two bool ones
+# a trained step (forward + backward through MaskedResidual, masks that require grad), see the module docstring
+TRAINED_READ = 1  # float32: a layer's read [R + 1, rows, P, d], saved by the projections the norm is folded into
+TRAINED_HALF_RMS = 1  # half-precision RMSNorm: its float32 copy of the R inputs, saved
+TRAINED_HALF_RMS_FORWARD = 2  # ... and, while it normalises, two more float32 copies of them
+TRAINED_HALF_RMS_BACKWARD = 5  # its backward: float32 gradients of the R inputs
+TRAINED_HALF_LN = 1  # half-precision LayerNorm: the R + 1 rows of the read (or its normalised copy), saved
+TRAINED_READ_BACKWARD = 1  # the gradient of a layer's read [R + 1, rows, P, d] (model dtype)
+TRAINED_HALF_LN_BACKWARD = 2  # half-precision LayerNorm's backward: the read's gradient in float32
+TRAINED_GRADS = 2  # the senders' gradients [S, rows, P, d]: one read's, and those accumulated from later reads
+TRAINED_MASK_BYTES = 24  # per [S, R] entry: parameters, masks, their gradients and Adam's state, in float32
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": GB, "gb": GB, "gib": GB, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -109,7 +132,7 @@ class MemoryEstimate:
     forward_transient: int  # per-head outputs [H, rows, P, d]; patched: a layer's read, attention or MLP
     backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
     readout: int  # logits [rows, K, V] and their float32 copies
-    weight_copies: int = 0  # patched: a head subset's weight rows and fp32's folded projections (once per pass)
+    weight_copies: int = 0  # a head subset's weight rows, fp32's folded projections (once per pass, not per row)
 
     @property
     def total(self) -> int:
@@ -135,6 +158,8 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
     isz, d, S, H = w.itemsize, w.d_model, w.n_senders, w.n_heads
     stream = P * d  # one [P, d] row
     ablated = {"corrupted": S * b * stream, "mean": S * stream}.get(ablation, 0) * isz
+    if kind == "trained":
+        return _trained(widths, ablated, b, P, K)
     if kind == "patched":
         rows = int(circuits) * b
         R = w.head_inputs or 3 * H
@@ -175,6 +200,35 @@ def head_subset_weights(w: ModelWidths, subset: bool = True) -> int:
     grouped = 0 < w.head_inputs < 3 * H
     kv = min(w.n_kv_heads, h) if grouped else h
     return ((2 * h + 2 * kv) * de + (H * de if folded else 0)) * isz
+
+
+def _trained(w: ModelWidths, ablated: int, b: int, P: int, K: int) -> MemoryEstimate:
+    """One trained step of one circuit on ``b`` examples (``rows = b``): module docstring, kind ``"trained"``."""
+    isz, d, S, H, e = w.itemsize, w.d_model, w.n_senders, w.n_heads, w.d_head
+    stream = P * d  # one [P, d] row
+    R = w.head_inputs or 3 * H
+    mlp = (SAVED_MLP_GATED if w.gated else SAVED_MLP) * P * w.d_mlp * isz
+    pattern = H * P * P * (4 if isz >= 4 else 4 + isz)  # the float32 softmax (half precision: and its cast)
+    per_layer = (SAVED_STREAM * stream + SAVED_QKV * 3 * H * P * e) * isz + pattern + mlp  # per row
+    fixed = 0  # per pass, not per row
+    if isz >= 4:  # the norm folded into the projections: the read is saved, and the folded q/k/v weights
+        per_layer += TRAINED_READ * (R + 1) * stream * isz
+        fixed = w.n_layers * (H + 2 * w.n_kv_heads) * d * e * isz
+        layer_forward, layer_backward = H * stream * isz, TRAINED_READ_BACKWARD * (R + 1) * stream * isz
+    elif w.rms_norm:  # half precision normalises the R inputs in float32 as the model does
+        per_layer += TRAINED_HALF_RMS * R * stream * 4
+        layer_forward, layer_backward = TRAINED_HALF_RMS_FORWARD * R * stream * 4, \
+            TRAINED_HALF_RMS_BACKWARD * R * stream * 4
+    else:
+        per_layer += TRAINED_HALF_LN * (R + 1) * stream * isz
+        layer_forward, layer_backward = (R + 1) * stream * isz, TRAINED_HALF_LN_BACKWARD * (R + 1) * stream * isz
+    n_edges = S * (w.n_receivers or 3 * H * w.n_layers + 1)
+    return MemoryEstimate(
+        "trained", ablated, senders=(S + 1) * b * stream * isz + n_edges * TRAINED_MASK_BYTES,
+        saved=w.n_layers * b * per_layer,
+        forward_transient=b * (S * stream * isz + layer_forward),  # the sender differences held, a layer's work
+        backward_transient=b * (TRAINED_GRADS * S * stream * isz + layer_backward),
+        readout=b * K * w.vocab * (isz + 12), weight_copies=fixed)
 
 
 def format_bytes(n: float) -> str:

@@ -19,7 +19,9 @@ a memory-bound pass only gets slower per row). Under a budget (given, or on CUDA
 :mod:`circuits.session.memory`:
 
 * examples: each batch of ``batch_size`` runs as sub-batches of ``examples_per_pass`` (attribution scores are
-  sums over examples and metrics are per example, so sub-batches give the same numbers);
+  sums over examples and metrics are per example, so sub-batches give the same numbers; a training step over a
+  batch accumulates the gradients of its sub-batches, :meth:`CircuitSession.trained_objective`, so it takes the
+  same step);
 * stacked EAP-IG steps (``steps_per_pass``) and circuits per pass (both sums / independent rows);
 * positions, where the computation is position-wise: the attribution backward's per-head input gradients and
   their score products (``position_chunk`` positions at a time, :class:`~circuits.interventions.probe.GradientProbe`).
@@ -233,6 +235,15 @@ class CircuitSession:
                 "a task whose prompts share one template length")
         return found[0]
 
+    @property
+    def batch_groups(self) -> list[list[SessionBatch]]:
+        """The batches of ``batch_size`` examples, each as the passes it runs as (one, or the sub-batches a memory
+        budget cut it into): what a method that takes one training step per batch steps over."""
+        groups: dict[int, list[SessionBatch]] = {}
+        for b in self.batches:
+            groups.setdefault(b.group, []).append(b)
+        return list(groups.values())
+
     def position_masks(self, masks: Tensor, batch: SessionBatch) -> Tensor:
         """``masks [C, S, R, L]`` cut to ``batch``'s positions ``[C, S, R, P_b]`` (a view)."""
         return masks[..., :batch.clean.shape[1]]
@@ -380,6 +391,25 @@ class CircuitSession:
             if repeats > 1:
                 logits = logits.view(repeats, len(batch), *logits.shape[1:])
             self.objective(logits, batch).sum().backward()
+
+    def trained_objective(self, passes: list[SessionBatch], masks: Tensor, metric: Metric | None = None) -> Tensor:
+        """The mean objective of the circuit ``masks [S, R]`` (floats that take gradients) over the examples of
+        ``passes`` (one of :attr:`batch_groups`), as a scalar whose gradient into ``masks`` is that of the whole
+        batch. Each pass is differentiated as soon as it has run, so a batch that a memory budget cut into
+        sub-batches holds one sub-batch's activations at a time (:meth:`fit` with ``"trained"``) and a training
+        step on it sees the same value and gradient as on the uncut batch. Call ``backward`` on what depends on
+        the result, as on any loss."""
+        n = sum(len(b) for b in passes)
+        grad_to = masks.detach().requires_grad_(True)  # [S, R]: the passes' gradients accumulate here
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        with torch.enable_grad():
+            for b in passes:
+                value = self.objective(self.run(b, MaskedResidual(grad_to, self.ablated(b))), b, metric).sum() / n
+                value.backward()
+                total = total + value.detach().float()
+        assert grad_to.grad is not None, "the objective depends on the masks"
+        # the value of `total` and the gradient `grad_to.grad` into `masks` (masks - masks.detach() is 0)
+        return total + ((masks - masks.detach()) * grad_to.grad.to(masks.dtype)).sum()
 
     def circuit_metrics(self, masks: Tensor, *, metric: Metric | None = None, kl: bool = False,
                         circuits_per_pass: int | None = None, strategy: StrategyFactory | None = None
