@@ -445,13 +445,19 @@ def extrapolation(saved: dict) -> list[str]:
         one = estimate_peak(LLAMA8B_WIDTHS, "patched", examples=1, positions=P)
         session_row = one.total - one.ablated - one.weight_copies
         fitted_row = (T["layers"] * own["terms"]["c"] + own["terms"].get("e", 0.0)) * P * MiB
+        derived = derived_half(fits).get("patched|bfloat16-derived")
+        derived_row = None if derived is None else \
+            (T["layers"] * derived["terms"]["c"] + derived["terms"].get("e", 0.0)) * P * MiB
         lines += ["", f"A patched pass per row (one circuit x one {P}-token example, 32 layers, bf16): "
-                  f"{fitted_row / GB:.2f} GB by bf16's own fit, against {session_row / GB:.2f} GB that "
-                  "`CircuitSession._bytes_per_row` (the estimate `circuits.session.memory.estimate_peak`) "
-                  f"assumes when it sizes passes to the memory budget ({session_row / fitted_row:.2f}x the fit: "
-                  + ("an upper bound" if session_row >= fitted_row else "UNDER the fit: a budgeted pass would "
-                     "overshoot") + f"), besides {one.weight_copies / MiB:.0f} MiB of head-subset weight copies "
-                  "once per pass."]
+                  f"`CircuitSession._bytes_per_row` (the estimate `circuits.session.memory.estimate_peak`, which "
+                  f"sizes passes to a memory budget) assumes {session_row / GB:.2f} GB, besides "
+                  f"{one.weight_copies / MiB:.0f} MiB of head-subset weight copies once per pass; the CPU fits give "
+                  f"{fitted_row / GB:.2f} GB (bf16's own: {session_row / fitted_row:.2f}x)"
+                  + (f" and {derived_row / GB:.2f} GB (fp32's, derived: {session_row / derived_row:.2f}x)"
+                     if derived_row else "") + ". The estimate is checked against the tensors a pass holds "
+                  "(tests/test_patched_memory.py) and against the CPU's resident peak at this width on 1-4 layers "
+                  "(results/patched_memory.md, never below it); where bf16's own CPU fit extrapolates above it at 32 "
+                  "layers, that fit's e term carries the CPU's bf16 scratch described above."]
     lines.append("")
     verdict = verdict_text(fits)
     if verdict:
@@ -490,15 +496,31 @@ def _half_check(saved: dict) -> list[str]:
         lines.append(f"| {r['method']} | {r['layers']} | {r['batch']} x {r['length']} | {r['peak_above_mib']:.0f} | "
                      f"{predict(derived[key], r['layers'], _units(r)):.0f} | "
                      f"{predict(saved['fits'][r['method'] + '|float32'], r['layers'], _units(r)):.0f} |")
-    lines += ["", "What this shows: for eap-ig, bf16's own fit (4 points: L = 1, 2 x u = 40, 160, four terms, so "
-              "no residual) gives c = 270 KiB against the derived 275 (fp32's 564 halved) and e = 508 against fp32's "
-              "919: the derivation holds, and is an upper bound on e. At these few tokens the measured bf16 peaks sit "
-              "up to ~60 MiB above the derived ones: constants (a, b), e.g. the float32 copies of the bf16 "
-              "projection weights the probe's q/k/v backward makes; at 32 layers x 512 tokens that is under 0.3% of "
-              "the prediction. The patched forward and the curve do *not* halve in bf16 on this CPU (their own fits: "
-              "c 1,257 vs 1,593 KiB, e 2,800 vs 1,416 KiB in fp32); the cause is not established here (a candidate: "
-              "torch's bf16 CPU matmul on AVX2 converting its operands to float32 internally), so every bf16 "
-              "prediction below that has a bf16 fit of its own is taken as the larger of the two.", ""]
+    fits = saved["fits"]
+
+    def terms(method: str, dtype: str) -> dict | None:
+        f = fits.get(f"{method}|{dtype}")
+        return None if f is None else f["terms"]
+
+    def kib(t: dict | None, key: str) -> str:
+        return "-" if t is None or key not in t else f"{t[key] * 1024:,.0f}"
+
+    said = []
+    for method in ("eap-ig", "patched", "curve"):
+        half, full = terms(method, "bfloat16"), terms(method, "float32")
+        if half is None or full is None:
+            continue
+        said.append(f"{method}: c {kib(half, 'c')} KiB in bf16 against fp32's {kib(full, 'c')} (halved: "
+                    f"{full['c'] * 512:,.0f}), e {kib(half, 'e')} against {kib(full, 'e')}")
+    lines += ["", "bf16's own fits (4 points each: L = 1, 2 at two token counts, four terms, so no residual) against "
+              "fp32's, per layer per token row (c) and outside the layers (e), KiB: " + "; ".join(said) + ". Where "
+              "bf16's c is near half fp32's the derivation holds; where bf16's e (or the curve's c, whose u mixes "
+              "the circuits per pass the session chose) exceeds fp32's, the cause is not established here (a "
+              "candidate: torch's bf16 CPU matmul on AVX2 converting its operands to float32 internally, scratch "
+              "that a GPU's bf16 kernels do not make). At these few tokens the measured bf16 peaks also sit up to "
+              "~60 MiB above the derived ones: constants (a, b), e.g. the float32 copies of the bf16 projection "
+              "weights the probe's q/k/v backward makes. So every bf16 prediction below that has a bf16 fit of "
+              "its own is taken as the larger of the two.", ""]
     return lines
 
 
