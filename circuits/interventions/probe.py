@@ -117,6 +117,11 @@ class GradientProbe(PlainResidual):
             x = x.view_as(x)  # a node of its own, so the hook sees this receiver's gradient only
             n = self.n_written
             x.register_hook(lambda grad, n=n, rs=receivers: self._score(grad, n, rs))
+        if receivers.start == self.structure.logits_receiver:
+            # the forward ends here. The graph's backward nodes refer to this probe (hooks, _ProbedProjection), so
+            # a probe holding the graph through its stream would be a cycle that only the garbage collector frees:
+            # every run's graph and buffer would stay alive across passes (eap-ig-activations' peak grew with steps)
+            self.stream = None
         return x
 
     def project_qkv(self, x: Tensor, attn: Attention, norm: Norm) -> tuple[Tensor, Tensor, Tensor] | None:

@@ -24,6 +24,11 @@ def ray_nodes():
     for key, value in {**QUIET_ENV, "RAY_AUTH_MODE": "disabled"}.items():
         os.environ.setdefault(key, value)
     temp = f"/tmp/circuits-ray-test-{os.getpid()}"  # short: Ray's socket paths must stay under ~107 characters
+    # Cluster.add_node records the head's address in Ray's default temp folder (/tmp/ray) whatever temp_dir says,
+    # and does not create that folder: on a machine where Ray never ran, the fixture failed with FileNotFoundError
+    from ray._private.utils import get_ray_address_file
+
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
                                                             "temp_dir": temp, "_system_config": RAY_SYSTEM_CONFIG})
     try:
