@@ -29,7 +29,7 @@ FAMILIES = [("llama", True), ("llama", False), ("gpt2", False), ("gpt_neox", Fal
 
 
 def model_of(family: str, dtype: torch.dtype, layers: int = 2, grouped: bool = False) -> CircuitModel:
-    kv = {"n_kv_heads": 2} if family == "llama" else {}
+    kv = {"n_kv_heads": 2} if family in ("llama", "qwen2") else {}
     model = random_model(family, n_layers=layers, n_heads=8, d_model=256, vocab_size=V, dtype=dtype, **kv)
     return model.with_grouped_kv(True) if grouped else model
 
@@ -83,7 +83,7 @@ METHODS_RUN = {"edge-pruning": (edge_pruning, dict(target_sparsity=0.5, steps=4,
 
 
 @pytest.mark.parametrize("method", list(METHODS_RUN))
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2"])
 def test_budgeted_training_stays_under_the_budget_with_the_same_gates(method, family):
     """A budget of half the estimate of a whole batch: each batch of 4 runs as sub-batches, every step's tracked
     peak (plus the cached ablation it reads) stays under the budget, and the scores (and edge pruning's circuit)
