@@ -16,13 +16,13 @@ resident set at once. Cross-check: one configuration is rerun with every method 
 
 Methods: ``eap``; ``eap-ig`` with 5 steps, all stacked in one pass (the default ``steps_per_pass``) and one step
 per pass (``steps_per_pass=1``); ``eap-ig-activations`` (its (group, step) passes are independent, so its peak is
-one pass's in principle, yet measured 1.2-1.7x higher at 5 steps than at 1: fitted at 1 step, with the
-5-step ratio measured at two points and applied in the README's table); ``patched``: one batch of 4
-random circuits (half the edges each) through ``CircuitSession.circuit_metrics`` in one pass; ``curve``: one
+one pass's: fitted at 1 step, with the 5-step ratio measured at two points and applied in the README's table;
+it was 1.2-1.7x before each pass's graph was freed at once, tests/test_attribution_memory.py); ``patched``: one
+batch of 4 random circuits (half the edges each) through ``CircuitSession.circuit_metrics`` in one pass; ``curve``: one
 faithfulness curve (MIB's fractions of a random-scored graph) with the session's own circuits per pass.
 
     python benchmarks/memory_scale.py            # the grid below (~30 min on 2 cores), writes results/memory_scale.*
-    python benchmarks/memory_scale.py --resume   # continue an interrupted run (or add new grid points to the last)
+    python benchmarks/memory_scale.py --resume   # continue an interrupted run, or add grid points or methods
     python benchmarks/memory_scale.py --quick    # one layer, one small shape, fp32 (a minute)
     python benchmarks/memory_scale.py --render   # rewrite the .md from the saved .json
     python benchmarks/memory_scale.py --device cuda   # on a GPU: the series up to 32 layers, measured against
@@ -65,9 +65,9 @@ METHODS = ("eap", "eap-ig", "eap-ig:spp1", "eap-ig-activations", "patched", "cur
 GRID = [
     *[(1, "float32", b, p, METHODS) for b, p in ((1, 16), (4, 16), (2, 64))],
     (2, "float32", 1, 16, METHODS),
-    (2, "float32", 2, 32, ("eap", "eap-ig", "eap-ig:spp1", "patched", "curve")),
+    (2, "float32", 2, 32, METHODS),
     (4, "float32", 1, 16, METHODS),
-    (4, "float32", 2, 32, ("eap", "eap-ig", "eap-ig:spp1", "patched", "curve")),
+    (4, "float32", 2, 32, METHODS),  # every method at two token counts on 2 and 4 layers: c and e apart
     (1, "bfloat16", 1, 8, ("eap", "eap-ig", "eap-ig-activations", "patched", "curve")),
     (1, "bfloat16", 2, 16, ("eap", "eap-ig", "patched", "curve")),
     (2, "bfloat16", 1, 8, ("eap", "eap-ig", "patched", "curve")),
@@ -434,9 +434,10 @@ def extrapolation(saved: dict) -> list[str]:
                 "patched": " (4 circuits per pass)", "curve": " (1 circuit per pass)"}.get(f["method"], "")
         lines.append(f"| {f['method']}{note} | {f['dtype']} | {u:.0f} | {arith} | **{p * MiB / GB:.1f} GB** |")
     factor = activation_steps_factor(saved["rows"])
-    lines += ["", f"eap-ig-activations is fitted at 1 step; at 5 steps its peak was {factor:.2f}x the 1-step one at "
-              "the largest point measured (L=1, fp32, 4 x 16: the passes are independent, yet the peak grows with the "
-              "steps; not investigated), so multiply its rows by that for 5 steps."]
+    lines += ["", f"eap-ig-activations is fitted at 1 step; at 5 steps its resident peak was {factor:.2f}x the "
+              "1-step one at the largest ratio measured (the passes are independent and free their graphs at once: "
+              "the tensors they hold peak the same at any number of steps, tests/test_attribution_memory.py; the "
+              "rest is the allocator's), so its rows are multiplied by that for 5 steps."]
     own = fits.get("patched|bfloat16")
     if own is not None:  # the session's own per-row estimate (CircuitSession._bytes_per_row) against the fit
         from circuits.session.memory import estimate_peak
@@ -798,12 +799,16 @@ def main() -> None:
     if args.resume:
         rows = json.loads(partial.read_text()) if partial.exists() else \
             json.loads(final.read_text())["rows"] if final.exists() else []
-    done = {(r["layers"], r["dtype"], r["batch"], r["length"], r["fresh_process"], r.get("activation_steps", 1))
-            for r in rows}
+    measured: dict[tuple, set] = {}  # configuration -> the methods measured there
+    for r in rows:
+        key = (r["layers"], r["dtype"], r["batch"], r["length"], r["fresh_process"], r.get("activation_steps", 1))
+        measured.setdefault(key, set()).add(r["method"])
+    done = set(measured)
     for cfg in grid:
-        if (*cfg[:4], False, 1) in done:
+        missing = [m for m in cfg[4] if m not in measured.get((*cfg[:4], False, 1), set())]
+        if not missing:  # (a resumed run measures only the methods a configuration lacks)
             continue
-        rows += measure(*cfg, threads=args.threads)
+        rows += measure(*cfg[:4], missing, threads=args.threads)
         partial.write_text(json.dumps(rows, indent=1))
     for b, n in ((1, 16), (4, 16)):  # eap-ig-activations with 5 steps against the 1-step points
         if not args.quick and (1, "float32", b, n, False, 5) not in done:
