@@ -172,7 +172,12 @@ class GradientProbe(PlainResidual):
         B = g.shape[1]
         g = g.permute(2, 1, 3, 0).reshape(p, B * d, R)  # [p, B*d, R], the buffer's (example, width) order
         senders = self.buffer[positions, :n]  # [p, n, B*d], a view
-        contribution = torch.bmm(senders.to(acc), g)  # [p, n, R]
+        if senders.dtype == acc:
+            contribution = torch.bmm(senders, g)  # [p, n, R]
+        else:  # half precision: a few positions' senders cast to float32 at a time, never the whole buffer
+            step = max(1, FP32_CHUNK_ELEMENTS // max(1, senders[0].numel()))
+            contribution = torch.cat([torch.bmm(senders[i:i + step].to(acc), g[i:i + step])
+                                      for i in range(0, p, step)])  # [p, n, R]
         self.scores[:n, receivers, positions] += contribution.permute(1, 2, 0).to(self.scores.dtype)
 
 #: Elements of one operand chunk that :func:`_fp32_product` casts to float32 at a time (16 MB).

@@ -122,3 +122,25 @@ def test_position_acdc_keeps_edges_where_the_effect_is(induction_match):
     assert abs(float(kl) + result["final_objective"]) < 1e-5  # the objective of KL is -KL
     _, one = acdc(CircuitSession(model, task, split="all"), threshold=0.05, positions=True, one_at_a_time=True)
     assert torch.equal(one, in_graph)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_half_precision_position_scores_cast_a_few_positions_at_a_time(arch, monkeypatch):
+    """bf16 position-aware EAP casts its sender buffer to float32 a few positions at a time (the chunk bound
+    FP32_CHUNK_ELEMENTS), never whole: one position per chunk gives the scores of one chunk for all, and a
+    smaller tracked peak than casting the whole buffer at once."""
+    from circuits.interventions import probe
+    from tests.memory_tracking import StoragePeak
+
+    model = tiny_model(arch, dtype=torch.bfloat16)
+    session = CircuitSession(model, aligned_task(), split="all", batch_size=6)
+    session.ablated(session.batches[0])
+    peaks, scores = [], []
+    for chunk in (2**40, 1):  # everything at once; one position at a time
+        monkeypatch.setattr(probe, "FP32_CHUNK_ELEMENTS", chunk)
+        with StoragePeak() as tracked:
+            scores.append(eap(session, positions=True))
+        peaks.append(tracked.peak)
+    assert scores[0].dtype == torch.float32 and torch.isfinite(scores[0]).all()
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-6, atol=1e-7)
+    assert peaks[1] < peaks[0], peaks
