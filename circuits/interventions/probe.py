@@ -121,7 +121,7 @@ class GradientProbe(PlainResidual):
             # the forward ends here. The graph's backward nodes refer to this probe (hooks, _ProbedProjection), so
             # a probe holding the graph through its stream would be a cycle that only the garbage collector frees:
             # every run's graph and buffer would stay alive across passes (eap-ig-activations' peak grew with steps)
-            self.stream = None
+            self.stream = self.stream.detach()
         return x
 
     def project_qkv(self, x: Tensor, attn: Attention, norm: Norm) -> tuple[Tensor, Tensor, Tensor] | None:
