@@ -152,6 +152,7 @@ def test_a_step_that_cannot_fit_is_refused_before_any_forward(method, monkeypatc
     message = str(info.value)
     assert "trained run needs about" in message and format_bytes(one.total) in message
     assert "1 example(s) per pass" in message and "--memory-budget" in message
+    assert "training step" in message and "circuit per pass" not in message
     session = CircuitSession(model, task, split="all", batch_size=BATCH, memory_budget=one.total - 1)
     with pytest.raises(MemoryBudgetError, match="--memory-budget"):  # called directly, the method fits too
         METHODS[method].fn(session, steps=2)

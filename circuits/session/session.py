@@ -570,7 +570,8 @@ class CircuitSession:
                         return t
         smallest = estimate(examples[-1], step_options[-1], chunks[-1])
         at = [f"{examples[-1]} example(s) per pass", f"{step_options[-1]} stacked step(s)" if kind == "attribution"
-              else "1 circuit per pass"] + ([f"a position chunk of {chunks[-1]}"] if kind == "attribution" else [])
+              else "1 circuit per pass" if kind == "patched" else "one training step's forward and backward"] + \
+            ([f"a position chunk of {chunks[-1]}"] if kind == "attribution" else [])
         change = ["raise memory_budget (--memory-budget)"]
         if given_e:
             change.append("lower examples_per_pass (--examples-per-pass)")
