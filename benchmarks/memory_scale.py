@@ -82,21 +82,25 @@ GPU_GRID = [*[(L, "bfloat16", 8, 64, GPU_METHODS, 128256) for L in (1, 2, 4, 8, 
             (2, "float32", 8, 64, GPU_METHODS, 128256), (8, "float32", 8, 64, GPU_METHODS, 128256),
             *[(*g[:4], g[4], VOCAB) for g in GRID]]
 CROSS_CHECK = (1, "float32", 1, 16, METHODS)
+# each measured method's parameters (eap-ig-activations: 1 step, or the run's activation_steps)
+METHOD_PARAMS = {"eap": {}, "eap-ig": {"steps": 5}, "eap-ig:spp1": {"steps": 5, "steps_per_pass": 1},
+                 "eap-ig-activations": {"steps": 1}, "edge-pruning": {"steps": 3}}
 TARGET = dict(layers=32, batch=8, length=64, dtype="bfloat16", weights_gb=16.06, limit_gb=60.0)
 # Llama-3.1-8B: per layer q/o 4096^2, k/v 4096x1024, MLP 3x4096x14336, 2 norms; embedding and unembedding 128256 x 4096
 LLAMA8B_PARAMS = 32 * (2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) + 2 * 128256 * 4096 + 4096
 
 
 def _llama8b_widths():
+    from circuits.graph.structure import GraphStructure
     from circuits.session.memory import ModelWidths
 
-    H, G, L = 32, 8, 32
-    return ModelWidths(n_layers=L, n_heads=H, n_kv_heads=G, d_model=4096, d_head=128, d_mlp=14336, vocab=128256,
-                       n_senders=1 + L * (H + 1), gated=True, itemsize=2, head_inputs=3 * H, rms_norm=True,
-                       n_receivers=L * (3 * H + 1) + 1)
+    s = GraphStructure(n_layers=32, n_heads=32, n_kv_heads=8)  # MIB's per-head k/v receivers
+    return ModelWidths(n_layers=32, n_heads=32, n_kv_heads=8, d_model=4096, d_head=128, d_mlp=14336, vocab=128256,
+                       n_senders=s.n_senders, gated=True, itemsize=2, head_inputs=3 * 32, rms_norm=True,
+                       n_receivers=s.n_receivers)
 
 
-LLAMA8B_WIDTHS = _llama8b_widths()  # bf16, MIB's per-head k/v receivers
+LLAMA8B_WIDTHS = _llama8b_widths()  # bf16
 
 
 # ---- the child: one (layers, dtype, shape) -------------------------------------------------------------------------
@@ -167,8 +171,7 @@ def run_config(spec: dict) -> dict:
     sparse = masks.clone()  # a sparse circuit's layers: head 1 read by nothing, so each computes a head subset
     sparse[:, [s.layer_senders(layer).start + 1 for layer in range(s.n_layers)], :] = False
     scored = Graph(s, torch.randn(s.n_senders, s.n_receivers, generator=gen))
-    params = {"eap": {}, "eap-ig": {"steps": 5}, "eap-ig:spp1": {"steps": 5, "steps_per_pass": 1},
-              "eap-ig-activations": {"steps": spec.get("activation_steps", 1)}, "edge-pruning": {"steps": 3}}
+    params = {**METHOD_PARAMS, "eap-ig-activations": {"steps": spec.get("activation_steps", 1)}}
 
     def session(t=task):
         return CircuitSession(model, t, split="all", batch_size=spec["batch"], show_progress=False)
@@ -176,9 +179,7 @@ def run_config(spec: dict) -> dict:
     def fit(method: str, sess: CircuitSession) -> None:  # as circuits.discover does before any forward
         name = method.split(":")[0]
         if name in METHODS:
-            m = METHODS[name]
-            plans = m.memory({**m.params, **params[method]}) if m.memory else {"kind": "patched"}
-            for plan in plans if isinstance(plans, list) else [plans]:
+            for plan in METHODS[name].memory_plans(params[method]):
                 sess.fit(**plan)
 
     def run(method: str, sess: CircuitSession):
@@ -627,7 +628,7 @@ def session_estimate_mib(r: dict) -> float | None:
     """What the session's estimate (:func:`circuits.session.memory.estimate_peak`, as the code now stands) says
     the row's pass holds: the largest of its method's memory plans at the chunks the row ran with."""
     from circuits.discovery import METHODS
-    from circuits.session.memory import KINDS, ModelWidths, estimate_peak
+    from circuits.session.memory import ModelWidths, estimate_peak
 
     w = ModelWidths(**r["widths"])
     b, P = r.get("examples_per_pass", r["batch"]), r["length"]
@@ -636,17 +637,13 @@ def session_estimate_mib(r: dict) -> float | None:
         circuits_ = r.get("circuits_per_pass") if method == "curve" else 4
         return None if circuits_ is None else \
             estimate_peak(w, "patched", examples=b, positions=P, circuits=circuits_).total / MiB
-    m = METHODS[method]
-    params = {**m.params, **({"steps": 5} if method == "eap-ig" else {})}
-    plans = m.memory(params) if m.memory else {"kind": "patched"}
+    given = {"steps": r.get("activation_steps", 1)} if method == "eap-ig-activations" else {}
     out = []
-    for plan in plans if isinstance(plans, list) else [plans]:
-        if plan["kind"] not in KINDS:
-            continue
+    for plan in METHODS[method].memory_plans({**METHOD_PARAMS[r["method"]], **given}):
         steps = r.get("steps_per_pass", 1) if plan["kind"] == "attribution" else 1
         extra = {k: v for k, v in plan.items() if k not in ("kind", "steps", "fixed_steps")}
         out.append(estimate_peak(w, plan["kind"], examples=b, positions=P, steps=steps, **extra).total / MiB)
-    return max(out) if out else None
+    return max(out)
 
 
 def cpu_prediction_mib(cpu: dict | None, r: dict) -> float | None:

@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import memory_scale  # noqa: E402
 from _common import write  # noqa: E402
 
-from circuits.graph.structure import GraphStructure  # noqa: E402
 from circuits.session.memory import ModelWidths, estimate_peak  # noqa: E402
 
 # (layers, dtype, batch, length, circuits): "patched" = half the edges at random (every head computed),
@@ -37,11 +36,7 @@ def main() -> None:
     rows = []
     for layers, dtype, batch, length, method in POINTS:
         measured = memory_scale.measure(layers, dtype, batch, length, [method], 1)[0]
-        st = GraphStructure(n_layers=layers, n_heads=32, n_kv_heads=8)
-        widths = ModelWidths(n_layers=layers, n_heads=32, n_kv_heads=8, d_model=4096, d_head=128, d_mlp=14336,
-                             vocab=memory_scale.VOCAB, n_senders=st.n_senders, gated=True,
-                             itemsize=4 if dtype == "float32" else 2, head_inputs=3 * 32, rms_norm=True,
-                             n_receivers=st.n_receivers)
+        widths = ModelWidths(**measured["widths"])  # the measured model's own (ModelWidths.of)
         estimate = estimate_peak(widths, "patched", examples=batch, positions=length, read_positions=1,
                                  circuits=CIRCUITS).total / 2**20
         rows.append({"layers": layers, "dtype": dtype, "batch": batch, "length": length, "circuits": method,

@@ -85,8 +85,7 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
         raise DiscoveryError("a run spread over workers resumes lost work by itself and takes no checkpoint; "
                              "drop checkpoint= or workers=")
     resolved = {**m.params, **params}
-    plans = m.memory(resolved) if m.memory else {"kind": "patched"}
-    for plan in plans if isinstance(plans, list) else [plans]:  # before any forward; chunks fit every plan
+    for plan in m.memory_plans(resolved):  # before any forward; chunks fit every plan
         session.fit(**plan)
     if check and workers is None:  # the workers check on their replicas, so this process needs no forwards
         session.check_signal()

@@ -40,10 +40,7 @@ from circuits.session import CircuitSession
 def _eap_ig_then_trained(params: dict) -> list[dict]:
     """edge-pruning-eap-ig's memory plans (:meth:`CircuitSession.fit`): its EAP-IG phase (eap-ig's own plan at
     ``ig_steps``), then the training."""
-    eap_ig = METHODS["eap-ig"]
-    assert eap_ig.memory is not None, "eap-ig declares its attribution passes"
-    phase = eap_ig.memory({"steps": params["ig_steps"]})
-    return (phase if isinstance(phase, list) else [phase]) + [{"kind": "trained"}]
+    return METHODS["eap-ig"].memory_plans({"steps": params["ig_steps"]}) + [{"kind": "trained"}]
 
 
 @register("edge-pruning", "edge", "edge pruning (Bhaskar et al. 2024): hard-concrete edge masks trained for low KL "

@@ -60,12 +60,9 @@ def _member_plans(params: dict) -> list[dict]:
     """Every member's memory plan (``CircuitSession.fit``): the session's chunks fit each of them."""
     members = params["members"]
     names = [m.strip() for m in members.split(",")] if isinstance(members, str) else list(members)
-    plans = []
-    for name in names:
-        plan = METHODS[name].memory if name in METHODS and name != "ensemble" else None
-        if plan is not None:
-            plans.append(plan(METHODS[name].params))
-    return [p for plan in plans for p in (plan if isinstance(plan, list) else [plan])] + [{"kind": "patched"}]
+    members_plans = [p for name in names if name in METHODS and name != "ensemble"
+                     for p in METHODS[name].memory_plans({})]
+    return members_plans + [{"kind": "patched"}]  # (the curve's circuits), as for members that declare none
 
 
 @register("ensemble", "edge", "score ensemble (Mondorf et al. 2025): mean / min / max of the members' signed "

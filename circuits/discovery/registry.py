@@ -143,6 +143,14 @@ class Method:
         """The method's parameters and their defaults (read from its signature)."""
         return {name: p.default for name, p in self.parameters.items()}
 
+    def memory_plans(self, params: dict[str, Any]) -> list[dict]:
+        """The passes :meth:`CircuitSession.fit` sizes before the method runs with ``params`` (its defaults fill
+        the rest): :attr:`memory`'s plans as a list, or one patched pass when it declares none."""
+        if self.memory is None:
+            return [{"kind": "patched"}]
+        plans = self.memory({**self.params, **params})
+        return plans if isinstance(plans, list) else [plans]
+
     def check_params(self, params: dict[str, Any], where: str = "") -> dict[str, Any]:
         """``params`` checked against the declared parameters (unknown names, types, ranges) and converted;
         ``where`` prefixes each message with the option they came from (``"--param "``)."""
