@@ -54,8 +54,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, markdown_table, write  # noqa: E402
 
-from circuits.discovery.attribution import MAX_ROWS_PER_PASS  # noqa: E402
-
 VOCAB = 8192
 MiB = 2**20
 GB = 1e9
@@ -150,7 +148,7 @@ def run_config(spec: dict) -> dict:
 
     import circuits
     from circuits.discovery import METHODS
-    from circuits.discovery.attribution import eap, eap_ig, eap_ig_activations
+    from circuits.discovery.attribution import eap, eap_ig, eap_ig_activations, stacked_steps
     from circuits.discovery.edge_pruning import edge_pruning
     from circuits.graph import Graph
     from circuits.models.random import random_model
@@ -234,8 +232,7 @@ def run_config(spec: dict) -> dict:
             run_circuits = len(sess._dedupe(torch.stack([c.in_graph for c in out.circuits]))[1])
             row["circuits_per_pass"] = min(run_circuits, sess.circuits_per_pass_for(sess.batches[0]))
         if method == "eap-ig":
-            row["steps_per_pass"] = min(max(1, min(5, MAX_ROWS_PER_PASS // spec["batch"])),
-                                        sess.steps_per_pass or 5)
+            row["steps_per_pass"] = stacked_steps(sess, sess.batches[0], 5)
         if method == "eap-ig:spp1":
             row["steps_per_pass"] = 1
         row["examples_per_pass"] = max(len(b) for b in sess.batches)

@@ -49,6 +49,13 @@ def _stacked_steps(params: dict) -> dict:
     return {"kind": "attribution", "sender_copies": 2, "steps": fixed or params["steps"], "fixed_steps": bool(fixed)}
 
 
+def stacked_steps(session: CircuitSession, b: SessionBatch, steps: int, steps_per_pass: int | None = None) -> int:
+    """EAP-IG's interpolation steps stacked in one pass over ``b``: ``steps_per_pass``, or as many as keep the pass
+    within :data:`MAX_ROWS_PER_PASS` rows; at most what a memory budget allows (``session.steps_per_pass``)."""
+    per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(b)))
+    return min(per_pass, session.steps_per_pass or per_pass)
+
+
 def _scores_buffer(session: CircuitSession, positions: bool = False) -> Tensor:
     """``[S, R]`` zeros, or ``[S, R, L]`` for position-aware scores (``L = session.n_positions``: it raises
     :class:`~circuits.session.PositionAlignmentError` for pairs of several lengths, before any forward)."""
@@ -135,8 +142,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
         ablated = session.ablated(b).values
         clean, diffs = _clean_diffs(session, b, ablated)
         start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-        per_pass = steps_per_pass or max(1, min(steps, MAX_ROWS_PER_PASS // len(b)))
-        per_pass = min(per_pass, session.steps_per_pass or per_pass)  # what a memory budget allows (session.fit)
+        per_pass = stacked_steps(session, b, steps, steps_per_pass)
         for k0 in range(0, steps, per_pass):
             alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
             T = len(alphas)

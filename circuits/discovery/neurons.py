@@ -25,6 +25,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from circuits.discovery.attribution import stacked_steps
 from circuits.discovery.exact import NodeCuts, single_cut_effects
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
@@ -33,9 +34,6 @@ from circuits.interventions.neurons import NeuronMasked, NeuronProbe
 from circuits.interventions.probe import GradientProbe
 from circuits.session import CircuitSession
 from circuits.session.neurons import NeuronRuns
-
-# Rows (stacked steps x examples) of one EAP-IG pass, as circuits.discovery.attribution's.
-MAX_ROWS_PER_PASS = 96
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
         diffs = clean - ablated  # [S, B, P, d]
         hidden_diffs = clean_hidden - abl_hidden  # [L, B, P, m]
         start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-        per_pass = max(1, min(steps, MAX_ROWS_PER_PASS // len(b), session.steps_per_pass or steps))
+        per_pass = stacked_steps(session, b, steps)
         for k0 in range(0, steps, per_pass):
             alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
             T = len(alphas)
