@@ -198,17 +198,26 @@ def test_explicit_steps_per_pass_that_cannot_fit_names_it():
 
 # ---- the estimate and the defaults -----------------------------------------------------------------------------
 def test_patched_row_estimate_is_the_documented_formula():
-    """The session's circuits-per-pass sizing reads the estimator: a patched row (fp32, 4 heads, 2 kv groups:
-    R = 12 head inputs) holds the buffer and the partial sum (S + 2 rows), the largest of the read (2R + 1) and
-    the attention (R + 1 + 8 rows and the scores with their float32 softmax), the masks and the readout."""
-    model, task = tiny_model("qwen2"), tiny_task(n=N, vocab=64)
-    session = CircuitSession(model, task, split="all")
-    s, d, V = model.structure, model.spec.d_model, model.spec.W_U.shape[1]
+    """The session sizes a pass's circuits by the estimator's cost of one more circuit: on one example (fp32,
+    4 heads, 2 kv groups: R = 12 head inputs) the buffer and the partial sum (S + 2 rows), the largest of the read
+    (2R + 1) and the attention (R + 1 + 8 rows and the scores with their float32 softmax), the masks and the
+    readout; position-aware masks add the model-dtype masks and a bool view per position, neuron masks [L, m]."""
+    model = tiny_model("qwen2")
+    w, s, d, V = ModelWidths.of(model), model.structure, model.spec.d_model, model.spec.W_U.shape[1]
     R, H = 3 * s.n_heads, s.n_heads
+    L, m = len(model.spec.layers), model.spec.layers[0].mlp.d_hidden
     for P, K in ((8, 1), (64, 3)):
+        def circuit(**reads):
+            one, two = (estimate_peak(w, "patched", examples=1, positions=P, read_positions=K, circuits=c, **reads)
+                        for c in (1, 2))
+            return two.total - one.total
         transient = max((2 * R + 1) * P * d * 4, (R + 1 + 8) * P * d * 4 + H * P * P * 16)
         masks = s.n_senders * s.n_receivers * 8  # [1, S, R] in float32, the model's dtype and two bool copies
-        assert session._bytes_per_row(P, K) == (s.n_senders + 2) * P * d * 4 + masks + transient + K * V * 12
+        row = (s.n_senders + 2) * P * d * 4 + masks + transient + K * V * 12
+        assert circuit() == row
+        assert circuit(by_position=True) == row + s.n_senders * s.n_receivers * P * (4 + 1)
+        neuron_transient = max(transient, (3 * P * d + (3 + 2) * P * m) * 4)  # SwiGLU's 3 [P, m] and the mix's 2
+        assert circuit(neurons=1) == row - transient + neuron_transient + L * m * 4
 
 
 def test_no_budget_on_cpu_plans_as_before():

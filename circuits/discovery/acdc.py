@@ -167,7 +167,10 @@ class CandidateEvaluator:
 @register("acdc", "edge", "ACDC (Conmy et al. 2023): greedy exact edge removal from the logits backwards, "
           "threshold tau", checkpoints=True,
           ranges={"threshold": {"low": 0}, "metric": {"choices": ("kl", "task")}, "circuits_per_pass": {"low": 1},
-                  "max_receivers": {"low": 1}})
+                  "max_receivers": {"low": 1}},
+          memory=lambda params: {"kind": "patched", "by_position": params["positions"],
+                                 "resident_held": 0 if params["one_at_a_time"] or params["positions"] else 2,
+                                 "resident_fix": "test one candidate at a time (one_at_a_time=True), which holds none"})
 def acdc(session: CircuitSession, threshold: float = 0.01, metric: str = "kl", absolute: bool = False,
          circuits_per_pass: int | None = None, one_at_a_time: bool = False, max_receivers: int | None = None,
          positions: bool = False, checkpoint: Checkpoint | None = None,

@@ -46,7 +46,13 @@ def _stacked_steps(params: dict) -> dict:
     """EAP-IG's memory plan (:meth:`CircuitSession.fit`): clean outputs and differences held, up to all steps
     stacked in one pass (exactly ``steps_per_pass`` when it is given)."""
     fixed = params.get("steps_per_pass")
-    return {"kind": "attribution", "sender_copies": 2, "steps": fixed or params["steps"], "fixed_steps": bool(fixed)}
+    plan = {"kind": "attribution", "sender_copies": 2, "steps": fixed or params["steps"], "fixed_steps": bool(fixed)}
+    return {**plan, "by_position": True} if params.get("positions") else plan
+
+
+def _attribution_plan(params: dict) -> dict:
+    """EAP's memory plan: one forward and backward per batch (position-aware: ``[S, R, L]`` scores)."""
+    return {"kind": "attribution", "by_position": True} if params.get("positions") else {"kind": "attribution"}
 
 
 def stacked_steps(session: CircuitSession, b: SessionBatch, steps: int, steps_per_pass: int | None = None) -> int:
@@ -81,7 +87,7 @@ def _batch_units(session: CircuitSession, **params) -> int:
 
 
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
-          ranges={"rule": {"choices": rules.RULES}}, memory=lambda params: {"kind": "attribution"},
+          ranges={"rule": {"choices": rules.RULES}}, memory=_attribution_plan,
           units=_batch_units)
 def eap(session: CircuitSession, rule: str | BackwardRule = "gradient", positions: bool = False) -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
@@ -155,7 +161,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
 
 
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
-          ranges={"steps": {"low": 1}}, memory=lambda params: {"kind": "attribution", "sender_copies": 2},
+          ranges={"steps": {"low": 1}}, memory=lambda params: {**_attribution_plan(params), "sender_copies": 2},
           units=_batch_units)
 def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool = False) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``);

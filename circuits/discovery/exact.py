@@ -9,7 +9,8 @@ cut's run differs from the full model only in that node and what it feeds. The i
 edge into the logits costs one unembedding of the read positions, an edge into the last layer's heads that head
 and the last MLP. Cuts that change the same nodes run together, ``circuits_per_pass`` at a time, as one batch
 of circuits (masks ``[C, S, R]``). ``incremental=False`` is the plain engine (every pass computes every node an
-edge reads), kept as the reference the fast path is tested against. Long runs checkpoint and resume to the same
+edge reads), kept as the reference the fast path is tested against. A run goes batch after batch, every pass on
+one batch before the next, so it holds one batch's clean run at a time. Long runs checkpoint and resume to the same
 result, bit for bit: the passes are a fixed plan, and a resumed run recomputes the held outputs it needs.
 """
 
@@ -140,31 +141,46 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | Edge
                        description: str = "exact") -> Tensor:
     """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass).
 
-    ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine."""
+    ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine. The run
+    finishes a batch before the next (every pass of the plan on it), so the incremental engine holds one batch's
+    clean run at a time (:meth:`CircuitSession.held_full`), whatever the number of examples."""
     if int(circuits_per_pass) < 1:
         raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
     n = cuts.shape[0]
     plan = pass_plan(cuts, circuits_per_pass, incremental)
+    engine = incremental and not isinstance(cuts, EdgePositionCuts)
+    session.fit("patched", held=int(engine), by_position=isinstance(cuts, EdgePositionCuts))  # no-op when fitted
+    batches = [len(b) for b in session.batches]  # the plan of the checkpointed work: a budget may cut batches
     state = checkpoint.load() if checkpoint is not None else None
-    if state is not None and "next_pass" not in state:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by an older "
-                                      "version of exact patching; delete it to start the run again")
+    if state is not None and ("next_unit" not in state or state.get("batches") != batches):
+        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by another "
+                                      "version of exact patching or with other batches (memory_budget, "
+                                      "examples_per_pass); run with the settings it was written with, or delete it")
     effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
-    start = state["next_pass"] if state else 0
+    start = state["next_unit"] if state else 0
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
-    strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
-    passes = [p for p in session.in_share(range(len(plan))) if p >= start]  # a spread run: this worker's share
-    for p in progress(passes, description, session, total=len(passes), unit="pass"):
+    strategy = session.incremental if engine else None
+    passes = session.in_share(range(len(plan)))  # a spread run: this worker's share
+    units = [(b, p) for b in session.batches for p in passes]  # batch after batch
+    for u in progress(range(start, len(units)), description, session, total=len(units) - start, unit="pass"):
+        b, p = units[u]
         idx = plan[p]
-        cut = session.objective_of(~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, n]
-        effects[idx] = (full[None] - cut).sum(1) / session.n_examples
+        cut = session.batch_objective(b, ~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, b]
+        effects[idx] += (full[b.index][None] - cut).sum(1) / session.n_examples
         if checkpoint is not None:
-            checkpoint.maybe_save({"effects": effects, "next_pass": p + 1})
+            checkpoint.maybe_save({"effects": effects, "next_unit": u + 1, "batches": batches})
     return effects
 
 
+def _patching_plan(params: dict) -> dict:
+    """A patched pass that, on the incremental engine, reads its batch's held clean run (position cuts: masks
+    ``[c, S, R, L]`` on the plain engine)."""
+    positions = params.get("positions", False)
+    return {"kind": "patched", "held": int(params["incremental"] and not positions), "by_position": positions}
+
+
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",
-          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_edge_units)
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_edge_units, memory=_patching_plan)
 def exact(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
           checkpoint: Checkpoint | None = None, positions: bool = False) -> Tensor:
     """``[S, R]`` exact single-edge effects. ``incremental=False``: the plain engine (same scores, slower).
@@ -188,7 +204,7 @@ def _dense(s: GraphStructure, per_edge: Tensor) -> Tensor:
 
 
 @register("node-patching", "node", "each head's / MLP's exact effect, ablated alone (incremental recompute)",
-          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_node_units)
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_node_units, memory=_patching_plan)
 def node_patching(session: CircuitSession, circuits_per_pass: int = 32, incremental: bool = True,
                   checkpoint: Checkpoint | None = None) -> Tensor:
     """``[n_nodes]`` exact single-node effects (``logits`` gets NaN: it cannot be ablated)."""

@@ -69,7 +69,7 @@ def _batches(session: CircuitSession, description: str):
 
 
 @register("eap-neurons", "neuron", "attribution patching of heads and MLP neurons: dM/dn at n = 1",
-          memory=lambda params: {"kind": "attribution"})
+          memory=lambda params: {"kind": "attribution", "neurons": 1})
 def eap_neurons(session: CircuitSession) -> NeuronScores:
     """Head (node) and neuron EAP scores from one forward and backward per batch (module docstring)."""
     runs = NeuronRuns(session)
@@ -83,7 +83,7 @@ def eap_neurons(session: CircuitSession) -> NeuronScores:
 
 @register("eap-ig-neurons", "neuron", "EAP-IG (inputs) of heads and MLP neurons (Hanna et al. 2024; MIB)",
           ranges={"steps": {"low": 1}},
-          memory=lambda params: {"kind": "attribution", "sender_copies": 2, "steps": params["steps"]})
+          memory=lambda params: {"kind": "attribution", "sender_copies": 2, "steps": params["steps"], "neurons": 2})
 def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
     """Head (node) and neuron EAP-IG scores, gradients averaged over ``steps`` interpolated input embeddings."""
     if steps < 1:
@@ -111,7 +111,8 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
 
 
 @register("neuron-patching", "neuron", "each head's and MLP neuron's exact effect, ablated alone (batched)",
-          ranges={"circuits_per_pass": {"low": 1}})
+          ranges={"circuits_per_pass": {"low": 1}},
+          memory=lambda params: {"kind": "patched", "neurons": 1, "held": 1})
 def neuron_patching(session: CircuitSession, circuits_per_pass: int = 32) -> NeuronScores:
     """Exact single-unit effects: objective(full) - objective(all but that unit), averaged over pairs."""
     s = session.structure

@@ -401,10 +401,9 @@ class PositionMaskedResidual(MaskedResidual):
         m = m.index_select(2, torch.as_tensor(listed, device=dev))  # [C, n, R, P]
         m = m.permute(0, 3, 2, 1).reshape(C * P, R, n)  # [C*P, R, n]
         rows = self.buffer[:, :, 1:1 + n].flatten(0, 1)  # [C*P, n, B*d], a view
-        base = self.base.expand(B, P, d).transpose(0, 1).reshape(1, P, 1, B * d)
-        base = base.expand(C, P, R, B * d).reshape(C * P, R, B * d)
-        mixed = torch.baddbmm(base, m, rows)  # [C*P, R, B*d]
-        return mixed.view(C, P, R, B, d).permute(2, 0, 3, 1, 4).reshape(R, self.N, P, d)
+        mixed = torch.bmm(m, rows).view(C, P, R, B, d)
+        mixed += self.base.expand(B, P, d).transpose(0, 1)[None, :, None]  # [1, P, 1, B, d]: no R-row copy of it
+        return mixed.permute(2, 0, 3, 1, 4).reshape(R, self.N, P, d)  # the one copy: to the reads' layout
 
 
 class _MixSenders(torch.autograd.Function):

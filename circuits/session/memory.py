@@ -76,6 +76,13 @@ PATCHED_HALF_RMS = 2  # half-precision RMSNorm of the R inputs: x in float32 and
 PATCHED_MLP_GATED = 3  # gate, up and their product [P, d_mlp] (SwiGLU)
 PATCHED_MLP = 2  # pre-activation and activation [P, d_mlp]
 PATCHED_MASK_BYTES = 8  # per circuit and edge: the pass's stacked float32 masks, the model-dtype copy, two bool ones
+# position-aware masks [c, S, R, P]: per circuit, edge and position, the pass's masks in the model dtype plus this
+# many bytes (the bool view of the edges some position keeps; the float32 stack they are cut from stays on the host)
+POSITION_MASK_EXTRA_BYTES = 1
+# neuron circuits: a layer's MLP mixes this run's hidden activations with the ablated ones (the mix and its inputs
+# [rows, P, m] besides the MLP's own), and an attribution run holds per layer the neuron differences [b, P, m] it
+# weighs (EAP-IG: and the clean activations they come from)
+NEURON_MIX = 2
 # a trained step (forward + backward through MaskedResidual, masks that require grad), see the module docstring
 TRAINED_READ = 1  # float32: a layer's read [R + 1, rows, P, d], saved by the projections the norm is folded into
 TRAINED_HALF_RMS = 1  # half-precision RMSNorm: its float32 copy of the R inputs, saved
@@ -133,31 +140,44 @@ class MemoryEstimate:
     backward_transient: int  # per-head input gradients [H, rows, p, d] in float32 (attribution only)
     readout: int  # logits [rows, K, V] and their float32 copies
     weight_copies: int = 0  # a head subset's weight rows, fp32's folded projections (once per pass, not per row)
+    held: int = 0  # the full model's sender outputs an incremental pass reads [S, b, P, d] (per copy)
+    ablated_neurons: int = 0  # of ``ablated``: what cut MLP neurons carry [L, b|1, P|1, m] (neuron circuits)
 
     @property
-    def total(self) -> int:
-        return (self.ablated + self.senders + self.saved + max(self.forward_transient, self.backward_transient)
-                + self.readout + self.weight_copies)
+    def total(self) -> int:  # ``ablated_neurons`` is part of ``ablated``
+        return (self.ablated + self.held + self.senders + self.saved
+                + max(self.forward_transient, self.backward_transient) + self.readout + self.weight_copies)
 
     def describe(self) -> str:
-        terms = ", ".join(f"{f.name} {format_bytes(getattr(self, f.name))}" for f in fields(self)[1:]
+        names = {"ablated_neurons": "of which neurons"}
+        terms = ", ".join(f"{names.get(f.name, f.name)} {format_bytes(getattr(self, f.name))}" for f in fields(self)[1:]
                           if getattr(self, f.name))
         return f"{format_bytes(self.total)} ({terms})"
 
 
 def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: int, read_positions: int = 1,
                   steps: int = 1, circuits: int = 1, position_chunk: int | None = None, sender_copies: int = 1,
-                  ablation: str = "corrupted") -> MemoryEstimate:
+                  ablation: str = "corrupted", by_position: bool = False, neurons: int = 0,
+                  held: int = 0) -> MemoryEstimate:
     """The peak of one ``kind`` pass over ``examples`` x ``positions`` (``steps`` stacked copies of the batch for
     attribution, ``circuits`` for a patched pass); ``position_chunk``: the positions of one chunk of the
     attribution backward (default all); ``sender_copies``: [S, b, P, d] tensors an attribution run holds (EAP 1,
-    EAP-IG 2)."""
+    EAP-IG 2). The runs of finer circuits: ``by_position``, position-aware edges (patched: masks ``[c, S, R, P]``;
+    attribution: float32 scores ``[S, R, P]``); ``neurons``, MLP neurons as units (patched: 1, the neuron mix;
+    attribution: the ``[L, b, P, m]`` tensors it holds, EAP 1, EAP-IG 2), which also adds the neurons' ablation;
+    ``held``: copies of the full model's sender outputs ``[S, b, P, d]`` an incremental pass reads (exact and node
+    patching 1, ACDC's fast search 2: the full model's and its reference circuit's)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     w, b, P, K = widths, int(examples), int(positions), int(read_positions)
     isz, d, S, H = w.itemsize, w.d_model, w.n_senders, w.n_heads
     stream = P * d  # one [P, d] row
     ablated = {"corrupted": S * b * stream, "mean": S * stream}.get(ablation, 0) * isz
+    ablated_neurons = 0
+    if neurons:  # what a cut neuron carries: [L, b|1, P|1, m]
+        ablated_neurons = {"corrupted": b * P, "mean": P}.get(ablation, 1) * w.n_layers * w.d_mlp * isz
+    ablated += ablated_neurons
+    held_bytes = int(held) * S * b * stream * isz
     if kind == "trained":
         return _trained(widths, ablated, b, P, K)
     if kind == "patched":
@@ -167,22 +187,31 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
         attention = (R + 1 + PATCHED_HEADS) * stream * isz + H * P * P * (3 * isz + 4)  # scores, softmax in fp32
         if isz < 4:  # half precision normalises the R inputs as the model does
             attention += PATCHED_HALF_RMS * R * stream * 4 if w.rms_norm else R * stream * isz
-        mlp = (3 * stream + (PATCHED_MLP_GATED if w.gated else PATCHED_MLP) * P * w.d_mlp) * isz
+        hidden = (PATCHED_MLP_GATED if w.gated else PATCHED_MLP) + (NEURON_MIX if neurons else 0)
+        mlp = (3 * stream + hidden * P * w.d_mlp) * isz
         transient = max(read * stream * isz, attention, mlp)
         masks = int(circuits) * S * w.n_receivers * PATCHED_MASK_BYTES
+        if by_position:
+            masks += int(circuits) * S * w.n_receivers * P * (isz + POSITION_MASK_EXTRA_BYTES)
+        if neurons:
+            masks += int(circuits) * w.n_layers * w.d_mlp * isz
         return MemoryEstimate(kind, ablated, senders=(S + 2) * rows * stream * isz + masks, saved=0,
                               forward_transient=rows * transient, backward_transient=0,
-                              readout=rows * K * w.vocab * (isz + 8), weight_copies=head_subset_weights(w))
+                              readout=rows * K * w.vocab * (isz + 8), weight_copies=head_subset_weights(w),
+                              held=held_bytes, ablated_neurons=ablated_neurons)
     rows = int(steps) * b
     p = P if position_chunk is None else min(P, int(position_chunk))
     mlp = (SAVED_MLP_GATED if w.gated else SAVED_MLP) * P * w.d_mlp
     per_layer = SAVED_STREAM * stream + SAVED_QKV * (H + 2 * w.n_kv_heads) * P * w.d_head + SAVED_PATTERN * H * P * P
+    senders = int(sender_copies) * S * b * stream * isz + int(neurons) * w.n_layers * b * P * w.d_mlp * isz
+    if by_position:  # the float32 score accumulators [S, R, P]
+        senders += S * w.n_receivers * P * 4
     return MemoryEstimate(
-        kind, ablated, senders=int(sender_copies) * S * b * stream * isz,
+        kind, ablated, senders=senders,
         saved=w.n_layers * rows * (per_layer + mlp) * isz,
         forward_transient=2 * H * rows * stream * isz,  # the heads' outputs and their differences from the ablated
         backward_transient=H * rows * p * d * (4 + isz) + H * b * p * d * 4,  # fp32 gradients, their cast, step sum
-        readout=rows * K * w.vocab * (isz + 12))
+        readout=rows * K * w.vocab * (isz + 12), held=held_bytes, ablated_neurons=ablated_neurons)
 
 
 def head_subset_weights(w: ModelWidths, subset: bool = True) -> int:

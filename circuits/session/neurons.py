@@ -40,9 +40,7 @@ class NeuronRuns:
             self.n_layers, self.d_mlp = mlp_shape(session.model)
         except ValueError as err:
             raise SessionError(str(err)) from None
-        self._ablated: dict[int, Tensor] = {}
         self._mean: Tensor | None = None
-        self._planned = session.batches
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -50,11 +48,9 @@ class NeuronRuns:
         return self.n_layers, self.d_mlp
 
     def ablated_hidden(self, batch: SessionBatch) -> Tensor:
-        """``[L, B|1, P|1, m]``: what a cut neuron carries on ``batch`` (kept per batch)."""
+        """``[L, B|1, P|1, m]``: what a cut neuron carries on ``batch`` (kept while it fits beside the passes,
+        :meth:`CircuitSession.cached`)."""
         s = self.session
-        if self._planned is not s.batches:  # the session re-planned its batches (a memory fit): new numbering
-            self._ablated.clear()
-            self._planned = s.batches
         if s.ablation == "mean":
             if self._mean is None:
                 ref = s.reference.as_batch()
@@ -62,10 +58,8 @@ class NeuronRuns:
                 self._mean = mean_hidden(s.model, ref.clean, ref.attention_mask, n_positions=P,
                                          batch_size=min(s.batch_size, s.examples_per_pass or s.batch_size))
             return self._mean[:, :, :batch.clean.shape[1]]
-        if batch.number not in self._ablated:
-            self._ablated[batch.number] = hidden_ablation(s.model, s.ablation, batch.clean, batch.attention_mask,
-                                                          corrupted_ids=batch.corrupted)
-        return self._ablated[batch.number]
+        return s.cached("neuron-ablated", batch, lambda: hidden_ablation(
+            s.model, s.ablation, batch.clean, batch.attention_mask, corrupted_ids=batch.corrupted))
 
     def clean_run(self, batch: SessionBatch) -> tuple[Tensor, Tensor]:
         """``(sender outputs [S, B, P, d], neuron activations [L, B, P, m])`` of the clean prompts: one run."""
@@ -91,7 +85,7 @@ class NeuronRuns:
         s = self.session
         metric = s.metric if metric is None else metric
         edges, neurons = self.check_masks(edges, neurons)
-        s.fit("patched")
+        s.fit("patched", neurons=1)
         C = edges.shape[0]
         out_m = torch.empty(C, s.n_examples, dtype=torch.float64)
         out_kl = torch.empty(C, s.n_examples, dtype=torch.float64) if kl else None

@@ -49,6 +49,7 @@ from circuits.interventions.ablation import Ablated, AblationError, build_ablati
 from circuits.interventions.masked import HeldCircuit, IncrementalResidual, MaskedResidual, PositionMaskedResidual
 from circuits.interventions.residual import ResidualStrategy
 from circuits.session.batches import SessionBatch, plan_batches
+from circuits.session.cache import BatchCache
 from circuits.session.memory import ModelWidths, estimate_peak, format_bytes, parse_memory
 from circuits.session.normalization import undefined
 from circuits.tasks.metrics import Metric
@@ -127,6 +128,19 @@ def check_task_fits_model(task: Task, model: CircuitModel) -> None:
 
 
 @dataclass(frozen=True)
+class PassReads:
+    """What a fitted plan's patched passes read besides the plain pass (:func:`estimate_peak`'s arguments)."""
+
+    by_position: bool = False
+    neurons: int = 0
+    held: int = 0
+
+    def widest(self, other: PassReads) -> PassReads:
+        return PassReads(self.by_position or other.by_position, max(self.neurons, other.neurons),
+                         max(self.held, other.held))
+
+
+@dataclass(frozen=True)
 class Baselines:
     """Per example (float64, CPU, split order): the metric of the full model and of the empty circuit, and the
     empty circuit's KL divergence from the full model (the full model's is 0)."""
@@ -202,9 +216,12 @@ class CircuitSession:
         check_task_fits_model(self.data, model)
         self.batches: list[SessionBatch] = plan_batches(self.data, self.batch_size, model.device, examples_per_pass)
         self.forwards = 0  # patched forwards run (benchmarks count them)
-        self._ablated: dict[int, Ablated] = {}
-        self._full: dict[int, Tensor] = {}
-        self._held: dict[int, HeldCircuit] = {}
+        self._cache = BatchCache(self._cache_room)  # batches' ablations, kept while they fit beside the passes
+        self._full: dict[int, Tensor] = {}  # [b, K, V] per batch: the full model's logits at the read positions
+        self._held: tuple[int, HeldCircuit] | None = None  # the latest batch's held clean run (one at a time)
+        # what the fitted passes read besides the plain pass (the largest of each: chunks only shrink)
+        self._fitted_reads = PassReads()
+        self._resident = 0  # bytes a fitted run holds for every example through the run (ACDC's fast search)
 
     @property
     def n_examples(self) -> int:
@@ -263,21 +280,23 @@ class CircuitSession:
                             batch_size=min(self.batch_size, self.examples_per_pass or self.batch_size))
 
     def ablated(self, batch: SessionBatch) -> Ablated:
-        """What cut edges carry on ``batch`` (corrupted runs are kept when they fit half the memory budget)."""
-        if batch.number in self._ablated:
-            return self._ablated[batch.number]
+        """What cut edges carry on ``batch`` (kept while it fits beside the passes: :meth:`cached`)."""
         if self.ablation == "mean":
             return Ablated(self._mean[:, :, :batch.clean.shape[1]], "mean")
-        ablated = build_ablation(self.model, self.ablation, batch.clean, batch.attention_mask,
-                                 corrupted_ids=batch.corrupted)
-        self._keep(batch, ablated)
-        return ablated
+        return self.cached("ablated", batch, lambda: build_ablation(
+            self.model, self.ablation, batch.clean, batch.attention_mask, corrupted_ids=batch.corrupted))
 
-    def _keep(self, batch: SessionBatch, ablated: Ablated) -> None:
-        size = ablated.values.numel() * ablated.values.element_size() * len(self.batches)
-        room = self.memory_budget_bytes // 2 if not self._run_peak else self.memory_budget_bytes - self._run_peak
-        if ablated.kind == "zero" or size <= room:
-            self._ablated[batch.number] = ablated
+    def cached(self, kind: str, batch: SessionBatch, make: Callable[[], T]) -> T:
+        """``make()``'s value for ``batch`` (a ``kind`` of per-batch tensors), kept for the next pass while the kept
+        values fit the room the memory budget leaves beside the passes (:mod:`circuits.session.cache`)."""
+        return self._cache.get(kind, batch.number, make)
+
+    def _cache_room(self) -> int:
+        """Bytes the kept values may take: half the budget before a pass is fitted, then what the largest fitted
+        pass and the run's resident tensors leave (on CPU without a budget: of ``CPU_MEMORY_BUDGET``)."""
+        budget = self._fit_budget()
+        budget = CPU_MEMORY_BUDGET if budget is None else budget
+        return budget // 2 if not self._run_peak else budget - self._run_peak - self._resident
 
     def full_logits(self, batch: SessionBatch) -> Tensor:
         """``[b, K, V]``: the full model's logits at the read positions (cached)."""
@@ -288,15 +307,18 @@ class CircuitSession:
         return self._full[batch.number]
 
     def held_full(self, batch: SessionBatch) -> HeldCircuit:
-        """Every sender's output in the full model on ``batch`` (one recorded clean run, kept): what incremental
-        runs (:meth:`incremental`) recompute from."""
-        if batch.number not in self._held:
+        """Every sender's output in the full model on ``batch`` (one recorded clean run): what incremental runs
+        (:meth:`incremental`) recompute from. The latest batch's is kept, one batch at a time (``[S, b, P, d]``, as
+        large as its corrupted run): methods that patch incrementally finish a batch before the next
+        (:func:`~circuits.discovery.exact.single_cut_effects`), and a pass's estimate counts it (``held``)."""
+        if self._held is None or self._held[0] != batch.number:
+            self._held = None  # the previous batch's outputs are freed before this batch's run
             with torch.no_grad():
                 run = self.model.run(batch.clean, batch.attention_mask, record=True, logit_positions=batch.positions)
             assert run.sender_outputs is not None
             self._full.setdefault(batch.number, run.logits)
-            self._held[batch.number] = HeldCircuit.of_model(self.structure, run.sender_outputs)
-        return self._held[batch.number]
+            self._held = (batch.number, HeldCircuit.of_model(self.structure, run.sender_outputs))
+        return self._held[1]
 
     def incremental(self, batch: SessionBatch, masks: Tensor) -> IncrementalResidual:
         """A :data:`StrategyFactory` that runs ``masks [c, S, R]`` recomputing only the nodes whose inputs differ
@@ -333,7 +355,7 @@ class CircuitSession:
                 if self.ablation == "corrupted":
                     run = self.model.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.positions)
                     assert run.sender_outputs is not None
-                    self._keep(b, Ablated(run.sender_outputs, "corrupted"))
+                    self._cache.offer("ablated", b.number, Ablated(run.sender_outputs, "corrupted"))
                     empty = run.logits
                     del run
                 else:
@@ -439,7 +461,7 @@ class CircuitSession:
         if by_position and masks.requires_grad:
             raise SessionError("position-aware masks run without gradients; detach them (position-aware "
                                "attribution scores positions through GradientProbe instead)")
-        self.fit("patched")  # before any forward: chunk the examples, or refuse a run that cannot fit
+        self.fit("patched", by_position=by_position)  # before any forward: chunk the examples, or refuse
         kinds, unique = self._dedupe(masks.detach().cpu())
         C = len(kinds)
         out_m = torch.empty(C, self.n_examples, dtype=torch.float64)
@@ -448,26 +470,7 @@ class CircuitSession:
         if not known and any(k != "run" for k, _ in kinds):  # no baseline for this metric: run those too
             kinds, unique = [("run", j) for j in range(C)], list(masks.detach().cpu().float())
         for b in self.batches:
-            u_m = torch.empty(len(unique), len(b), dtype=torch.float64)
-            u_kl = torch.empty(len(unique), len(b), dtype=torch.float64)
-            if unique:
-                per_pass = circuits_per_pass or self.circuits_per_pass or self._circuits_per_pass(b)
-                if self._run_peak:  # under a budget an asked-for width is a maximum
-                    per_pass = min(per_pass, self._circuits_per_pass(b))
-                with torch.no_grad():
-                    for start in range(0, len(unique), per_pass):
-                        chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
-                        if by_position:
-                            chunk = self.position_masks(chunk, b)
-                        default = PositionMaskedResidual if by_position else MaskedResidual
-                        residual = default(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
-                        logits = self.run(b, residual)  # [c, b, K, V]
-                        self.forwards += 1
-                        rows = slice(start, start + len(chunk))
-                        u_m[rows] = self.metric_values(logits, b, metric).double().cpu()
-                        if kl:  # the metric itself when it is the KL
-                            u_kl[rows] = u_m[rows] if metric.name == "kl" else \
-                                self.metric_values(logits, b, Metric("kl")).double().cpu()
+            u_m, u_kl = self._batch_metrics(b, unique, metric, kl, circuits_per_pass, strategy)
             for c, (kind, j) in enumerate(kinds):
                 if kind == "run":
                     out_m[c, b.index] = u_m[j]
@@ -482,6 +485,45 @@ class CircuitSession:
                 if out_kl is not None:
                     out_kl[c, b.index] = self.kl_empty[b.index] if empty else 0.0
         return CircuitMetrics(out_m, out_kl)
+
+    def _batch_metrics(self, b: SessionBatch, unique: list[Tensor], metric: Metric, kl: bool,
+                       circuits_per_pass: int | None, strategy: StrategyFactory | None) -> tuple[Tensor, Tensor]:
+        """``(metric, KL)`` ``[U, b]`` (float64, CPU) of the circuits ``unique`` (each ``[S, R]`` or ``[S, R, L]``)
+        on batch ``b``, in as few patched passes as memory allows (``circuits_per_pass``: as asked, a maximum
+        under a budget)."""
+        u_m = torch.empty(len(unique), len(b), dtype=torch.float64)
+        u_kl = torch.empty(len(unique), len(b), dtype=torch.float64)
+        if not unique:
+            return u_m, u_kl
+        by_position = unique[0].dim() == 3
+        per_pass = circuits_per_pass or self.circuits_per_pass or self._circuits_per_pass(b, by_position)
+        if self._run_peak:  # under a budget an asked-for width is a maximum
+            per_pass = min(per_pass, self._circuits_per_pass(b, by_position))
+        with torch.no_grad():
+            for start in range(0, len(unique), per_pass):
+                chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
+                if by_position:
+                    chunk = self.position_masks(chunk, b)
+                default = PositionMaskedResidual if by_position else MaskedResidual
+                residual = default(chunk, self.ablated(b)) if strategy is None else strategy(b, chunk)
+                logits = self.run(b, residual)  # [c, b, K, V]
+                self.forwards += 1
+                rows = slice(start, start + len(chunk))
+                u_m[rows] = self.metric_values(logits, b, metric).double().cpu()
+                if kl:  # the metric itself when it is the KL
+                    u_kl[rows] = u_m[rows] if metric.name == "kl" else \
+                        self.metric_values(logits, b, Metric("kl")).double().cpu()
+        return u_m, u_kl
+
+    def batch_objective(self, batch: SessionBatch, masks: Tensor, *, circuits_per_pass: int | None = None,
+                        strategy: StrategyFactory | None = None) -> Tensor:
+        """``[C, b]`` (float64): the objective of every circuit ``masks [C, S, R]`` (or ``[C, S, R, L]``) on one
+        batch, every circuit run (none is taken from the baselines). For methods that finish a batch before the
+        next, so that what they hold of it (:meth:`held_full`) is held once; fit the session first."""
+        edges = self.structure.edge_mask.float()  # entries off the graph are never read: zero, as circuit_metrics
+        masks = masks.detach().cpu().float() * (edges[..., None] if masks.dim() == 4 else edges)
+        values, _ = self._batch_metrics(batch, list(masks), self.metric, False, circuits_per_pass, strategy)
+        return values if self.metric.higher_is_better else -values
 
     def objective_of(self, masks: Tensor, *, metric: Metric | None = None, circuits_per_pass: int | None = None,
                      strategy: StrategyFactory | None = None) -> Tensor:
@@ -532,17 +574,29 @@ class CircuitSession:
             self._fitted_budget = self.memory_budget_bytes
         return self._fitted_budget
 
-    def fit(self, kind: str, *, steps: int = 1, sender_copies: int = 1, fixed_steps: bool = False) -> int:
+    def fit(self, kind: str, *, steps: int = 1, sender_copies: int = 1, fixed_steps: bool = False,
+            by_position: bool = False, neurons: int = 0, held: int = 0, resident_held: int = 0,
+            resident_fix: str = "") -> int:
         """Chunk this session's passes of ``kind`` (:mod:`circuits.session.memory`) to the memory budget, before
         any forward: the most examples per pass, then the most stacked ``steps`` (at most ``steps``; exactly them
         with ``fixed_steps``), then the longest position chunk whose estimate fits. Explicit ``examples_per_pass``
         / ``position_chunk`` are kept as given. Returns the stacked steps per pass (``steps`` when there is no
         budget); raises :class:`MemoryBudgetError` naming the estimate when even the smallest chunks do not fit.
-        Chunks only shrink, so a session fitted for several kinds runs each within the budget."""
+        Chunks only shrink, so a session fitted for several kinds runs each within the budget.
+
+        What the passes read besides the plain pass (:func:`~circuits.session.memory.estimate_peak`):
+        ``by_position`` (position-aware masks or scores), ``neurons`` (neuron masks, ablations and differences),
+        ``held`` (the full model's outputs of the batch, for incremental patching). ``resident_held``: copies of
+        the full model's sender outputs the run holds for *every* example throughout (ACDC's fast search), which
+        no chunking shrinks: the passes fit beside them (``resident_fix``: the method's way to hold none)."""
+        self._fitted_reads = self._fitted_reads.widest(PassReads(by_position, neurons, held))
         budget = self._fit_budget()
         if budget is None:
             return steps
         widths = ModelWidths.of(self.model)
+        resident = int(resident_held) * sum(
+            self.structure.n_senders * len(b) * int(b.clean.shape[1]) * widths.d_model for b in self.batches
+        ) * widths.itemsize
         P = max(int(b.clean.shape[1]) for b in self.batches)
         K = max(int(b.positions.shape[1]) for b in self.batches)
         largest = max(len(b) for b in self.batches)  # chunks fitted before only shrink
@@ -557,13 +611,15 @@ class CircuitSession:
 
         def estimate(e: int, t: int, p: int | None):
             return estimate_peak(widths, kind, examples=e, positions=P, read_positions=K, steps=t,
-                                 position_chunk=p, sender_copies=sender_copies, ablation=self.ablation)
+                                 position_chunk=p, sender_copies=sender_copies, ablation=self.ablation,
+                                 by_position=by_position, neurons=neurons, held=held)
 
         for e in examples:
             for t in step_options:
                 for p in chunks:
                     peak = estimate(e, t, p).total
-                    if peak <= budget:
+                    if peak + resident <= budget:
+                        self._resident = max(self._resident, resident)
                         self._apply_fit(e, p if p is not None and p < P else self.position_chunk, peak)
                         if kind == "attribution" and steps > 1:  # a plan that stacks steps
                             self.steps_per_pass = min(t, self.steps_per_pass or t)
@@ -580,45 +636,52 @@ class CircuitSession:
         if given_p and kind == "attribution":
             change.append("lower position_chunk (--position-chunk)")
         change.append("use a smaller dtype (--dtype bfloat16)" if widths.itemsize > 2 else "use shorter prompts")
+        besides = ""
+        if resident:
+            besides = (f", besides the {format_bytes(resident)} of the full model's sender outputs it holds for all "
+                       f"{self.n_examples} examples through the run")
+            change += [resident_fix] if resident_fix else []
+            change.append("run fewer examples")
         raise MemoryBudgetError(
             f"this {kind} run needs about {smallest.describe()} of activations even at {', '.join(at)} "
-            f"({P} positions), over the memory budget of {format_bytes(budget)}: " + ", or ".join(change))
+            f"({P} positions){besides}, over the memory budget of {format_bytes(budget)}: " + ", or ".join(change))
 
     def _apply_fit(self, examples: int, position_chunk: int | None, peak: int) -> None:
         if examples < max(len(b) for b in self.batches):  # re-plan as sub-batches; per-batch caches are stale
             self.examples_per_pass = examples
             self.batches = plan_batches(self.data, self.batch_size, self.device, examples)
-            self._ablated.clear()
+            self._cache.clear()
             self._full.clear()
-            self._held.clear()
+            self._held = None
         self.position_chunk = position_chunk
         self._run_peak = max(self._run_peak, peak)
+        self._cache.shrink()  # what was kept before fits beside the largest pass fitted
 
-    def _patched_estimate(self, b: int, P: int, K: int):
-        return estimate_peak(ModelWidths.of(self.model), "patched", examples=b, positions=P, read_positions=K,
-                             ablation=self.ablation)
-
-    def _bytes_per_row(self, P: int, K: int) -> int:
-        """One row (circuit x example) of a patched pass: the estimate without the ablation it shares."""
-        one = self._patched_estimate(1, P, K)
-        return one.total - one.ablated - one.weight_copies
-
-    def circuits_per_pass_for(self, batch: SessionBatch) -> int:
+    def circuits_per_pass_for(self, batch: SessionBatch, by_position: bool = False) -> int:
         """Circuits one patched pass over ``batch`` runs: as given (``circuits_per_pass``, a maximum under a
         budget), else as many as the memory budget allows (what :meth:`circuit_metrics` uses)."""
-        fit = self._circuits_per_pass(batch)
+        fit = self._circuits_per_pass(batch, by_position)
         return min(self.circuits_per_pass, fit) if self.circuits_per_pass and self._run_peak else \
             self.circuits_per_pass or fit
 
-    def _circuits_per_pass(self, batch: SessionBatch) -> int:
+    def _circuits_per_pass(self, batch: SessionBatch, by_position: bool = False) -> int:
+        """As many circuits as fit the memory budget beside what the session keeps: the pass's estimate is
+        linear in its circuits (``fixed + c * per_circuit``), with the reads the fitted plans declared."""
         b = len(batch)
-        P, K = batch.clean.shape[1], batch.positions.shape[1]
-        room = self.memory_budget_bytes
-        estimate = self._patched_estimate(b, P, K)
-        room -= estimate.weight_copies  # once per pass, however many rows
-        if self._run_peak:  # fitted: the ablation this batch reads is held besides the pass
-            room -= estimate.ablated
-        fit = room // (self._bytes_per_row(P, K) * b)
+        P, K = int(batch.clean.shape[1]), int(batch.positions.shape[1])
+        reads = self._fitted_reads
+        one, two = (estimate_peak(ModelWidths.of(self.model), "patched", examples=b, positions=P, read_positions=K,
+                                  ablation=self.ablation, circuits=c, by_position=by_position or reads.by_position,
+                                  neurons=reads.neurons, held=reads.held) for c in (1, 2))
+        per_circuit = two.total - one.total
+        fixed = one.total - per_circuit  # the ablation, held outputs, weight copies: once per pass
+        if ("ablated", batch.number) in self._cache:  # counted with the kept values
+            fixed -= one.ablated - one.ablated_neurons
+        if ("neuron-ablated", batch.number) in self._cache:
+            fixed -= one.ablated_neurons
+        budget = self._fit_budget()
+        room = (self.memory_budget_bytes if budget is None else budget) - self._resident - self._cache.nbytes
+        fit = (room - fixed) // per_circuit
         if self.device.type == "cpu":
             fit = min(fit, CPU_ROWS_PER_PASS // b)
         return max(1, int(fit))

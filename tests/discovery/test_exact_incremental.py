@@ -7,6 +7,7 @@ import torch
 
 import circuits
 from circuits.discovery import discover
+from circuits.discovery.checkpoint import CheckpointMismatchError
 from circuits.discovery.exact import EdgeCuts, NodeCuts, cut_passes, single_cut_effects
 from circuits.session import CircuitSession
 from circuits.tasks import task_vocabulary, word_level_tokenizer
@@ -97,7 +98,24 @@ def test_incremental_resume_is_bit_exact(tokenizer, tmp_path, interrupt_after_sa
                            checkpoint=Checkpoint(ckpt_path, "k"))
     interrupt_after_saves(None)
     state = torch.load(ckpt_path, weights_only=False)
-    assert 0 < state["next_pass"] < len(cut_passes(EdgeCuts(model.structure), 6))
+    assert 0 < state["next_unit"] < 2 * len(cut_passes(EdgeCuts(model.structure), 6))  # 2 batches x the passes
+    with pytest.raises(CheckpointMismatchError, match="other batches"):  # a budget that cuts the batches otherwise
+        single_cut_effects(CircuitSession(model, task, split="all", batch_size=4, examples_per_pass=2),
+                           EdgeCuts(model.structure), circuits_per_pass=6, checkpoint=Checkpoint(ckpt_path, "k"))
     resumed = single_cut_effects(session(), EdgeCuts(model.structure), circuits_per_pass=6,
                                  checkpoint=Checkpoint(ckpt_path, "k"))
     assert torch.equal(resumed, reference)
+
+
+def test_incremental_runs_hold_one_batch_at_a_time(tokenizer):
+    """Exact patching finishes a batch (every pass of its plan) before the next, so each batch's clean run is
+    recorded once and only the latest is held, however many batches: the memory of the held outputs does not
+    grow with the examples."""
+    model = model_of(tokenizer, "gpt2")
+    session = CircuitSession(model, circuits.load_task("ioi", model, n=12, seed=4), split="all", batch_size=4)
+    recorded = []
+    held_full = session.held_full
+    session.held_full = lambda b: (recorded.append(b.number), held_full(b))[1]  # type: ignore[method-assign]
+    single_cut_effects(session, EdgeCuts(model.structure), circuits_per_pass=6)
+    assert recorded == sorted(recorded) and sorted(set(recorded)) == [0, 1, 2]
+    assert session._held is not None and session._held[0] == 2  # the last batch's, the others freed
