@@ -42,10 +42,21 @@ Three kinds of pass (``rows``: the rows of one forward; ``b`` examples, ``P`` po
   RMSNorm: float32, of the R inputs). The readout and its float32 KL as in attribution. Measured against the
   storage-tracking mode in ``tests/test_trained_memory.py`` (1.13-1.34x the tracked peak).
 
+Finer runs add what they read (:func:`estimate_peak`'s ``by_position``, ``neurons``, ``held``): position-aware
+patched passes their masks ``[c, S, R, P]`` (a read mixes each position apart but adds the base in place, so it
+stays within ``2R + 1`` rows) and position-aware attribution its float32 scores ``[S, R, P]``; neuron circuits the
+neurons' ablation ``[L, b|1, P|1, m]``, their masks ``[c, L, m]`` and a layer's mix of this run's hidden
+activations with the ablated ones (``NEURON_MIX`` more ``[rows, P, m]``), neuron attribution the neuron
+differences it holds per layer (EAP 1, EAP-IG 2 ``[L, b, P, m]``); incremental patching (exact, node and neuron
+patching) the batch's held clean run ``[S, b, P, d]``. Measured against the storage-tracking mode in
+``tests/test_fine_memory.py``.
+
 Each adds the ablation the run reads: ``corrupted`` holds ``[S, b, P, d]``, ``mean`` ``[S, 1, P, d]``, ``zero``
 nothing. The coefficients are named constants (``SAVED_*``) so measured peaks (``benchmarks/memory_scale.py``)
-can be compared against them term by term; the weights and the caches a session keeps across batches (full
-logits, held clean runs of exact patching) are not part of a pass's estimate.
+can be compared against them term by term. The weights are not part of a pass's estimate; what a session keeps
+across passes (batches' ablations, :mod:`circuits.session.cache`) is kept only while it fits beside the largest
+fitted pass, and what a run holds for every example throughout (ACDC's fast search: ``resident_held``) is set
+beside the passes by :meth:`~circuits.session.CircuitSession.fit`.
 """
 
 from __future__ import annotations
