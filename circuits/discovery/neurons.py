@@ -29,6 +29,7 @@ from circuits.discovery.attribution import stacked_steps
 from circuits.discovery.exact import NodeCuts, single_cut_effects
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
+from circuits.discovery.shares import batches_in_share
 from circuits.interventions.masked import HeldCircuit, IncrementalResidual
 from circuits.interventions.neurons import NeuronMasked, NeuronProbe
 from circuits.interventions.probe import GradientProbe
@@ -63,18 +64,13 @@ def _buffers(session: CircuitSession, runs: NeuronRuns) -> tuple[Tensor, Tensor]
             torch.zeros(*runs.shape, dtype=torch.float32, device=session.device))
 
 
-def _batches(session: CircuitSession, description: str):
-    batches = session.in_share(session.batches)
-    return progress(batches, description, session, total=len(batches))
-
-
 @register("eap-neurons", "neuron", "attribution patching of heads and MLP neurons: dM/dn at n = 1",
           memory=lambda params: {"kind": "attribution"})
 def eap_neurons(session: CircuitSession) -> NeuronScores:
     """Head (node) and neuron EAP scores from one forward and backward per batch (module docstring)."""
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
-    for b in _batches(session, "eap (neurons)"):
+    for b in batches_in_share(session, "eap (neurons)"):
         probe = GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk)
         session.backward_objective(b, _as_probe(NeuronProbe(probe, runs.ablated_hidden(b), neurons)))
     n = session.n_examples
@@ -90,7 +86,7 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
         raise ValueError(f"steps must be at least 1, got {steps}")
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
-    for b in _batches(session, f"eap-ig ({steps} steps, neurons)"):
+    for b in batches_in_share(session, f"eap-ig ({steps} steps, neurons)"):
         ablated = session.ablated(b).values
         abl_hidden = runs.ablated_hidden(b)
         clean, clean_hidden = runs.clean_run(b)
