@@ -15,6 +15,8 @@ result, bit for bit: the passes are a fixed plan, and a resumed run recomputes t
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -134,6 +136,40 @@ def _node_units(session: CircuitSession, circuits_per_pass: int = 32, incrementa
     return len(pass_plan(NodeCuts(session.structure), circuits_per_pass, incremental))
 
 
+def resumable_passes(session: CircuitSession, n_passes: int, run_pass: Callable[[int, dict[str, Tensor]], None],
+                     results: dict[str, Tensor], *, checkpoint: Checkpoint | None = None,
+                     description: str = "exact") -> dict[str, Tensor]:
+    """``results`` after ``run_pass(p, results)`` for the passes ``p`` of a fixed plan of ``n_passes``, each writing
+    its own entries (so a resumed run, which skips the passes saved, gets the same tensors bit for bit).
+
+    A spread run runs this worker's share of the plan (``session.share``; the other entries stay 0, and the shares
+    add up to the whole run's). ``checkpoint``: the results and the next pass are saved as the run goes, and a run
+    that finds them starts there."""
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and not {*results, "next_pass"} <= set(state):
+        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} holds no "
+                                      f"{', '.join(sorted({*results, 'next_pass'} - set(state)))} (an older version "
+                                      "wrote it); delete it to start the run again")
+    results = {k: state[k] for k in results} if state else results
+    start = state["next_pass"] if state else 0
+    passes = [p for p in session.in_share(range(n_passes)) if p >= start]  # a spread run: this worker's share
+    for p in progress(passes, description, session, total=len(passes), unit="pass"):
+        run_pass(p, results)
+        if checkpoint is not None:
+            checkpoint.maybe_save({**results, "next_pass": p + 1})
+    return results
+
+
+def cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | EdgePositionCuts, idx: Tensor,
+                incremental: bool = True) -> Tensor:
+    """``[len(idx)]`` float64: the mean objective drop of each of the cuts ``idx`` alone (one circuit each of one
+    batched pass over every example). ``incremental``: recompute only what each cut changes (module docstring)."""
+    strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
+    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
+    cut = session.objective_of(~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, n]
+    return (full[None] - cut).sum(1) / session.n_examples
+
+
 def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | EdgePositionCuts, *,
                        circuits_per_pass: int = 32,
                        incremental: bool = True, checkpoint: Checkpoint | None = None,
@@ -143,24 +179,13 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | Edge
     ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine."""
     if int(circuits_per_pass) < 1:
         raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
-    n = cuts.shape[0]
     plan = pass_plan(cuts, circuits_per_pass, incremental)
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None and "next_pass" not in state:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by an older "
-                                      "version of exact patching; delete it to start the run again")
-    effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
-    start = state["next_pass"] if state else 0
-    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
-    strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
-    passes = [p for p in session.in_share(range(len(plan))) if p >= start]  # a spread run: this worker's share
-    for p in progress(passes, description, session, total=len(passes), unit="pass"):
-        idx = plan[p]
-        cut = session.objective_of(~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, n]
-        effects[idx] = (full[None] - cut).sum(1) / session.n_examples
-        if checkpoint is not None:
-            checkpoint.maybe_save({"effects": effects, "next_pass": p + 1})
-    return effects
+
+    def run_pass(p: int, results: dict[str, Tensor]) -> None:
+        results["effects"][plan[p]] = cut_effects(session, cuts, plan[p], incremental)
+
+    return resumable_passes(session, len(plan), run_pass, {"effects": torch.zeros(cuts.shape[0], dtype=torch.float64)},
+                            checkpoint=checkpoint, description=description)["effects"]
 
 
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",

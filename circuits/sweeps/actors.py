@@ -11,12 +11,14 @@ exist), that discovers and evaluates with the result of one process.
 
 What is split, and why the result is one process's:
 
-* **Discovery by attribution** (eap, eap-ig, eap-ig-activations, node-ap, gim, relp) splits the *examples*: the
-  scores are sums over the session's batches, so each actor scores a share of the batches (``session.share``)
-  and the driver adds the shares up (in float64, in share order). Each share is normalised by the whole run's
-  example count, as one process normalises the whole sum, so only the order of the float32 additions differs.
-* **Exact and node patching** split the *cuts*: their passes (a fixed plan) are independent, so each actor runs
-  a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* **Discovery by attribution** (eap, eap-ig, eap-ig-activations, node-ap, gim, relp, eap-neurons,
+  eap-ig-neurons) splits the *examples*: the scores are sums over the session's batches, so each actor scores a
+  share of the batches (``session.share``) and the driver adds the shares up (in float64, in share order). Each
+  share is normalised by the whole run's example count, as one process normalises the whole sum, so only the
+  order of the float32 additions differs.
+* **Exact, node and neuron patching** split the *cuts*: their passes (a fixed plan) are independent, so each
+  actor runs a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* A neuron method's ``NeuronScores`` (node and neuron scores) are added up field by field, as tensors are.
 * **Ensembles** spread each member so, and combine the members' ranks on the driver.
 * **Evaluation** (circuit metrics, faithfulness curves, ACDC's candidate batches) splits the *circuits*: a
   circuit's metric on an example depends only on its mask, the example and the model, so each actor takes a
@@ -34,6 +36,7 @@ pieces per actor for a discovery), so faster actors take more.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -72,6 +75,25 @@ def _setup_key(session: CircuitSession) -> str:
     h.update(repr((session.ablation, session.metric.name, session.batch_size, session.n_examples,
                    _run_settings(session))).encode())
     return h.hexdigest()
+
+
+def _fieldwise(combine: Callable[..., torch.Tensor], outputs: Sequence[Any]) -> Any:
+    """``combine(*outputs)`` of a method's tensor outputs, or field by field of its dataclasses of tensors (a neuron
+    method's ``NeuronScores``), as the same dataclass: one rule for what a spread run ships and adds up."""
+    first = outputs[0]
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(first, **{f.name: _fieldwise(combine, [getattr(o, f.name) for o in outputs])
+                                             for f in dataclasses.fields(first)})
+    return combine(*outputs)
+
+
+def _sum_in_order(*parts: torch.Tensor) -> torch.Tensor:
+    """The shares' sum in float64 and in share order (the same whichever actor ran which share), in their dtype;
+    an entry NaN in every share (a node score's ``logits``) stays NaN."""
+    total = torch.zeros_like(parts[0], dtype=torch.float64)
+    for part in parts:
+        total += part
+    return total.to(parts[0].dtype)
 
 
 class _Replica:
@@ -135,12 +157,12 @@ class _Replica:
         assert units is not None
         return units(self._discovery_session(setup), **params)
 
-    def discover_share(self, setup: Setup, method: str, params: dict, share: tuple[int, ...]) -> torch.Tensor:
-        """``method``'s output on the units ``share`` of its work list (they add up over shares)."""
+    def discover_share(self, setup: Setup, method: str, params: dict, share: tuple[int, ...]) -> Any:
+        """``method``'s output on the units ``share`` of its work list (they add up over shares), on the CPU."""
         session = self._discovery_session(setup)
         session.share = share
         try:
-            return METHODS[method].fn(session, **params).cpu()
+            return _fieldwise(torch.Tensor.cpu, [METHODS[method].fn(session, **params)])
         finally:
             session.share = None
 
@@ -348,10 +370,7 @@ class EvaluatorPool:
         shares = [tuple(range(c.start, c.stop)) for c in chunks]
         parts = self._dispatch(lambda a, share: a.discover_share.remote(setup, method.name, params, share), shares,
                                sizes=[len(share) for share in shares])
-        total = torch.zeros_like(parts[0], dtype=torch.float64)
-        for part in parts:  # in share order: the same sum whichever actor ran which share
-            total += part
-        return total.to(parts[0].dtype)
+        return _fieldwise(_sum_in_order, parts)
 
     # ---- the evaluation API over the pool -------------------------------------------------------------------
     def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",
