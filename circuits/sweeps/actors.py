@@ -4,6 +4,7 @@ exist), that discovers and evaluates with the result of one process.
     with ray_session(), EvaluatorPool("zoo:planted-ioi", task, n_actors=2) as pool:  # or a loaded CircuitModel
         scored = pool.discover("eap-ig", steps=5)  # = circuits.discover(model, task, "eap-ig", workers=pool)
         values = pool.circuit_metrics(masks, kl=True) # [C, S, R] -> [C, n] each, as CircuitSession.circuit_metrics
+        values = pool.neuron_circuit_metrics(edges, neurons) # [C, S, R] and [C, L, m]: neuron circuits, as NeuronRuns
         curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
         scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
         with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
@@ -20,10 +21,10 @@ What is split, and why the result is one process's:
   actor runs a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
 * A neuron method's ``NeuronScores`` (node and neuron scores) are added up field by field, as tensors are.
 * **Ensembles** spread each member so, and combine the members' ranks on the driver.
-* **Evaluation** (circuit metrics, faithfulness curves, ACDC's candidate batches) splits the *circuits*: a
-  circuit's metric on an example depends only on its mask, the example and the model, so each actor takes a
-  contiguous chunk and the answers are concatenated in order. They agree with one process to rounding (tested
-  to 1e-5): which nodes a patched pass skips depends on which circuits share the pass.
+* **Evaluation** (circuit metrics, faithfulness curves, neuron-level ones too, ACDC's candidate batches) splits the
+  *circuits*: a circuit's metric on an example depends only on its masks, the example and the model, so each
+  actor takes a contiguous chunk and the answers are concatenated in order. They agree with one process to
+  rounding (tested to 1e-5): which nodes a patched pass skips depends on which circuits share the pass.
 
 Every actor builds the same :class:`~circuits.session.CircuitSession` (same data, batch plan, ablation and
 metric) from the same weights; nothing about batches is prepared here. **Lost workers**: an actor whose process
@@ -46,6 +47,7 @@ import torch
 
 from circuits.discovery import METHODS, DiscoveryError
 from circuits.session import CircuitMetrics, CircuitSession
+from circuits.session.neurons import NeuronRuns
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.discovery import Method
@@ -120,6 +122,7 @@ class _Replica:
                                       circuits_per_pass=circuits_per_pass, grouped_kv=grouped_kv)
         self.discovery: tuple[str, CircuitSession] | None = None  # the latest spread discovery's session
         self.acdc_evaluators: dict = {}
+        self.neuron_runs: NeuronRuns | None = None
 
     def node(self) -> str:
         """The Ray node this replica runs on."""
@@ -129,6 +132,11 @@ class _Replica:
 
     def circuit_metrics(self, masks: torch.Tensor, kl: bool):
         return self.session.circuit_metrics(masks, kl=kl)
+
+    def neuron_circuit_metrics(self, edges: torch.Tensor, neurons: torch.Tensor, kl: bool):
+        if self.neuron_runs is None:  # built once: it keeps each batch's ablated neuron activations
+            self.neuron_runs = NeuronRuns(self.session)
+        return self.neuron_runs.circuit_metrics(edges, neurons, kl=kl)
 
     def baselines(self):
         r = self.session
@@ -309,10 +317,19 @@ class EvaluatorPool:
         if masks.dim() == 2:
             masks = masks[None]
         masks = masks.detach().cpu()
-        parts = self._dispatch(lambda a, c: a.circuit_metrics.remote(masks[c].clone(), kl),
-                               self._chunks(masks.shape[0]))
-        return CircuitMetrics(torch.cat([p.metric for p in parts]),
-                              torch.cat([p.kl for p in parts]) if kl else None)
+        return self._split_circuits(lambda a, c: a.circuit_metrics.remote(masks[c].clone(), kl), masks.shape[0], kl)
+
+    def neuron_circuit_metrics(self, edges: torch.Tensor, neurons: torch.Tensor, *, kl: bool = False) -> CircuitMetrics:
+        """Neuron circuits ``(edges [C, S, R], neurons [C, L, m])`` -> metric (and KL) ``[C, n]``, as
+        :meth:`circuits.session.neurons.NeuronRuns.circuit_metrics`, the circuits split across actors."""
+        edges, neurons = edges.detach().cpu(), neurons.detach().cpu()
+        return self._split_circuits(lambda a, c: a.neuron_circuit_metrics.remote(edges[c].clone(), neurons[c].clone(),
+                                                                                 kl), edges.shape[0], kl)
+
+    def _split_circuits(self, submit: Callable[[Any, slice], Any], n_circuits: int, kl: bool) -> CircuitMetrics:
+        """``submit(actor, circuits)``'s metrics for contiguous chunks of ``n_circuits`` circuits, concatenated."""
+        parts = self._dispatch(submit, self._chunks(n_circuits))
+        return CircuitMetrics(torch.cat([p.metric for p in parts]), torch.cat([p.kl for p in parts]) if kl else None)
 
     # ---- discovery over the pool ----------------------------------------------------------------------------
     def discover(self, method: str = "eap-ig", **kwargs: Any) -> Graph:

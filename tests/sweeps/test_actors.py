@@ -53,6 +53,20 @@ def test_faithfulness_curve_equals_one_process(setup):
     assert curve.faithfulness == pytest.approx(one["absolute"].faithfulness, abs=1e-5)
 
 
+def test_neuron_curve_equals_one_process(setup):
+    """A neuron-level curve's circuits (heads and MLP neurons) split over the actors, as edge curves."""
+    model, task, _, pool = setup
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scored = circuits.discover(model, task, "eap-neurons", batch_size=6)
+        one = circuits.faithfulness_curve(model, task, scored, level="neuron", batch_size=6, circuits_per_pass=4)
+    spread = pool.faithfulness_curve(scored, level="neuron")
+    assert len(set(one.faithfulness)) > 2  # not a flat curve
+    assert spread.k == one.k and spread.n_edges == one.n_edges and spread.level == "neuron"
+    assert spread.faithfulness == pytest.approx(one.faithfulness, abs=1e-5)
+    assert spread.kl == pytest.approx(one.kl, abs=1e-6)
+
+
 def test_acdc_candidates_on_the_pool(setup):
     model, task, _, pool = setup
     kwargs = dict(batch_size=6, threshold=0.005, circuits_per_pass=8, max_receivers=6)
