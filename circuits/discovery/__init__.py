@@ -50,7 +50,7 @@ def discover(model: CircuitModel, task: Task, method: str = "eap-ig", *, ablatio
     ``split``: the part of the task discovery runs on ("train", the default, leaves "validation" for
     faithfulness; or "all"). ``ablation``: "corrupted" (the task's paired counterfactuals; MIB's "patching"),
     "mean" (over ``reference``, default the training split's clean prompts) or "zero". ``checkpoint``: a file
-    path for long methods (exact, node-patching, acdc, edge-pruning) to save progress to and resume from.
+    path for long methods (exact, node-/neuron-patching, acdc, edge-pruning) to save progress to and resume from.
     ``show_progress``: progress bars (None: when stderr is a terminal). ``memory_budget`` (bytes or ``"4GB"``;
     default on CUDA: half the free memory, on CPU: no chunking): the run is chunked over examples, stacked steps
     and positions to fit it, or refused before any forward with its estimate (:meth:`CircuitSession.fit`);

@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuits.discovery.progress import progress
 from circuits.discovery.registry import DiscoveryError, register
+from circuits.discovery.shares import batch_units, batches_in_share
 from circuits.interventions import rules
 from circuits.interventions.probe import GradientProbe
 from circuits.interventions.rules import BackwardRule, resolve_rule
@@ -76,26 +76,16 @@ def _finish(session: CircuitSession, scores: Tensor, n_steps: int = 1) -> Tensor
     return scores.masked_fill_(~(edges if scores.dim() == 2 else edges[..., None]), 0.0)
 
 
-def _batches(session: CircuitSession, description: str):
-    batches = session.in_share(session.batches)  # all of them, or this worker's share of a spread run
-    return progress(batches, description, session, total=len(batches))
-
-
-def _batch_units(session: CircuitSession, **params) -> int:
-    """What a spread run splits (``Method.units``): the session's batches, as scores are sums over examples."""
-    return len(session.batches)
-
-
 @register("eap", "edge", "edge attribution patching (Syed et al. 2023): dM/dm at m = 1",
           ranges={"rule": {"choices": rules.RULES}}, memory=_attribution_plan,
-          units=_batch_units)
+          units=batch_units)
 def eap(session: CircuitSession, rule: str | BackwardRule = "gradient", positions: bool = False) -> Tensor:
     """``[S, R]`` EAP scores: ``dM/dm`` at ``m = 1``. ``rule``: the backward pass ("gradient", or the backward
     rules "gim" and "relp" of :mod:`circuits.interventions.rules`). ``positions``: ``[S, R, L]`` position-aware
     scores, ``dM/dm[S, R, p]`` (their sum over positions is the ``[S, R]`` score)."""
     backward = _rule(rule)
     scores = _scores_buffer(session, positions)
-    for b in _batches(session, "eap"):
+    for b in batches_in_share(session, "eap"):
         session.backward_objective(b, GradientProbe(session.ablated(b).values, scores, rule=backward,
                                                     position_chunk=session.position_chunk, positions=positions))
     return _finish(session, scores)
@@ -109,7 +99,7 @@ def _rule(rule: str | BackwardRule | None) -> BackwardRule | None:
 
 
 @register("node-ap", "node", "attribution patching on heads and MLPs", memory=lambda params: {"kind": "attribution"},
-          units=_batch_units)
+          units=batch_units)
 def node_ap(session: CircuitSession) -> Tensor:
     """``[n_nodes]`` node attribution: each sender's summed outgoing EAP scores (``logits`` gets NaN)."""
     edge_scores = eap(session)
@@ -128,7 +118,7 @@ def _clean_diffs(session: CircuitSession, b: SessionBatch, ablated: Tensor) -> t
 @register("eap-ig", "edge", "EAP with integrated gradients over the input embedding (Hanna et al. 2024)",
           ranges={"steps": {"low": 1}, "steps_per_pass": {"low": 1}, "rule": {"choices": rules.RULES}},
           memory=lambda params: _stacked_steps(params),
-          units=_batch_units)
+          units=batch_units)
 def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None = None,
            rule: str | BackwardRule = "gradient", positions: bool = False) -> Tensor:
     """``[S, R]`` EAP-IG with the input embedding interpolated from ablated to clean.
@@ -144,7 +134,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
     if steps_per_pass is not None and steps_per_pass < 1:
         raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
     scores = _scores_buffer(session, positions)
-    for b in _batches(session, f"eap-ig ({steps} steps)"):
+    for b in batches_in_share(session, f"eap-ig ({steps} steps)"):
         ablated = session.ablated(b).values
         clean, diffs = _clean_diffs(session, b, ablated)
         start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
@@ -162,7 +152,7 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
 
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
           ranges={"steps": {"low": 1}}, memory=lambda params: {**_attribution_plan(params), "sender_copies": 2},
-          units=_batch_units)
+          units=batch_units)
 def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool = False) -> Tensor:
     """``[S, R]`` EAP-IG with each sender group's output interpolated in turn (MIB's ``ig-activations``);
     ``positions``: ``[S, R, L]`` position-aware scores."""
@@ -176,7 +166,7 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool 
         if s.has_mlp:
             groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
     scores = _scores_buffer(session, positions)
-    for b in _batches(session, f"eap-ig-activations ({steps} steps)"):
+    for b in batches_in_share(session, f"eap-ig-activations ({steps} steps)"):
         ablated = session.ablated(b).values
         clean, diffs = _clean_diffs(session, b, ablated)
         for group in groups:
@@ -196,7 +186,7 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool 
           "temperature 2, q/k/v gradients scaled 1/4, 1/4, 1/2",
           ranges={"steps": {"low": 1}, "softmax_temperature": {"low": 0, "low_open": True}},
           memory=lambda params: _stacked_steps(params),
-          units=_batch_units)
+          units=batch_units)
 def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.0) -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.gim` as the backward."""
     return eap_ig(session, steps=steps, rule=rules.gim(softmax_temperature=softmax_temperature))
@@ -206,7 +196,7 @@ def gim(session: CircuitSession, steps: int = 5, softmax_temperature: float = 2.
           "half rule; attention='ah' adds the AH-rule",
           ranges={"steps": {"low": 1}, "attention": {"choices": rules.ATTENTION_RULES}},
           memory=lambda params: _stacked_steps(params),
-          units=_batch_units)
+          units=batch_units)
 def relp(session: CircuitSession, steps: int = 5, attention: str = "gradient") -> Tensor:
     """``[S, R]``: :func:`eap_ig` with :func:`circuits.interventions.rules.relp` as the backward."""
     try:

@@ -16,6 +16,8 @@ result, bit for bit: the passes are a fixed plan, and a resumed run recomputes t
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from circuits.discovery.checkpoint import Checkpoint, CheckpointMismatchError
 from circuits.discovery.progress import progress
 from circuits.discovery.registry import register
 from circuits.graph.structure import GraphStructure
-from circuits.session import CircuitSession, SessionError
+from circuits.session import CircuitSession, SessionBatch, SessionError
 
 
 class EdgeCuts:
@@ -135,6 +137,48 @@ def _node_units(session: CircuitSession, circuits_per_pass: int = 32, incrementa
     return len(pass_plan(NodeCuts(session.structure), circuits_per_pass, incremental))
 
 
+def resumable_passes(session: CircuitSession, n_passes: int,
+                     run_pass: Callable[[SessionBatch, int, dict[str, Tensor]], None], results: dict[str, Tensor], *,
+                     checkpoint: Checkpoint | None = None, description: str = "exact") -> dict[str, Tensor]:
+    """``results`` after ``run_pass(batch, p, results)`` for every batch and every pass ``p`` of a fixed plan of
+    ``n_passes``, each adding its batch's part to its own entries.
+
+    Batch after batch: every pass runs on a batch before the next batch starts, so what a pass holds of its batch
+    (the incremental engine's clean run, :meth:`CircuitSession.held_full`) is made once and held for one batch at a
+    time, whatever the number of examples. A spread run runs this worker's share of the passes on every batch
+    (``session.share``; the other entries stay 0, and since each entry is added up by one worker in batch order,
+    the shares add up to one process's exactly). ``checkpoint``: the results and the next (batch, pass) are saved
+    as the run goes, with the batch plan they belong to (a memory budget may cut batches otherwise), and a run that
+    finds them starts there, to the same tensors bit for bit."""
+    batches = [len(b) for b in session.batches]
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None and (not {*results, "next_unit"} <= set(state) or state.get("batches") != batches):
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint.path if checkpoint else ''} was written by another version of this method or "
+            "with other batches (memory_budget, examples_per_pass); run with the settings it was written with, or "
+            "delete it to start again")
+    results = {k: state[k] for k in results} if state else results
+    start = state["next_unit"] if state else 0
+    passes = session.in_share(range(n_passes))  # a spread run: this worker's share
+    units = [(b, p) for b in session.batches for p in passes]
+    for u in progress(range(start, len(units)), description, session, total=len(units) - start, unit="pass"):
+        run_pass(*units[u], results)
+        if checkpoint is not None:
+            checkpoint.maybe_save({**results, "next_unit": u + 1, "batches": batches})
+    return results
+
+
+def cut_effects(session: CircuitSession, batch: SessionBatch, cuts: EdgeCuts | NodeCuts | EdgePositionCuts,
+                idx: Tensor, incremental: bool = True) -> Tensor:
+    """``[len(idx)]`` float64: ``batch``'s part of the mean objective drop of each of the cuts ``idx`` alone (one
+    circuit each of a batched pass); summed over the batches, the effect. ``incremental``: recompute only what each
+    cut changes (module docstring)."""
+    strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
+    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
+    cut = session.batch_objective(batch, ~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, b]
+    return (full[batch.index][None] - cut).sum(1) / session.n_examples
+
+
 def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | EdgePositionCuts, *,
                        circuits_per_pass: int = 32,
                        incremental: bool = True, checkpoint: Checkpoint | None = None,
@@ -142,34 +186,19 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | Edge
     """``[n_cuts]``: mean objective drop when each cut alone is applied (every cut one circuit of a batched pass).
 
     ``incremental``: recompute only what each cut changes (module docstring); False: the plain engine. The run
-    finishes a batch before the next (every pass of the plan on it), so the incremental engine holds one batch's
-    clean run at a time (:meth:`CircuitSession.held_full`), whatever the number of examples."""
+    finishes a batch before the next (:func:`resumable_passes`), so the incremental engine holds one batch's clean
+    run at a time, whatever the number of examples."""
     if int(circuits_per_pass) < 1:
         raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
-    n = cuts.shape[0]
     plan = pass_plan(cuts, circuits_per_pass, incremental)
     engine = incremental and not isinstance(cuts, EdgePositionCuts)
     session.fit("patched", held=int(engine), by_position=isinstance(cuts, EdgePositionCuts))  # no-op when fitted
-    batches = [len(b) for b in session.batches]  # the plan of the checkpointed work: a budget may cut batches
-    state = checkpoint.load() if checkpoint is not None else None
-    if state is not None and ("next_unit" not in state or state.get("batches") != batches):
-        raise CheckpointMismatchError(f"checkpoint {checkpoint.path if checkpoint else ''} was written by another "
-                                      "version of exact patching or with other batches (memory_budget, "
-                                      "examples_per_pass); run with the settings it was written with, or delete it")
-    effects = state["effects"] if state else torch.zeros(n, dtype=torch.float64)
-    start = state["next_unit"] if state else 0
-    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
-    strategy = session.incremental if engine else None
-    passes = session.in_share(range(len(plan)))  # a spread run: this worker's share
-    units = [(b, p) for b in session.batches for p in passes]  # batch after batch
-    for u in progress(range(start, len(units)), description, session, total=len(units) - start, unit="pass"):
-        b, p = units[u]
-        idx = plan[p]
-        cut = session.batch_objective(b, ~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, b]
-        effects[idx] += (full[b.index][None] - cut).sum(1) / session.n_examples
-        if checkpoint is not None:
-            checkpoint.maybe_save({"effects": effects, "next_unit": u + 1, "batches": batches})
-    return effects
+
+    def run_pass(batch: SessionBatch, p: int, results: dict[str, Tensor]) -> None:
+        results["effects"][plan[p]] += cut_effects(session, batch, cuts, plan[p], incremental)
+
+    return resumable_passes(session, len(plan), run_pass, {"effects": torch.zeros(cuts.shape[0], dtype=torch.float64)},
+                            checkpoint=checkpoint, description=description)["effects"]
 
 
 def _patching_plan(params: dict) -> dict:

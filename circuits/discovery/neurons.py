@@ -15,6 +15,9 @@ Three methods, level ``"neuron"``; each returns :class:`NeuronScores`: node scor
 
 ``circuits.discover(..., method="eap-neurons")`` returns a Graph with ``node_scores`` and ``neuron_scores``; cut it
 with ``graph.top_k(k, level="neuron")`` (units: heads and neurons) and evaluate it with ``level="neuron"``.
+
+Spread over a pool (``workers=``), the attribution methods split the batches (their scores are sums over examples)
+and ``neuron-patching`` its passes, a fixed plan (:class:`NeuronPatchingPlan`) that also lets it checkpoint and resume.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import torch
 from torch import Tensor
 
 from circuits.discovery.attribution import stacked_steps
-from circuits.discovery.exact import NodeCuts, single_cut_effects
-from circuits.discovery.progress import progress
+from circuits.discovery.checkpoint import Checkpoint
+from circuits.discovery.exact import NodeCuts, cut_effects, pass_plan, resumable_passes
 from circuits.discovery.registry import register
+from circuits.discovery.shares import batch_units, batches_in_share
 from circuits.interventions.masked import HeldCircuit, IncrementalResidual
 from circuits.interventions.neurons import NeuronMasked, NeuronProbe
 from circuits.interventions.probe import GradientProbe
-from circuits.session import CircuitSession
+from circuits.session import CircuitSession, SessionBatch
 from circuits.session.neurons import NeuronRuns
 
 
@@ -63,18 +67,13 @@ def _buffers(session: CircuitSession, runs: NeuronRuns) -> tuple[Tensor, Tensor]
             torch.zeros(*runs.shape, dtype=torch.float32, device=session.device))
 
 
-def _batches(session: CircuitSession, description: str):
-    batches = session.in_share(session.batches)
-    return progress(batches, description, session, total=len(batches))
-
-
 @register("eap-neurons", "neuron", "attribution patching of heads and MLP neurons: dM/dn at n = 1",
-          memory=lambda params: {"kind": "attribution", "neurons": 1})
+          memory=lambda params: {"kind": "attribution", "neurons": 1}, units=batch_units)
 def eap_neurons(session: CircuitSession) -> NeuronScores:
     """Head (node) and neuron EAP scores from one forward and backward per batch (module docstring)."""
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
-    for b in _batches(session, "eap (neurons)"):
+    for b in batches_in_share(session, "eap (neurons)"):
         probe = GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk)
         session.backward_objective(b, _as_probe(NeuronProbe(probe, runs.ablated_hidden(b), neurons)))
     n = session.n_examples
@@ -83,14 +82,15 @@ def eap_neurons(session: CircuitSession) -> NeuronScores:
 
 @register("eap-ig-neurons", "neuron", "EAP-IG (inputs) of heads and MLP neurons (Hanna et al. 2024; MIB)",
           ranges={"steps": {"low": 1}},
-          memory=lambda params: {"kind": "attribution", "sender_copies": 2, "steps": params["steps"], "neurons": 2})
+          memory=lambda params: {"kind": "attribution", "sender_copies": 2, "steps": params["steps"], "neurons": 2},
+          units=batch_units)
 def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
     """Head (node) and neuron EAP-IG scores, gradients averaged over ``steps`` interpolated input embeddings."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
-    for b in _batches(session, f"eap-ig ({steps} steps, neurons)"):
+    for b in batches_in_share(session, f"eap-ig ({steps} steps, neurons)"):
         ablated = session.ablated(b).values
         abl_hidden = runs.ablated_hidden(b)
         clean, clean_hidden = runs.clean_run(b)
@@ -110,35 +110,73 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
     return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
 
 
-@register("neuron-patching", "neuron", "each head's and MLP neuron's exact effect, ablated alone (batched)",
-          ranges={"circuits_per_pass": {"low": 1}},
-          memory=lambda params: {"kind": "patched", "neurons": 1, "held": 1})
-def neuron_patching(session: CircuitSession, circuits_per_pass: int = 32) -> NeuronScores:
-    """Exact single-unit effects: objective(full) - objective(all but that unit), averaged over pairs."""
+class NeuronPatchingPlan:
+    """``neuron-patching``'s fixed work list: node patching's passes (:func:`~circuits.discovery.exact.pass_plan`
+    of the node cuts), then one pass per layer and chunk of ``circuits_per_pass`` neurons, each over every batch.
+    Every score comes from one pass, so a spread run's shares (0 elsewhere) add up to one process's exactly."""
+
+    def __init__(self, session: CircuitSession, circuits_per_pass: int):
+        L, m = NeuronRuns(session).shape
+        self.node_cuts = NodeCuts(session.structure)
+        self.node_passes = pass_plan(self.node_cuts, circuits_per_pass)
+        self.neuron_passes = [(layer, idx) for layer in range(L) for idx in torch.arange(m).split(circuits_per_pass)]
+
+    def __len__(self) -> int:
+        return len(self.node_passes) + len(self.neuron_passes)
+
+
+def _patching_units(session: CircuitSession, circuits_per_pass: int = 32, **params) -> int:
+    """What a spread run splits (``Method.units``): the passes of :class:`NeuronPatchingPlan`."""
+    return len(NeuronPatchingPlan(session, circuits_per_pass))
+
+
+def _neuron_cut_effects(session: CircuitSession, runs: NeuronRuns, batch: SessionBatch, layer: int,
+                        idx: Tensor) -> Tensor:
+    """``[len(idx)]`` float64: ``batch``'s part of the mean objective drop of each neuron ``idx`` of ``layer`` cut
+    alone, one circuit each of a batched pass that recomputes only this MLP and what it feeds (the rest held)."""
     s = session.structure
-    nodes = torch.full((s.n_nodes,), float("nan"))
-    nodes[:-1] = single_cut_effects(session, NodeCuts(s), circuits_per_pass=circuits_per_pass,
-                                    description="node patching").float()
-    runs = NeuronRuns(session)
     L, m = runs.shape
-    effects = torch.zeros(L, m, dtype=torch.float64)
+    c = len(idx)
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     edges = s.edge_mask.to(session.device, session.model.dtype)
-    passes = [(b, layer, start) for b in session.batches for layer in range(L)
-              for start in range(0, m, circuits_per_pass)]
+    masks = torch.ones(c, L, m, dtype=session.model.dtype)
+    masks[torch.arange(c), layer, idx] = 0  # [c, L, m]: one cut neuron per circuit
     with torch.no_grad():
-        for b, layer, start in progress(passes, "neuron patching", session, total=len(passes), unit="pass"):
-            held = session.held_full(b)
-            exact = held.exact.clone()
-            exact[s.mlp_sender(layer)] = False  # recompute this MLP and what it feeds, hold the rest
-            idx = torch.arange(start, min(m, start + circuits_per_pass))
-            c = len(idx)
-            masks = torch.ones(c, L, m, dtype=session.model.dtype)
-            masks[torch.arange(c), layer, idx] = 0
-            inner = IncrementalResidual(edges[None].expand(c, *edges.shape), session.ablated(b),
-                                        HeldCircuit(held.mask, held.outputs, exact))
-            logits = session.run(b, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(b)))
-            session.forwards += 1
-            cut = session.objective(logits, b).double().cpu()  # [c, b]
-            effects[layer, idx] += (full[b.index][None] - cut).sum(1)
-    return NeuronScores(nodes, (effects / session.n_examples).float())
+        held = session.held_full(batch)
+        exact = held.exact.clone()
+        exact[s.mlp_sender(layer)] = False  # recompute this MLP and what it feeds, hold the rest
+        inner = IncrementalResidual(edges[None].expand(c, *edges.shape), session.ablated(batch),
+                                    HeldCircuit(held.mask, held.outputs, exact))
+        logits = session.run(batch, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(batch)))
+        session.forwards += 1
+        cut = session.objective(logits, batch).double().cpu()  # [c, b]
+    return (full[batch.index][None] - cut).sum(1) / session.n_examples
+
+
+@register("neuron-patching", "neuron", "each head's and MLP neuron's exact effect, ablated alone (batched)",
+          checkpoints=True, ranges={"circuits_per_pass": {"low": 1}}, units=_patching_units,
+          memory=lambda params: {"kind": "patched", "neurons": 1, "held": 1})
+def neuron_patching(session: CircuitSession, circuits_per_pass: int = 32,
+                    checkpoint: Checkpoint | None = None) -> NeuronScores:
+    """Exact single-unit effects: objective(full) - objective(all but that unit), averaged over pairs. The passes
+    are a fixed plan (:class:`NeuronPatchingPlan`), run batch after batch (each batch's clean run held once): a run
+    with ``checkpoint`` resumes to the same scores."""
+    s = session.structure
+    runs = NeuronRuns(session)
+    plan = NeuronPatchingPlan(session, circuits_per_pass)
+    n_node = len(plan.node_passes)
+
+    def run_pass(batch: SessionBatch, p: int, results: dict[str, Tensor]) -> None:
+        if p < n_node:
+            results["nodes"][plan.node_passes[p]] += cut_effects(session, batch, plan.node_cuts, plan.node_passes[p])
+        else:
+            layer, idx = plan.neuron_passes[p - n_node]
+            results["neurons"][layer, idx] += _neuron_cut_effects(session, runs, batch, layer, idx)
+
+    zeros = {"nodes": torch.zeros(s.n_senders, dtype=torch.float64),
+             "neurons": torch.zeros(*runs.shape, dtype=torch.float64)}
+    results = resumable_passes(session, len(plan), run_pass, zeros, checkpoint=checkpoint,
+                               description="neuron patching")
+    nodes = torch.full((s.n_nodes,), float("nan"))
+    nodes[:-1] = results["nodes"].float()
+    return NeuronScores(nodes, results["neurons"].float())

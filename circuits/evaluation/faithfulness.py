@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from circuits.graph.graph import Graph
-from circuits.graph.levels import check_positions, edge_mask_of, run_circuits
+from circuits.graph.levels import check_positions, edge_mask_of, neuron_masks, run_circuits
 from circuits.graph.minimal import check_circuit
 from circuits.graph.pruning import prune as prune_mask
 from circuits.graph.selection import fraction_to_k, parse_selection, select, warn_if_uninformative
@@ -311,9 +311,9 @@ def _curves(model: CircuitModel | None, task: Task | None, scored: Graph, absolu
     picks = [[_select(scored, fr, absolute, level, selection) for fr in fractions] for absolute in absolutes]
     masks = torch.stack([c.in_graph.cpu() for row in picks for _, c in row])
     if level == "neuron":  # heads and MLP neurons kept, the cut neurons ablated (circuits.graph.levels)
-        if not isinstance(runner, CircuitSession):
-            raise ValueError("neuron-level curves run in one process (a CircuitSession), not on a pool")
-        values = run_circuits(runner, [c for row in picks for _, c in row], "neuron", kl=True)
+        circuits = [c for row in picks for _, c in row]
+        values = (run_circuits(runner, circuits, "neuron", kl=True) if isinstance(runner, CircuitSession)
+                  else runner.neuron_circuit_metrics(*neuron_masks(circuits), kl=True))  # a pool: split over actors
     else:  # every point of every curve: one batched pass over the examples
         values = runner.circuit_metrics(masks, kl=True)
     metric, kl = values.metric, values.kl

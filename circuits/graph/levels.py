@@ -67,12 +67,15 @@ def neuron_mask_of(circuit: Graph) -> torch.Tensor:
     return kept.cpu()
 
 
+def neuron_masks(circuits: Sequence[Graph], prune: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(edges [C, S, R] bool, neurons [C, L, m] float)``: what a run of neuron-level ``circuits`` takes."""
+    edges = torch.stack([edge_mask_of(c, prune, "neuron") for c in circuits])
+    return edges, torch.stack([neuron_mask_of(c) for c in circuits]).float()
+
+
 def run_circuits(session: CircuitSession, circuits: Sequence[Graph], level: str, *, prune: bool = True,
                  kl: bool = False, neuron_runs: NeuronRuns | None = None) -> CircuitMetrics:
     """The metrics of ``circuits`` run at ``level`` on ``session`` (one batched pass per batch of examples)."""
-    edges = torch.stack([edge_mask_of(c, prune, level) for c in circuits])  # [C, S, R]
     if level != "neuron":
-        return session.circuit_metrics(edges, kl=kl)
-    runs = neuron_runs or NeuronRuns(session)
-    neurons = torch.stack([neuron_mask_of(c) for c in circuits]).float()  # [C, L, m]
-    return runs.circuit_metrics(edges, neurons, kl=kl)
+        return session.circuit_metrics(torch.stack([edge_mask_of(c, prune, level) for c in circuits]), kl=kl)
+    return (neuron_runs or NeuronRuns(session)).circuit_metrics(*neuron_masks(circuits, prune), kl=kl)

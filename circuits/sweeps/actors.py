@@ -4,6 +4,7 @@ exist), that discovers and evaluates with the result of one process.
     with ray_session(), EvaluatorPool("zoo:planted-ioi", task, n_actors=2) as pool:  # or a loaded CircuitModel
         scored = pool.discover("eap-ig", steps=5)  # = circuits.discover(model, task, "eap-ig", workers=pool)
         values = pool.circuit_metrics(masks, kl=True) # [C, S, R] -> [C, n] each, as CircuitSession.circuit_metrics
+        values = pool.neuron_circuit_metrics(edges, neurons) # [C, S, R] and [C, L, m]: neuron circuits, as NeuronRuns
         curve = pool.faithfulness_curve(scored)       # as circuits.faithfulness_curve, its points split over actors
         scores = pool.mib_scores(scored)              # CPR (signed curve) and CMD (absolute curve), 20 circuits
         with pool.acdc():                             # ACDC's candidate batches evaluated by the pool
@@ -11,17 +12,19 @@ exist), that discovers and evaluates with the result of one process.
 
 What is split, and why the result is one process's:
 
-* **Discovery by attribution** (eap, eap-ig, eap-ig-activations, node-ap, gim, relp) splits the *examples*: the
-  scores are sums over the session's batches, so each actor scores a share of the batches (``session.share``)
-  and the driver adds the shares up (in float64, in share order). Each share is normalised by the whole run's
-  example count, as one process normalises the whole sum, so only the order of the float32 additions differs.
-* **Exact and node patching** split the *cuts*: their passes (a fixed plan) are independent, so each actor runs
-  a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* **Discovery by attribution** (eap, eap-ig, eap-ig-activations, node-ap, gim, relp, eap-neurons,
+  eap-ig-neurons) splits the *examples*: the scores are sums over the session's batches, so each actor scores a
+  share of the batches (``session.share``) and the driver adds the shares up (in float64, in share order). Each
+  share is normalised by the whole run's example count, as one process normalises the whole sum, so only the
+  order of the float32 additions differs.
+* **Exact, node and neuron patching** split the *cuts*: their passes (a fixed plan) are independent, so each
+  actor runs a share of the passes and the others' entries stay 0; the sum is the one-process result exactly.
+* A neuron method's ``NeuronScores`` (node and neuron scores) are added up field by field, as tensors are.
 * **Ensembles** spread each member so, and combine the members' ranks on the driver.
-* **Evaluation** (circuit metrics, faithfulness curves, ACDC's candidate batches) splits the *circuits*: a
-  circuit's metric on an example depends only on its mask, the example and the model, so each actor takes a
-  contiguous chunk and the answers are concatenated in order. They agree with one process to rounding (tested
-  to 1e-5): which nodes a patched pass skips depends on which circuits share the pass.
+* **Evaluation** (circuit metrics, faithfulness curves, neuron-level ones too, ACDC's candidate batches) splits the
+  *circuits*: a circuit's metric on an example depends only on its masks, the example and the model, so each
+  actor takes a contiguous chunk and the answers are concatenated in order. They agree with one process to
+  rounding (tested to 1e-5): which nodes a patched pass skips depends on which circuits share the pass.
 
 Every actor builds the same :class:`~circuits.session.CircuitSession` (same data, batch plan, ablation and
 metric) from the same weights; nothing about batches is prepared here. **Lost workers**: an actor whose process
@@ -34,6 +37,7 @@ pieces per actor for a discovery), so faster actors take more.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections import deque
@@ -43,6 +47,7 @@ import torch
 
 from circuits.discovery import METHODS, DiscoveryError
 from circuits.session import CircuitMetrics, CircuitSession
+from circuits.session.neurons import NeuronRuns
 
 if TYPE_CHECKING:  # pragma: no cover
     from circuits.discovery import Method
@@ -74,6 +79,25 @@ def _setup_key(session: CircuitSession) -> str:
     return h.hexdigest()
 
 
+def _fieldwise(combine: Callable[..., torch.Tensor], outputs: Sequence[Any]) -> Any:
+    """``combine(*outputs)`` of a method's tensor outputs, or field by field of its dataclasses of tensors (a neuron
+    method's ``NeuronScores``), as the same dataclass: one rule for what a spread run ships and adds up."""
+    first = outputs[0]
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(first, **{f.name: _fieldwise(combine, [getattr(o, f.name) for o in outputs])
+                                             for f in dataclasses.fields(first)})
+    return combine(*outputs)
+
+
+def _sum_in_order(*parts: torch.Tensor) -> torch.Tensor:
+    """The shares' sum in float64 and in share order (the same whichever actor ran which share), in their dtype;
+    an entry NaN in every share (a node score's ``logits``) stays NaN."""
+    total = torch.zeros_like(parts[0], dtype=torch.float64)
+    for part in parts:
+        total += part
+    return total.to(parts[0].dtype)
+
+
 class _Replica:
     """The actor: one model replica, one evaluation CircuitSession, and (on demand) the session of a spread
     discovery and ACDC's evaluator."""
@@ -98,6 +122,7 @@ class _Replica:
                                       circuits_per_pass=circuits_per_pass, grouped_kv=grouped_kv)
         self.discovery: tuple[str, CircuitSession] | None = None  # the latest spread discovery's session
         self.acdc_evaluators: dict = {}
+        self.neuron_runs: NeuronRuns | None = None
 
     def node(self) -> str:
         """The Ray node this replica runs on."""
@@ -107,6 +132,11 @@ class _Replica:
 
     def circuit_metrics(self, masks: torch.Tensor, kl: bool):
         return self.session.circuit_metrics(masks, kl=kl)
+
+    def neuron_circuit_metrics(self, edges: torch.Tensor, neurons: torch.Tensor, kl: bool):
+        if self.neuron_runs is None:  # built once: it keeps each batch's ablated neuron activations
+            self.neuron_runs = NeuronRuns(self.session)
+        return self.neuron_runs.circuit_metrics(edges, neurons, kl=kl)
 
     def baselines(self):
         r = self.session
@@ -135,12 +165,12 @@ class _Replica:
         assert units is not None
         return units(self._discovery_session(setup), **params)
 
-    def discover_share(self, setup: Setup, method: str, params: dict, share: tuple[int, ...]) -> torch.Tensor:
-        """``method``'s output on the units ``share`` of its work list (they add up over shares)."""
+    def discover_share(self, setup: Setup, method: str, params: dict, share: tuple[int, ...]) -> Any:
+        """``method``'s output on the units ``share`` of its work list (they add up over shares), on the CPU."""
         session = self._discovery_session(setup)
         session.share = share
         try:
-            return METHODS[method].fn(session, **params).cpu()
+            return _fieldwise(torch.Tensor.cpu, [METHODS[method].fn(session, **params)])
         finally:
             session.share = None
 
@@ -287,10 +317,19 @@ class EvaluatorPool:
         if masks.dim() == 2:
             masks = masks[None]
         masks = masks.detach().cpu()
-        parts = self._dispatch(lambda a, c: a.circuit_metrics.remote(masks[c].clone(), kl),
-                               self._chunks(masks.shape[0]))
-        return CircuitMetrics(torch.cat([p.metric for p in parts]),
-                              torch.cat([p.kl for p in parts]) if kl else None)
+        return self._split_circuits(lambda a, c: a.circuit_metrics.remote(masks[c].clone(), kl), masks.shape[0], kl)
+
+    def neuron_circuit_metrics(self, edges: torch.Tensor, neurons: torch.Tensor, *, kl: bool = False) -> CircuitMetrics:
+        """Neuron circuits ``(edges [C, S, R], neurons [C, L, m])`` -> metric (and KL) ``[C, n]``, as
+        :meth:`circuits.session.neurons.NeuronRuns.circuit_metrics`, the circuits split across actors."""
+        edges, neurons = edges.detach().cpu(), neurons.detach().cpu()
+        return self._split_circuits(lambda a, c: a.neuron_circuit_metrics.remote(edges[c].clone(), neurons[c].clone(),
+                                                                                 kl), edges.shape[0], kl)
+
+    def _split_circuits(self, submit: Callable[[Any, slice], Any], n_circuits: int, kl: bool) -> CircuitMetrics:
+        """``submit(actor, circuits)``'s metrics for contiguous chunks of ``n_circuits`` circuits, concatenated."""
+        parts = self._dispatch(submit, self._chunks(n_circuits))
+        return CircuitMetrics(torch.cat([p.metric for p in parts]), torch.cat([p.kl for p in parts]) if kl else None)
 
     # ---- discovery over the pool ----------------------------------------------------------------------------
     def discover(self, method: str = "eap-ig", **kwargs: Any) -> Graph:
@@ -348,10 +387,7 @@ class EvaluatorPool:
         shares = [tuple(range(c.start, c.stop)) for c in chunks]
         parts = self._dispatch(lambda a, share: a.discover_share.remote(setup, method.name, params, share), shares,
                                sizes=[len(share) for share in shares])
-        total = torch.zeros_like(parts[0], dtype=torch.float64)
-        for part in parts:  # in share order: the same sum whichever actor ran which share
-            total += part
-        return total.to(parts[0].dtype)
+        return _fieldwise(_sum_in_order, parts)
 
     # ---- the evaluation API over the pool -------------------------------------------------------------------
     def faithfulness_curve(self, scored, *, fractions=None, absolute: bool = False, level: str = "edge",

@@ -228,3 +228,33 @@ def test_neuron_session_rejects_masks_of_the_wrong_shape(tokenizer):
     s = model.structure
     with pytest.raises(circuits.session.SessionError, match="neuron masks must be"):
         runs.circuit_metrics(s.edge_mask[None].float(), torch.ones(1, 2, 5))
+
+
+def test_neuron_patching_resumes_from_a_checkpoint_to_the_same_result(tokenizer, tmp_path, interrupt_after_saves):
+    """Interrupted among the neuron passes (after every node pass), run again: the scores of an uninterrupted run,
+    bit for bit; a checkpoint of another run is refused."""
+    from circuits.discovery.neurons import NeuronPatchingPlan
+
+    model = small_model(tokenizer, dtype=torch.float32)
+    task = circuits.load_task("ioi", model, n=6, seed=4)
+    kwargs = dict(split="all", batch_size=4, circuits_per_pass=40)
+    reference = discover(model, task, "neuron-patching", **kwargs)
+    plan = NeuronPatchingPlan(CircuitSession(model, task, split="all", batch_size=4), 40)
+    ckpt = tmp_path / "neurons.ckpt"
+    interrupt_after_saves(len(plan.node_passes) + 2)
+    with pytest.raises(KeyboardInterrupt):
+        discover(model, task, "neuron-patching", checkpoint=ckpt, **kwargs)
+    state = torch.load(ckpt, weights_only=False)
+    # units are (batch, pass), batch after batch: stopped midway through the first batch's neuron passes
+    assert len(plan.node_passes) < state["next_unit"] < len(plan)
+    interrupt_after_saves(None)
+    resumed = discover(model, task, "neuron-patching", checkpoint=ckpt, **kwargs)
+    assert torch.equal(resumed.neuron_scores, reference.neuron_scores)
+    assert torch.equal(resumed.node_scores.nan_to_num(), reference.node_scores.nan_to_num())
+    assert not ckpt.exists(), "a finished run removes its checkpoint"
+    interrupt_after_saves(1)
+    with pytest.raises(KeyboardInterrupt):
+        discover(model, task, "neuron-patching", checkpoint=ckpt, **kwargs)
+    interrupt_after_saves(None)
+    with pytest.raises(circuits.discovery.checkpoint.CheckpointMismatchError, match="different run"):
+        discover(model, task, "neuron-patching", checkpoint=ckpt, **{**kwargs, "circuits_per_pass": 20})

@@ -53,6 +53,20 @@ def test_faithfulness_curve_equals_one_process(setup):
     assert curve.faithfulness == pytest.approx(one["absolute"].faithfulness, abs=1e-5)
 
 
+def test_neuron_curve_equals_one_process(setup):
+    """A neuron-level curve's circuits (heads and MLP neurons) split over the actors, as edge curves."""
+    model, task, _, pool = setup
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scored = circuits.discover(model, task, "eap-neurons", batch_size=6)
+        one = circuits.faithfulness_curve(model, task, scored, level="neuron", batch_size=6, circuits_per_pass=4)
+    spread = pool.faithfulness_curve(scored, level="neuron")
+    assert len(set(one.faithfulness)) > 2  # not a flat curve
+    assert spread.k == one.k and spread.n_edges == one.n_edges and spread.level == "neuron"
+    assert spread.faithfulness == pytest.approx(one.faithfulness, abs=1e-5)
+    assert spread.kl == pytest.approx(one.kl, abs=1e-6)
+
+
 def test_acdc_candidates_on_the_pool(setup):
     model, task, _, pool = setup
     kwargs = dict(batch_size=6, threshold=0.005, circuits_per_pass=8, max_receivers=6)
@@ -78,17 +92,25 @@ def test_acdc_candidates_on_the_pool(setup):
 # example count, and the driver adds the shares. Only the order of the float32 additions differs from one
 # process (relative rounding ~1e-7 per addition), so 1e-5 of the largest |score| bounds it; a share counted
 # twice, lost, or normalised by its own size would be off by ~25-100%.
+# Neuron-level methods (heads and MLP neurons: NeuronScores, added up field by field) split the same way, their
+# attribution measured at ~3e-7 of the largest score, so asserted at 1e-6.
 ATTRIBUTION = [("eap", {}), ("eap-ig", {"steps": 3}), ("eap-ig-activations", {"steps": 2}), ("node-ap", {}),
-               ("gim", {"steps": 2}), ("relp", {"steps": 2})]
+               ("gim", {"steps": 2}), ("relp", {"steps": 2}), ("eap-neurons", {}), ("eap-ig-neurons", {"steps": 2})]
+# Patching splits its passes: each score is computed whole in one pass, so the shares add up to it exactly.
+PATCHING = [("exact", {"circuits_per_pass": 4}), ("node-patching", {}), ("neuron-patching", {"circuits_per_pass": 48})]
 
 
 def _scores(graph):
-    """Edge scores on the graph's edges ``[E]``, or node scores ``[n_nodes]`` (logits NaN)."""
-    return graph.scores[graph.structure.edge_mask] if graph.node_scores is None else graph.node_scores
+    """Edge scores on the graph's edges ``[E]``, or node scores ``[n_nodes]`` (logits NaN), then a neuron-level
+    graph's neuron scores ``[L * m]``."""
+    if graph.node_scores is None:
+        return graph.scores[graph.structure.edge_mask]
+    if graph.neuron_scores is None:
+        return graph.node_scores
+    return torch.cat([graph.node_scores, graph.neuron_scores.flatten()])
 
 
-@pytest.mark.parametrize("method,params", ATTRIBUTION + [("exact", {"circuits_per_pass": 4}), ("node-patching", {})],
-                         ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("method,params", ATTRIBUTION + PATCHING, ids=lambda x: x if isinstance(x, str) else "")
 def test_discover_on_the_pool_equals_one_process(setup, method, params):
     model, task, _, pool = setup
     with warnings.catch_warnings():
@@ -99,10 +121,11 @@ def test_discover_on_the_pool_equals_one_process(setup, method, params):
     assert torch.equal(a.isnan(), b.isnan())  # node methods: logits NaN; edge methods: none
     a, b = a[~a.isnan()], b[~b.isnan()]
     assert float(a.abs().max()) > 0 and (a != 0).float().mean() > 0.9  # real scores, not an empty graph
-    if method in ("exact", "node-patching"):  # the shares are disjoint passes, the same passes as one process
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    if (method, params) in PATCHING:  # the shares are disjoint passes, the same passes as one process
+        assert torch.equal(a, b)
     else:
-        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+        tolerance = 1e-6 if circuits.discovery.METHODS[method].level == "neuron" else 1e-5
+        assert float((a - b).abs().max()) <= tolerance * float(a.abs().max())
     assert spread.metadata["params"] == one.metadata["params"] and spread.metadata["n_examples"] == 12
     assert spread.metadata["method"] == method and spread.metadata["split"] == "train"
 
@@ -124,8 +147,9 @@ def test_ensemble_on_the_pool_equals_one_process(setup):
 
 def test_discover_on_the_pool_refuses_sequential_methods(setup):
     _, _, _, pool = setup
-    with pytest.raises(circuits.discovery.DiscoveryError, match="'edge-pruning' runs in one process.*eap-ig"):
+    with pytest.raises(circuits.discovery.DiscoveryError, match="'edge-pruning' runs in one process.*eap-ig") as err:
         pool.discover("edge-pruning")
+    assert all(name in str(err.value) for name in ("eap-neurons", "eap-ig-neurons", "neuron-patching"))
     with pytest.raises(circuits.discovery.DiscoveryError, match="takes no checkpoint"):
         pool.discover("exact", checkpoint="x.ckpt")
 
