@@ -212,8 +212,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help=f"hub id, local folder, zoo:NAME or random:PRESET (default: {DEFAULT_MODEL})")
     p.add_argument("--task", help="task name, tasks/*.toml, or a pairs file (default: a bundled model's own task, "
                                   "else ioi)")
-    p.add_argument("--method", help="eap, eap-ig, eap-ig-activations, acdc, edge-pruning, exact, node-ap, "
-                                    "node-patching, random (default: eap-ig)")
+    p.add_argument("--method", help="a discovery method, e.g. eap-ig (the default), eap, exact, acdc, edge-pruning, "
+                                    "node-patching, eap-ig-neurons; a name that is not one lists them all")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a method parameter, e.g. steps=10")
     p.add_argument("--n", type=int, help="pairs to build (default: 200; half for discovery)")
     p.add_argument("--seed", type=int, help="task seed (default: 0)")
