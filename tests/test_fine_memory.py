@@ -14,6 +14,7 @@ from circuits.interventions.ablation import ablated_outputs
 from circuits.interventions.masked import MaskedResidual, PositionMaskedResidual
 from circuits.interventions.neurons import NeuronMasked, NeuronProbe, hidden_ablation
 from circuits.interventions.probe import GradientProbe
+from circuits.models.random import random_model
 from circuits.session import CircuitSession
 from circuits.session.memory import ModelWidths, estimate_peak, head_subset_weights
 from circuits.session.neurons import NeuronRuns
@@ -177,18 +178,38 @@ def test_budgeted_incremental_patching_stays_under_the_budget(family):
                                atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method, params", [("eap-neurons", {}), ("eap-ig-neurons", {"steps": 2}),
-                                            ("neuron-patching", {"circuits_per_pass": 64})])
-def test_budgeted_neuron_discovery_equals_unbudgeted(method, params):
-    """discover() fits the neuron methods' plans (their neuron differences, masks and ablations): under a budget
-    of about one example's pass the scores equal the unbudgeted ones."""
-    model = model_of("gpt2", torch.float32, 2)
+FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2"]
+NEURON_RUNS = [("eap-neurons", {}, f) for f in FAMILIES] + [("eap-ig-neurons", {"steps": 2}, f) for f in FAMILIES] + \
+    [("neuron-patching", {"circuits_per_pass": 64}, f) for f in ("llama", "gpt2")]
+
+
+@pytest.mark.parametrize("method, params, family", NEURON_RUNS)
+def test_budgeted_neuron_discovery_equals_unbudgeted(method, params, family):
+    """discover() fits the neuron methods' plans, their neuron tensors included: a budget below the smallest pass
+    with them (above it without them) is refused before any forward; a budget of about two examples' pass (and,
+    for neuron patching, 8 of its 64 circuits per pass) cuts the batches of 4, peaks under the budget and gives
+    the unbudgeted scores."""
+    patching = method == "neuron-patching"
+    d = 64 if patching else 256  # neuron patching: 2 x 256 neurons, each cut alone
+    model = random_model(family, n_layers=2, n_heads=4, d_model=d, vocab_size=V, dtype=torch.float32,
+                         **({"n_kv_heads": 2} if family == "llama" else {}))
     task = random_task(N, P)
     plan = circuits.discovery.METHODS[method].memory_plans(params)[0]
-    budget = estimate_peak(ModelWidths.of(model), plan["kind"], examples=1, positions=P,
-                           **{k: v for k, v in plan.items() if k != "kind"}).total + 2**20
+    reads = {k: v for k, v in plan.items() if k not in ("kind", "steps", "fixed_steps")}
+    w = ModelWidths.of(model)
+
+    def smallest(examples: int, circuits: int = 1, **change) -> int:  # fit's last try: 1 step, a position chunk of 1
+        chunk = {"position_chunk": 1} if plan["kind"] == "attribution" else {"circuits": circuits}
+        return estimate_peak(w, plan["kind"], examples=examples, positions=P, **chunk, **{**reads, **change}).total
+
+    assert smallest(1, neurons=0) < smallest(1)
     kw = dict(split="all", batch_size=BATCH, show_progress=False, check=False, **params)
-    got = circuits.discover(model, task, method, memory_budget=budget, **kw)
+    with pytest.raises(MemoryBudgetError, match="1 example"):
+        circuits.discover(model, task, method, memory_budget=(smallest(1, neurons=0) + smallest(1)) // 2, **kw)
+    budget = smallest(2, circuits=8) if patching else smallest(2)
+    with StoragePeak() as tracked:
+        got = circuits.discover(model, task, method, memory_budget=budget, **kw)
+    assert tracked.peak <= budget, (tracked.peak, budget)
     want = circuits.discover(model, task, method, **kw)
     torch.testing.assert_close(got.neuron_scores, want.neuron_scores, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(got.node_scores, want.node_scores, atol=1e-6, rtol=1e-5, equal_nan=True)

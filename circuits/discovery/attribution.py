@@ -135,19 +135,27 @@ def eap_ig(session: CircuitSession, steps: int = 5, steps_per_pass: int | None =
         raise ValueError(f"steps_per_pass must be at least 1 (or None for automatic), got {steps_per_pass}")
     scores = _scores_buffer(session, positions)
     for b in batches_in_share(session, f"eap-ig ({steps} steps)"):
-        ablated = session.ablated(b).values
-        clean, diffs = _clean_diffs(session, b, ablated)
-        start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-        per_pass = stacked_steps(session, b, steps, steps_per_pass)
-        for k0 in range(0, steps, per_pass):
-            alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
-            T = len(alphas)
-            embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
-            embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
-            probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T,
-                                  rule=backward, position_chunk=session.position_chunk, positions=positions)
-            session.backward_objective(b, probe, repeats=T)
+        _eap_ig_batch(session, b, scores, steps, steps_per_pass, backward, positions)
     return _finish(session, scores, steps)
+
+
+def _eap_ig_batch(session: CircuitSession, b: SessionBatch, scores: Tensor, steps: int, steps_per_pass: int | None,
+                  backward: BackwardRule | None, positions: bool) -> None:
+    """One batch of :func:`eap_ig`, its scores added to ``scores``. A function of its own so that its clean outputs
+    and differences ``[S, B, P, d]`` are freed when it returns, before the next batch's are made."""
+    ablated = session.ablated(b).values
+    clean, diffs = _clean_diffs(session, b, ablated)
+    start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+    per_pass = stacked_steps(session, b, steps, steps_per_pass)
+    for k0 in range(0, steps, per_pass):
+        alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
+        T = len(alphas)
+        embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None])  # [T, B, P, d]
+        embedding = embedding.flatten(0, 1).detach().requires_grad_(True)
+        probe = GradientProbe(ablated, scores, diffs=diffs, overrides={0: embedding[None]}, repeats=T,
+                              rule=backward, position_chunk=session.position_chunk, positions=positions)
+        session.backward_objective(b, probe, repeats=T)
+        del embedding, probe  # the next step's are made without them
 
 
 @register("eap-ig-activations", "edge", "EAP-IG interpolating each sender group's activations (MIB)",
@@ -167,19 +175,24 @@ def eap_ig_activations(session: CircuitSession, steps: int = 5, positions: bool 
             groups.append(slice(s.mlp_sender(layer), s.mlp_sender(layer) + 1))
     scores = _scores_buffer(session, positions)
     for b in batches_in_share(session, f"eap-ig-activations ({steps} steps)"):
-        ablated = session.ablated(b).values
-        clean, diffs = _clean_diffs(session, b, ablated)
-        for group in groups:
-            abl = ablated[group].expand_as(clean[group])
-            for k in range(1, steps + 1):
-                value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
-                if group.start == 0:
-                    value = value.detach().requires_grad_(True)
-                session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs,
-                                                            overrides={group.start: value},
-                                                            position_chunk=session.position_chunk,
-                                                            positions=positions))
+        _eap_ig_activations_batch(session, b, scores, groups, steps, positions)
     return _finish(session, scores, steps * len(groups))
+
+
+def _eap_ig_activations_batch(session: CircuitSession, b: SessionBatch, scores: Tensor, groups: list[slice],
+                              steps: int, positions: bool) -> None:
+    """One batch of :func:`eap_ig_activations` (its tensors freed when it returns, as :func:`_eap_ig_batch`)."""
+    ablated = session.ablated(b).values
+    clean, diffs = _clean_diffs(session, b, ablated)
+    for group in groups:
+        abl = ablated[group].expand_as(clean[group])
+        for k in range(1, steps + 1):
+            value = abl + (k / steps) * diffs[group]  # [k, B, P, d]
+            if group.start == 0:
+                value = value.detach().requires_grad_(True)
+            session.backward_objective(b, GradientProbe(ablated, scores, diffs=diffs, overrides={group.start: value},
+                                                        position_chunk=session.position_chunk, positions=positions))
+            del value
 
 
 @register("gim", "edge", "EAP-IG with GIM's backward (Edin et al. 2025): frozen norms, softmax gradient at "

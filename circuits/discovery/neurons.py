@@ -73,9 +73,10 @@ def eap_neurons(session: CircuitSession) -> NeuronScores:
     """Head (node) and neuron EAP scores from one forward and backward per batch (module docstring)."""
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
-    for b in batches_in_share(session, "eap (neurons)"):
-        probe = GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk)
-        session.backward_objective(b, _as_probe(NeuronProbe(probe, runs.ablated_hidden(b), neurons)))
+    for b in batches_in_share(session, "eap (neurons)"):  # the probes are freed with the call, before the next batch
+        session.backward_objective(b, _as_probe(NeuronProbe(
+            GradientProbe(session.ablated(b).values, edges, position_chunk=session.position_chunk),
+            runs.ablated_hidden(b), neurons)))
     n = session.n_examples
     return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
 
@@ -91,23 +92,32 @@ def eap_ig_neurons(session: CircuitSession, steps: int = 5) -> NeuronScores:
     runs = NeuronRuns(session)
     edges, neurons = _buffers(session, runs)
     for b in batches_in_share(session, f"eap-ig ({steps} steps, neurons)"):
-        ablated = session.ablated(b).values
-        abl_hidden = runs.ablated_hidden(b)
-        clean, clean_hidden = runs.clean_run(b)
-        diffs = clean - ablated  # [S, B, P, d]
-        hidden_diffs = clean_hidden - abl_hidden  # [L, B, P, m]
-        start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
-        per_pass = stacked_steps(session, b, steps)
-        for k0 in range(0, steps, per_pass):
-            alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
-            T = len(alphas)
-            embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None]).flatten(0, 1)  # [T*B, P, d]
-            probe = GradientProbe(ablated, edges, diffs=diffs, overrides={0: embedding.requires_grad_(True)[None]},
-                                  repeats=T, position_chunk=session.position_chunk)
-            wrapped = NeuronProbe(probe, abl_hidden, neurons, diffs=hidden_diffs, repeats=T)
-            session.backward_objective(b, _as_probe(wrapped), repeats=T)
+        _eap_ig_neurons_batch(session, runs, b, edges, neurons, steps)
     n = session.n_examples * steps
     return NeuronScores(_node_scores(session, edges / n), (neurons / n).cpu())
+
+
+def _eap_ig_neurons_batch(session: CircuitSession, runs: NeuronRuns, b: SessionBatch, edges: Tensor, neurons: Tensor,
+                          steps: int) -> None:
+    """One batch of :func:`eap_ig_neurons`, added to ``edges [S, R]`` and ``neurons [L, m]``. A function of its own so
+    that its clean outputs and differences (``[S, B, P, d]``, ``[L, B, P, m]``) are freed before the next batch's."""
+    ablated = session.ablated(b).values
+    abl_hidden = runs.ablated_hidden(b)
+    clean, clean_hidden = runs.clean_run(b)
+    diffs = clean - ablated  # [S, B, P, d]
+    hidden_diffs = clean_hidden - abl_hidden  # [L, B, P, m]
+    del clean_hidden
+    start = ablated[0].expand_as(clean[0])  # [B, P, d]: the ablated input embedding
+    per_pass = stacked_steps(session, b, steps)
+    for k0 in range(0, steps, per_pass):
+        alphas = torch.arange(k0, min(steps, k0 + per_pass), dtype=diffs.dtype, device=diffs.device) / steps
+        T = len(alphas)
+        embedding = (start[None] + alphas[:, None, None, None] * diffs[0][None]).flatten(0, 1)  # [T*B, P, d]
+        probe = GradientProbe(ablated, edges, diffs=diffs, overrides={0: embedding.requires_grad_(True)[None]},
+                              repeats=T, position_chunk=session.position_chunk)
+        wrapped = NeuronProbe(probe, abl_hidden, neurons, diffs=hidden_diffs, repeats=T)
+        session.backward_objective(b, _as_probe(wrapped), repeats=T)
+        del embedding, probe, wrapped  # the next step's are made without them
 
 
 class NeuronPatchingPlan:
@@ -136,21 +146,26 @@ def _neuron_cut_effects(session: CircuitSession, runs: NeuronRuns, batch: Sessio
     alone, one circuit each of a batched pass that recomputes only this MLP and what it feeds (the rest held)."""
     s = session.structure
     L, m = runs.shape
-    c = len(idx)
     full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     edges = s.edge_mask.to(session.device, session.model.dtype)
-    masks = torch.ones(c, L, m, dtype=session.model.dtype)
-    masks[torch.arange(c), layer, idx] = 0  # [c, L, m]: one cut neuron per circuit
+    effects = torch.empty(len(idx), dtype=torch.float64)
+    per_pass = session.circuits_per_pass_for(batch, len(idx))  # fewer under a memory budget
     with torch.no_grad():
         held = session.held_full(batch)
         exact = held.exact.clone()
         exact[s.mlp_sender(layer)] = False  # recompute this MLP and what it feeds, hold the rest
-        inner = IncrementalResidual(edges[None].expand(c, *edges.shape), session.ablated(batch),
-                                    HeldCircuit(held.mask, held.outputs, exact))
-        logits = session.run(batch, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(batch)))
-        session.forwards += 1
-        cut = session.objective(logits, batch).double().cpu()  # [c, b]
-    return (full[batch.index][None] - cut).sum(1) / session.n_examples
+        held = HeldCircuit(held.mask, held.outputs, exact)
+        for start in range(0, len(idx), per_pass):
+            chunk = idx[start:start + per_pass]
+            c = len(chunk)
+            masks = torch.ones(c, L, m, dtype=session.model.dtype)
+            masks[torch.arange(c), layer, chunk] = 0  # [c, L, m]: one cut neuron per circuit
+            inner = IncrementalResidual(edges[None].expand(c, *edges.shape), session.ablated(batch), held)
+            logits = session.run(batch, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(batch)))
+            session.forwards += 1
+            cut = session.objective(logits, batch).double().cpu()  # [c, b]
+            effects[start:start + c] = (full[batch.index][None] - cut).sum(1) / session.n_examples
+    return effects
 
 
 @register("neuron-patching", "neuron", "each head's and MLP neuron's exact effect, ablated alone (batched)",

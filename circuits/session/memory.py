@@ -94,6 +94,8 @@ POSITION_MASK_EXTRA_BYTES = 1
 # [rows, P, m] besides the MLP's own), and an attribution run holds per layer the neuron differences [b, P, m] it
 # weighs (EAP-IG: and the clean activations they come from)
 NEURON_MIX = 2
+NEURON_BACKWARD = 3  # scoring a layer's neurons: the steps' summed gradient, the differences and their product,
+# [b, P, m] in float32
 # a trained step (forward + backward through MaskedResidual, masks that require grad), see the module docstring
 TRAINED_READ = 1  # float32: a layer's read [R + 1, rows, P, d], saved by the projections the norm is folded into
 TRAINED_HALF_RMS = 1  # half-precision RMSNorm: its float32 copy of the R inputs, saved
@@ -217,11 +219,14 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
     senders = int(sender_copies) * S * b * stream * isz + int(neurons) * w.n_layers * b * P * w.d_mlp * isz
     if by_position:  # the float32 score accumulators [S, R, P]
         senders += S * w.n_receivers * P * 4
+    backward = H * rows * p * d * (4 + isz) + H * b * p * d * 4  # fp32 gradients, their cast, step sum
+    if neurons:  # a layer's neuron gradient [rows, P, m] (not chunked over positions) and its float32 products
+        backward = max(backward, rows * P * w.d_mlp * isz + NEURON_BACKWARD * b * P * w.d_mlp * 4)
     return MemoryEstimate(
         kind, ablated, senders=senders,
         saved=w.n_layers * rows * (per_layer + mlp) * isz,
         forward_transient=2 * H * rows * stream * isz,  # the heads' outputs and their differences from the ablated
-        backward_transient=H * rows * p * d * (4 + isz) + H * b * p * d * 4,  # fp32 gradients, their cast, step sum
+        backward_transient=backward,
         readout=rows * K * w.vocab * (isz + 12), held=held_bytes, ablated_neurons=ablated_neurons)
 
 

@@ -91,7 +91,7 @@ class NeuronRuns:
         out_kl = torch.empty(C, s.n_examples, dtype=torch.float64) if kl else None
         with torch.no_grad():
             for b in s.batches:
-                per_pass = circuits_per_pass or s.circuits_per_pass_for(b)
+                per_pass = s.circuits_per_pass_for(b, circuits_per_pass)
                 ablated = s.ablated(b)
                 hidden = self.ablated_hidden(b)
                 for start in range(0, C, per_pass):

@@ -496,9 +496,7 @@ class CircuitSession:
         if not unique:
             return u_m, u_kl
         by_position = unique[0].dim() == 3
-        per_pass = circuits_per_pass or self.circuits_per_pass or self._circuits_per_pass(b, by_position)
-        if self._run_peak:  # under a budget an asked-for width is a maximum
-            per_pass = min(per_pass, self._circuits_per_pass(b, by_position))
+        per_pass = self.circuits_per_pass_for(b, circuits_per_pass, by_position)
         with torch.no_grad():
             for start in range(0, len(unique), per_pass):
                 chunk = torch.stack(unique[start:start + per_pass]).to(self.device, self.model.dtype)
@@ -657,12 +655,14 @@ class CircuitSession:
         self._run_peak = max(self._run_peak, peak)
         self._cache.shrink()  # what was kept before fits beside the largest pass fitted
 
-    def circuits_per_pass_for(self, batch: SessionBatch, by_position: bool = False) -> int:
-        """Circuits one patched pass over ``batch`` runs: as given (``circuits_per_pass``, a maximum under a
-        budget), else as many as the memory budget allows (what :meth:`circuit_metrics` uses)."""
-        fit = self._circuits_per_pass(batch, by_position)
-        return min(self.circuits_per_pass, fit) if self.circuits_per_pass and self._run_peak else \
-            self.circuits_per_pass or fit
+    def circuits_per_pass_for(self, batch: SessionBatch, asked: int | None = None, by_position: bool = False) -> int:
+        """Circuits one patched pass over ``batch`` runs: as asked (``asked``, else the session's
+        ``circuits_per_pass``; a maximum under a budget), else as many as the memory budget allows. Every patched
+        pass of a session is this wide at most (:meth:`circuit_metrics`, neuron patching's passes)."""
+        asked = asked or self.circuits_per_pass
+        if asked is None:
+            return self._circuits_per_pass(batch, by_position)
+        return min(asked, self._circuits_per_pass(batch, by_position)) if self._run_peak else asked
 
     def _circuits_per_pass(self, batch: SessionBatch, by_position: bool = False) -> int:
         """As many circuits as fit the memory budget beside what the session keeps: the pass's estimate is
