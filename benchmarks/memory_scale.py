@@ -154,6 +154,7 @@ def run_config(spec: dict) -> dict:
     from circuits.models.random import random_model
     from circuits.session import CircuitSession
     from circuits.session.memory import ModelWidths
+    from circuits.session.neurons import NeuronRuns
 
     device = spec.get("device", "cpu")
     torch.set_num_threads(spec["threads"])
@@ -194,6 +195,13 @@ def run_config(spec: dict) -> dict:
         if method in ("patched", "patched-sparse"):
             chosen = masks if method == "patched" else sparse
             return sess.circuit_metrics(chosen, circuits_per_pass=len(chosen))
+        if method == "patched-positions":  # each edge kept at half the positions: masks [4, S, R, L]
+            by_position = torch.rand(*masks.shape, spec["length"], generator=gen) < 0.5
+            return sess.circuit_metrics(by_position & masks[..., None], circuits_per_pass=len(masks))
+        if method == "patched-neurons":  # and half the MLP neurons: masks [4, L, m]
+            runs = NeuronRuns(sess)
+            neurons = (torch.rand(len(masks), *runs.shape, generator=gen) < 0.5).float()
+            return runs.circuit_metrics(masks.float(), neurons, circuits_per_pass=len(masks))
         if method == "curve":
             return circuits.faithfulness_curve(None, None, scored, runner=sess)
         raise ValueError(method)

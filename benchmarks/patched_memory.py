@@ -27,9 +27,14 @@ from circuits.session.memory import ModelWidths, estimate_peak  # noqa: E402
 POINTS = [(1, "float32", 2, 64, "patched"), (2, "float32", 2, 32, "patched"), (4, "float32", 2, 32, "patched"),
           (2, "bfloat16", 2, 16, "patched"), (1, "float32", 1, 16, "patched-sparse"),
           (2, "float32", 2, 32, "patched-sparse"), (1, "bfloat16", 1, 16, "patched-sparse"),
-          (2, "bfloat16", 2, 16, "patched-sparse")]
+          (2, "bfloat16", 2, 16, "patched-sparse"), (1, "float32", 2, 32, "patched-positions"),
+          (2, "bfloat16", 2, 16, "patched-positions"), (1, "float32", 2, 32, "patched-neurons"),
+          (2, "bfloat16", 2, 16, "patched-neurons")]
 CIRCUITS = 4
-WHAT = {"patched": "half the edges", "patched-sparse": "half the edges, 31 of 32 heads per layer"}
+WHAT = {"patched": "half the edges", "patched-sparse": "half the edges, 31 of 32 heads per layer",
+        "patched-positions": "half the edges, each at half the positions", "patched-neurons":
+        "half the edges and half the MLP neurons"}
+READS = {"patched-positions": {"by_position": True}, "patched-neurons": {"neurons": 1}}  # what the estimate adds
 
 
 def main() -> None:
@@ -38,7 +43,7 @@ def main() -> None:
         measured = memory_scale.measure(layers, dtype, batch, length, [method], 1)[0]
         widths = ModelWidths(**measured["widths"])  # the measured model's own (ModelWidths.of)
         estimate = estimate_peak(widths, "patched", examples=batch, positions=length, read_positions=1,
-                                 circuits=CIRCUITS).total / 2**20
+                                 circuits=CIRCUITS, **READS.get(method, {})).total / 2**20
         rows.append({"layers": layers, "dtype": dtype, "batch": batch, "length": length, "circuits": method,
                      "measured_mib": measured["peak_above_mib"], "estimate_mib": estimate,
                      "estimate_over_measured": estimate / measured["peak_above_mib"]})
@@ -49,7 +54,9 @@ def main() -> None:
     md = f"""
 One patched pass of {CIRCUITS} random circuits (`CircuitSession.circuit_metrics`, corrupted ablation) on a random
 Llama-3.1-8B-width model (half the edges at random; "31 of 32 heads": a sparse circuit's layers, which compute a head
-subset and copy its weight rows, counted by the estimate's `weight_copies`), each point in a fresh subprocess;
+subset and copy its weight rows, counted by the estimate's `weight_copies`; position-aware circuits, masks
+`[4, S, R, L]`, and neuron circuits, `NeuronRuns.circuit_metrics` with the neurons' ablation, each with the
+estimate's terms for them), each point in a fresh subprocess;
 measured = VmHWM above the resident size before the call
 (ablation, baselines and the pass), estimate = `estimate_peak("patched", ...).total` of the same.
 
