@@ -76,9 +76,13 @@ QUICK = [(1, "float32", 1, 16, METHODS)]
 # target shape, bf16 batch 8 x 64, from 1 to 32 layers with Llama-3.1-8B's real vocabulary (edge pruning besides:
 # a trained pass, 3 steps).
 GPU_METHODS = (*METHODS, "edge-pruning")
+# Last (a series cut short by its time keeps the rest): the finer circuits' passes, position-aware masks
+# [4, S, R, 64] and neuron masks, against the estimate with their terms.
+FINE_METHODS = ("patched-positions", "patched-neurons")
 GPU_GRID = [*[(L, "bfloat16", 8, 64, GPU_METHODS, 128256) for L in (1, 2, 4, 8, 16, 32)],
             (2, "float32", 8, 64, GPU_METHODS, 128256), (8, "float32", 8, 64, GPU_METHODS, 128256),
-            *[(*g[:4], g[4], VOCAB) for g in GRID]]
+            *[(*g[:4], g[4], VOCAB) for g in GRID],
+            *[(L, "bfloat16", 8, 64, FINE_METHODS, 128256) for L in (2, 8)]]
 CROSS_CHECK = (1, "float32", 1, 16, METHODS)
 # each measured method's parameters (eap-ig-activations: 1 step, or the run's activation_steps)
 METHOD_PARAMS = {"eap": {}, "eap-ig": {"steps": 5}, "eap-ig:spp1": {"steps": 5, "steps_per_pass": 1},
@@ -638,10 +642,11 @@ def session_estimate_mib(r: dict) -> float | None:
     w = ModelWidths(**r["widths"])
     b, P = r.get("examples_per_pass", r["batch"]), r["length"]
     method = r["method"].split(":")[0]
-    if method in ("patched", "patched-sparse", "curve"):
+    if method in ("patched", "patched-sparse", "curve", *FINE_METHODS):
         circuits_ = r.get("circuits_per_pass") if method == "curve" else 4
+        reads = {"patched-positions": {"by_position": True}, "patched-neurons": {"neurons": 1}}.get(method, {})
         return None if circuits_ is None else \
-            estimate_peak(w, "patched", examples=b, positions=P, circuits=circuits_).total / MiB
+            estimate_peak(w, "patched", examples=b, positions=P, circuits=circuits_, **reads).total / MiB
     given = {"steps": r.get("activation_steps", 1)} if method == "eap-ig-activations" else {}
     out = []
     for plan in METHODS[method].memory_plans({**METHOD_PARAMS[r["method"]], **given}):
