@@ -316,7 +316,6 @@ class CircuitSession:
             with torch.no_grad():
                 run = self.model.run(batch.clean, batch.attention_mask, record=True, logit_positions=batch.positions)
             assert run.sender_outputs is not None
-            self._full.setdefault(batch.number, run.logits)
             self._held = (batch.number, HeldCircuit.of_model(self.structure, run.sender_outputs))
         return self._held[1]
 
