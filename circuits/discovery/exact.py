@@ -174,9 +174,15 @@ def cut_effects(session: CircuitSession, batch: SessionBatch, cuts: EdgeCuts | N
     circuit each of a batched pass); summed over the batches, the effect. ``incremental``: recompute only what each
     cut changes (module docstring)."""
     strategy = session.incremental if incremental and not isinstance(cuts, EdgePositionCuts) else None
-    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     cut = session.batch_objective(batch, ~cuts[idx], circuits_per_pass=len(idx), strategy=strategy)  # [c, b]
-    return (full[batch.index][None] - cut).sum(1) / session.n_examples
+    return (session.objective_full[batch.index][None] - cut).sum(1) / session.n_examples
+
+
+def _patching_plan(params: dict) -> dict:
+    """A patched pass that, on the incremental engine, reads its batch's held clean run (position cuts: masks
+    ``[c, S, R, L]`` on the plain engine)."""
+    positions = params.get("positions", False)
+    return {"kind": "patched", "held": int(params["incremental"] and not positions), "by_position": positions}
 
 
 def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | EdgePositionCuts, *,
@@ -191,21 +197,14 @@ def single_cut_effects(session: CircuitSession, cuts: EdgeCuts | NodeCuts | Edge
     if int(circuits_per_pass) < 1:
         raise SessionError(f"circuits_per_pass must be at least 1, got {circuits_per_pass}; pass 1 or more")
     plan = pass_plan(cuts, circuits_per_pass, incremental)
-    engine = incremental and not isinstance(cuts, EdgePositionCuts)
-    session.fit("patched", held=int(engine), by_position=isinstance(cuts, EdgePositionCuts))  # no-op when fitted
+    # the registered plan (discover fitted it already; a direct call is fitted here)
+    session.fit(**_patching_plan({"incremental": incremental, "positions": isinstance(cuts, EdgePositionCuts)}))
 
     def run_pass(batch: SessionBatch, p: int, results: dict[str, Tensor]) -> None:
         results["effects"][plan[p]] += cut_effects(session, batch, cuts, plan[p], incremental)
 
     return resumable_passes(session, len(plan), run_pass, {"effects": torch.zeros(cuts.shape[0], dtype=torch.float64)},
                             checkpoint=checkpoint, description=description)["effects"]
-
-
-def _patching_plan(params: dict) -> dict:
-    """A patched pass that, on the incremental engine, reads its batch's held clean run (position cuts: masks
-    ``[c, S, R, L]`` on the plain engine)."""
-    positions = params.get("positions", False)
-    return {"kind": "patched", "held": int(params["incremental"] and not positions), "by_position": positions}
 
 
 @register("exact", "edge", "each edge's exact effect, patched alone (batched, incremental recompute)",

@@ -122,8 +122,9 @@ def _eap_ig_neurons_batch(session: CircuitSession, runs: NeuronRuns, b: SessionB
 
 class NeuronPatchingPlan:
     """``neuron-patching``'s fixed work list: node patching's passes (:func:`~circuits.discovery.exact.pass_plan`
-    of the node cuts), then one pass per layer and chunk of ``circuits_per_pass`` neurons, each over every batch.
-    Every score comes from one pass, so a spread run's shares (0 elsewhere) add up to one process's exactly."""
+    of the node cuts), then one pass per layer and chunk of ``circuits_per_pass`` neurons, run batch after batch
+    (:func:`~circuits.discovery.exact.resumable_passes`). Every score comes from one pass, so a spread run's shares
+    (0 elsewhere) add up to one process's exactly."""
 
     def __init__(self, session: CircuitSession, circuits_per_pass: int):
         L, m = NeuronRuns(session).shape
@@ -146,7 +147,6 @@ def _neuron_cut_effects(session: CircuitSession, runs: NeuronRuns, batch: Sessio
     alone, one circuit each of a batched pass that recomputes only this MLP and what it feeds (the rest held)."""
     s = session.structure
     L, m = runs.shape
-    full = session.metric_full if session.metric.higher_is_better else -session.metric_full  # [n] objective
     edges = s.edge_mask.to(session.device, session.model.dtype)
     effects = torch.empty(len(idx), dtype=torch.float64)
     per_pass = session.circuits_per_pass_for(batch, len(idx))  # fewer under a memory budget
@@ -164,7 +164,7 @@ def _neuron_cut_effects(session: CircuitSession, runs: NeuronRuns, batch: Sessio
             logits = session.run(batch, NeuronMasked(inner, masks.to(session.device), runs.ablated_hidden(batch)))
             session.forwards += 1
             cut = session.objective(logits, batch).double().cpu()  # [c, b]
-            effects[start:start + c] = (full[batch.index][None] - cut).sum(1) / session.n_examples
+            effects[start:start + c] = (session.objective_full[batch.index][None] - cut).sum(1) / session.n_examples
     return effects
 
 

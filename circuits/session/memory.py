@@ -178,8 +178,9 @@ def estimate_peak(widths: ModelWidths, kind: str, *, examples: int, positions: i
     EAP-IG 2). The runs of finer circuits: ``by_position``, position-aware edges (patched: masks ``[c, S, R, P]``;
     attribution: float32 scores ``[S, R, P]``); ``neurons``, MLP neurons as units (patched: 1, the neuron mix;
     attribution: the ``[L, b, P, m]`` tensors it holds, EAP 1, EAP-IG 2), which also adds the neurons' ablation;
-    ``held``: copies of the full model's sender outputs ``[S, b, P, d]`` an incremental pass reads (exact and node
-    patching 1, ACDC's fast search 2: the full model's and its reference circuit's)."""
+    ``held``: copies of the full model's sender outputs ``[S, b, P, d]`` an incremental pass reads (exact, node and
+    neuron patching: 1, the batch's clean run; what ACDC's fast search holds for every example is not a pass's, see
+    :meth:`~circuits.session.CircuitSession.fit`'s ``resident_held``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     w, b, P, K = widths, int(examples), int(positions), int(read_positions)

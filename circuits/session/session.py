@@ -294,8 +294,7 @@ class CircuitSession:
     def _cache_room(self) -> int:
         """Bytes the kept values may take: half the budget before a pass is fitted, then what the largest fitted
         pass and the run's resident tensors leave (on CPU without a budget: of ``CPU_MEMORY_BUDGET``)."""
-        budget = self._fit_budget()
-        budget = CPU_MEMORY_BUDGET if budget is None else budget
+        budget = self._sizing_budget()
         return budget // 2 if not self._run_peak else budget - self._run_peak - self._resident
 
     def full_logits(self, batch: SessionBatch) -> Tensor:
@@ -369,6 +368,12 @@ class CircuitSession:
     @property
     def metric_full(self) -> Tensor:
         return self.baselines.metric_full
+
+    @property
+    def objective_full(self) -> Tensor:
+        """``[n]`` (float64): the full model's objective per example, the metric with MIB's sign (:meth:`objective`):
+        what a cut's effect is measured from."""
+        return self.metric_full if self.metric.higher_is_better else -self.metric_full
 
     @property
     def metric_empty(self) -> Tensor:
@@ -571,6 +576,12 @@ class CircuitSession:
             self._fitted_budget = self.memory_budget_bytes
         return self._fitted_budget
 
+    def _sizing_budget(self) -> int:
+        """The bytes passes and kept values are sized to: the fitted budget, or on CPU without one
+        ``CPU_MEMORY_BUDGET`` (which caps a pass's circuits there, and what is kept)."""
+        budget = self._fit_budget()
+        return CPU_MEMORY_BUDGET if budget is None else budget
+
     def fit(self, kind: str, *, steps: int = 1, sender_copies: int = 1, fixed_steps: bool = False,
             by_position: bool = False, neurons: int = 0, held: int = 0, resident_held: int = 0,
             resident_fix: str = "") -> int:
@@ -678,8 +689,7 @@ class CircuitSession:
             fixed -= one.ablated - one.ablated_neurons
         if ("neuron-ablated", batch.number) in self._cache:
             fixed -= one.ablated_neurons
-        budget = self._fit_budget()
-        room = (self.memory_budget_bytes if budget is None else budget) - self._resident - self._cache.nbytes
+        room = self._sizing_budget() - self._resident - self._cache.nbytes
         fit = (room - fixed) // per_circuit
         if self.device.type == "cpu":
             fit = min(fit, CPU_ROWS_PER_PASS // b)
